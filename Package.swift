@@ -1,0 +1,75 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let log = Target.Dependency.product(name: "Logging", package: "swift-log")
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
+let nioWebSocket = Target.Dependency.product(name: "NIOWebSocket", package: "swift-nio")
+let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
+let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+
+let package = Package(
+    name: "dingstream",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "dingstream", targets: ["dingstream"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.29.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.25.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // Wire formats, keys, backoff and state machines: no I/O.
+        .target(name: "StreamProtocol", swiftSettings: swiftSettings),
+        .target(
+            name: "StreamClient",
+            dependencies: ["StreamProtocol", log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL, httpClient, lifecycle],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "Spool", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
+        .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
+        .target(
+            name: "Replies",
+            dependencies: ["StreamProtocol", "StreamClient", "Spool", log, httpClient, nioCore],
+            swiftSettings: swiftSettings
+        ),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "Systemd", dependencies: ["CSystemd", log], swiftSettings: swiftSettings),
+        // The local DingTalk: tests, sandbox and benchmarks talk to it. It shares no wire code with
+        // the daemon on purpose, so each is a check on the other's reading of the protocol.
+        .target(
+            name: "Simulator",
+            dependencies: [log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "DingStream",
+            dependencies: ["StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "dingstream",
+            dependencies: ["DingStream", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol"], swiftSettings: swiftSettings),
+        .testTarget(name: "StreamClientTests", dependencies: ["StreamClient", "Simulator"], swiftSettings: swiftSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: swiftSettings),
+        .testTarget(name: "HandlersTests", dependencies: ["Handlers"], swiftSettings: swiftSettings),
+        .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator"], swiftSettings: swiftSettings),
+        .testTarget(name: "SystemdTests", dependencies: ["Systemd"], swiftSettings: swiftSettings),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator"], swiftSettings: swiftSettings),
+        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator"], swiftSettings: swiftSettings),
+    ]
+)

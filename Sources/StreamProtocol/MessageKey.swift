@@ -1,0 +1,63 @@
+/// What a spool entry is about.
+public enum MessageKind: String, Sendable, Codable {
+    case bot
+    case event
+    case card
+    case other
+}
+
+/// The business identity of a pushed frame: stable across redeliveries (which get a new
+/// `messageId`), sockets and restarts. Scoped by app.
+public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
+    public let app: String
+    public let kind: MessageKind
+    /// `data.msgId` for bot messages, `headers.eventId` for events, `headers.messageId` otherwise.
+    public let id: String
+
+    public init(app: String, kind: MessageKind, id: String) {
+        self.app = app
+        self.kind = kind
+        self.id = id
+    }
+
+    /// Derives the key of a non-SYSTEM frame; nil when the frame carries no usable id at all.
+    public init?(app: String, frame: StreamFrame) {
+        let kind = MessageKind(frame: frame)
+        var id: String?
+        switch kind {
+        case .bot: id = frame.dataObject()?["msgId"] as? String
+        case .event: id = frame.headers["eventId"]
+        case .card, .other: break
+        }
+        guard let chosen = id ?? frame.messageID, !chosen.isEmpty else { return nil }
+        self.init(app: app, kind: kind, id: chosen)
+    }
+
+    /// 16 hex digits of FNV-1a over app and id: short enough for file names, stable across runs.
+    public var hash: String {
+        var value: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "\(app)\u{0}\(kind.rawValue)\u{0}\(id)".utf8 {
+            value ^= UInt64(byte)
+            value = value &* 0x0000_0100_0000_01b3
+        }
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    public var description: String { "\(app)/\(kind.rawValue)/\(id)" }
+}
+
+extension MessageKind {
+    public init(frame: StreamFrame) {
+        switch frame.kind {
+        case .event: self = .event
+        case .callback:
+            switch frame.topic {
+            case Topic.botMessage, Topic.botMessageDelegate: self = .bot
+            case Topic.cardCallback: self = .card
+            default: self = .other
+            }
+        case .system, .other: self = .other
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+
+/// The client's answer to a frame, written on the socket the frame arrived on.
+public struct StreamAck: Sendable, Equatable {
+    public var code: Int
+    public var messageID: String
+    public var message: String
+    /// JSON text carried as a string, as the protocol wants.
+    public var data: String
+
+    public init(code: Int = 200, messageID: String, message: String = "OK", data: String) {
+        self.code = code
+        self.messageID = messageID
+        self.message = message
+        self.data = data
+    }
+
+    /// Echo of a SYSTEM ping: the same `{"opaque":…}` the server sent.
+    public static func pong(to frame: StreamFrame) -> StreamAck {
+        let opaque = frame.dataObject()?["opaque"] as? String ?? ""
+        return StreamAck(messageID: frame.messageID ?? "", data: JSON.encode(["opaque": opaque]))
+    }
+
+    /// Ack of an EVENT: `SUCCESS` once stored, `LATER` to have it pushed again.
+    public static func event(_ frame: StreamFrame, later: Bool = false) -> StreamAck {
+        let body: [String: Any] = later ? ["status": "LATER"] : ["status": "SUCCESS", "message": "success"]
+        return StreamAck(messageID: frame.messageID ?? "", data: JSON.encode(body))
+    }
+
+    /// Ack of a CALLBACK; `response` is a JSON object text (card update) or nil.
+    public static func callback(_ frame: StreamFrame, response: String? = nil) -> StreamAck {
+        let data = "{\"response\":" + (response ?? "null") + "}"
+        return StreamAck(messageID: frame.messageID ?? "", data: data)
+    }
+
+    public func encoded() -> String {
+        JSON.encode([
+            "code": code,
+            "headers": ["messageId": messageID, "contentType": "application/json"],
+            "message": message,
+            "data": data,
+        ])
+    }
+}
+
+/// Small helpers over JSONSerialization, which keeps `data` strings and unknown fields as they are.
+public enum JSON {
+    public static func encode(_ object: Any) -> String {
+        guard JSONSerialization.isValidJSONObject(object),
+            let bytes = try? JSONSerialization.data(
+                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+        else { return "{}" }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    public static func object(_ text: String) -> [String: Any]? {
+        guard let bytes = text.data(using: .utf8) else { return nil }
+        return (try? JSONSerialization.jsonObject(with: bytes)) as? [String: Any]
+    }
+
+    public static func object(_ data: Data) -> [String: Any]? {
+        (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+    }
+}

@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",
-            dependencies: ["StreamProtocol", "StreamClient", "Spool", log, httpClient, nioCore],
+            dependencies: ["StreamProtocol", log, httpClient, nioCore],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),

@@ -83,6 +83,7 @@ private struct Parser {
             skipWhitespaceAndNewlinesAndComments()
             guard let byte = peek() else { break }
             if byte == UInt8(ascii: "[") {
+                let tableLine = line
                 let isArray = peek(offset: 1) == UInt8(ascii: "[")
                 index += isArray ? 2 : 1
                 skipSpaces()
@@ -92,9 +93,8 @@ private struct Parser {
                 if isArray { try expect("]") }
                 try endOfLine()
                 let name = path.joined(separator: ".")
-                let tableLine = line
                 if isArray {
-                    try Self.modify(&root, path: path.dropLast().map { .key($0) }, line: line) { table throws(TOMLDocument.ParseError) in
+                    try Self.modify(&root, path: path.dropLast().map { .key($0) }, line: tableLine) { table throws(TOMLDocument.ParseError) in
                         let key = path[path.count - 1]
                         var list: [TOMLDocument.Table] = []
                         if let existing = table[key] {
@@ -109,10 +109,10 @@ private struct Parser {
                     current = path.dropLast().map { .key($0) } + [.lastElement(path[path.count - 1])]
                 } else {
                     guard !definedTables.contains(name) else {
-                        throw TOMLDocument.ParseError(line: line, message: "table [\(name)] is defined twice")
+                        throw TOMLDocument.ParseError(line: tableLine, message: "table [\(name)] is defined twice")
                     }
                     definedTables.insert(name)
-                    try Self.modify(&root, path: path.map { .key($0) }, line: line) { _ throws(TOMLDocument.ParseError) in }
+                    try Self.modify(&root, path: path.map { .key($0) }, line: tableLine) { _ throws(TOMLDocument.ParseError) in }
                     current = path.map { .key($0) }
                 }
                 currentName = name

@@ -67,7 +67,7 @@ public struct Sandbox: Sendable {
         app.apiBase = simulator.baseURL
         app.allowedUsers = ["*"]
         configuration.apps = [app]
-        print(
+        emit(
             """
 
             dingstream sandbox: a local DingTalk simulator on \(simulator.baseURL) and the daemon beside it.
@@ -120,19 +120,19 @@ struct ReplyPrinter: Service {
     func run() async throws {
         var seenWebhook = 0
         var seenAPI = 0
-        await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
+        do {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 let webhook = simulator.webhookReplies()
                 for reply in webhook.dropFirst(seenWebhook) {
-                    print("◀ reply via session webhook: \(Self.summary(reply.body))")
+                    emit("◀ reply via session webhook: \(Self.summary(reply.body))")
                 }
                 seenWebhook = webhook.count
                 let api = simulator.openAPISends().filter { $0.endpoint == .batchSend || $0.endpoint == .groupMessages }
                 for send in api.dropFirst(seenAPI) {
-                    print("◀ reply via OpenAPI \(send.endpoint.rawValue): \(Self.summary(send.body))")
+                    emit("◀ reply via OpenAPI \(send.endpoint.rawValue): \(Self.summary(send.body))")
                 }
                 seenAPI = api.count
-                try? await Task.sleep(for: .milliseconds(200))
+                        try? await Task.sleep(for: .milliseconds(200))
             }
         }
     }
@@ -145,4 +145,9 @@ struct ReplyPrinter: Service {
         }
         return body
     }
+}
+
+/// Unbuffered, so the sandbox's lines show at once even through a pipe.
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import DingStream
 import Foundation
 import Handlers
@@ -7,6 +8,7 @@ import Replies
 import Simulator
 import Spool
 import StreamClient
+import UnixSignals
 
 struct SimulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,17 +32,7 @@ struct SimulatorCommand: AsyncParsableCommand {
         configuration.logger = logger
         let simulator = try await DingTalkSimulator.start(configuration)
         print("simulator listening on \(simulator.baseURL)")
-        let signals = AsyncStream<Void> { continuation in
-            let sources = [SIGTERM, SIGINT].map { signal in
-                Foundation.signal(signal, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signal)
-                source.setEventHandler { continuation.yield() }
-                source.resume()
-                return source
-            }
-            continuation.onTermination = { _ in sources.forEach { $0.cancel() } }
-        }
-        for await _ in signals { break }
+        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
         await simulator.shutdown()
     }
 }
@@ -236,7 +228,7 @@ struct Send: AsyncParsableCommand {
         let sender = ProactiveSender(client: api)
         let summary = if let group { await sender.send(message: message, group: group) } else { await sender.send(message: message, users: users) }
         try? await client.shutdown()
-        print(summary.report)
+        print(summary.lines.joined(separator: "\n"))
         throw ExitCode(summary.exitStatus)
     }
 }

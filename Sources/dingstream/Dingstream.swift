@@ -35,15 +35,19 @@ struct Run: AsyncParsableCommand {
 
 struct Sandbox: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a local DingTalk simulator and the daemon together, with an echo handler.",
-        subcommands: [Say.self])
-    @Option(help: "Port of the simulator.") var port: Int = DingStream.Sandbox.defaultPort
-    @Option(help: "Keep the sandbox spool here instead of a temporary folder.") var directory: String?
+        abstract: "Try dingstream without a DingTalk account: a local simulator and the daemon together.",
+        subcommands: [Start.self, Say.self], defaultSubcommand: Start.self)
 
-    func run() async throws {
-        let logger = DingStream.bootstrapLogging(environment: environment())
-        let status = await DingStream.Sandbox(port: port, directory: directory).run(logger: logger, environment: environment())
-        throw ExitCode(status)
+    struct Start: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the simulator and the daemon with an echo handler (the default).")
+        @Option(help: "Port of the simulator.") var port: Int = DingStream.Sandbox.defaultPort
+        @Option(help: "Keep the sandbox spool here instead of a temporary folder.") var directory: String?
+
+        func run() async throws {
+            let logger = DingStream.bootstrapLogging(environment: environment())
+            let status = await DingStream.Sandbox(port: port, directory: directory).run(logger: logger, environment: environment())
+            throw ExitCode(status)
+        }
     }
 
     struct Say: AsyncParsableCommand {

@@ -10,6 +10,7 @@ import StreamClient
 import StreamProtocol
 import Synchronization
 import Systemd
+import UnixSignals
 
 /// The long-running process: spool, sockets, dispatcher, outbox, status, watchdog and reload,
 /// as one `ServiceGroup` that stops in reverse order on SIGTERM.
@@ -41,9 +42,10 @@ public struct Daemon: Sendable {
         return await run(configuration: configuration, logger: logger)
     }
 
-    public func run(configuration: Configuration, logger: Logger, extraServices: [any Service] = []) async -> Int32 {
-        var logger = logger
-        logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+    public func run(configuration: Configuration, logger baseLogger: Logger, extraServices: [any Service] = []) async -> Int32 {
+        var configuredLogger = baseLogger
+        configuredLogger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        let logger = configuredLogger
         let notifier = Notifier(environment: environment)
         let spool = Spool(
             directory: configuration.spoolDirectory, dedupWindow: configuration.dedupWindow,
@@ -57,10 +59,8 @@ public struct Daemon: Sendable {
         }
         let board = ConnectionBoard()
         let httpClients = Mutex<[HTTPClient]>([])
-        defer {
-            for client in httpClients.withLock({ $0 }) { try? client.syncShutdown() }
-        }
-        func makeDeliverer(_ configuration: Configuration) -> ReplyDeliverer {
+        let environment = self.environment
+        let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { configuration in
             var clients: [String: OpenAPIClient] = [:]
             var webhookClient: HTTPClient?
             for app in configuration.apps {
@@ -78,7 +78,7 @@ public struct Daemon: Sendable {
                 replyDeadline: configuration.replyDeadline, logger: logger)
         }
         let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration), logger: logger)
-        let dispatchSettings = { (configuration: Configuration) in
+        let dispatchSettings: @Sendable (Configuration) -> DispatchSettings = { configuration in
             DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts)
@@ -107,7 +107,7 @@ public struct Daemon: Sendable {
             notifier: notifier,
             probes: [
                 WatchdogProbe(name: "event loop") { await Self.eventLoopResponds() },
-                WatchdogProbe(name: "spool") { spool.isMakingProgress() },
+                WatchdogProbe(name: "spool") { spool.canCommit() },
             ],
             logger: logger)
         let services: [any Service] = [
@@ -119,14 +119,16 @@ public struct Daemon: Sendable {
                 logger: logger))
         logger.notice(
             "dingstream \(Self.version) starting: \(configuration.apps.count) app(s), spool \(configuration.spoolDirectory), \(configuration.workers) workers")
+        var exitStatus: Int32 = 0
         do {
             try await group.run()
         } catch {
             logger.error("stopped with an error: \(error)")
-            return 1
+            exitStatus = 1
         }
+        for client in httpClients.withLock({ $0 }) { try? await client.shutdown() }
         logger.notice("stopped")
-        return 0
+        return exitStatus
     }
 
     /// A stuck event loop cannot run this within the deadline.

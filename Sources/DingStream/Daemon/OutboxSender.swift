@@ -64,11 +64,12 @@ final class OutboxSender: Service {
 
     private func deliver(_ entry: SpoolEntry) async {
         let name = entry.name
+        let spool = self.spool
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
-            finish(name, .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to"))
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
             return
         }
         var parts: [ReplyMessage] = []
@@ -79,7 +80,6 @@ final class OutboxSender: Service {
         var target = ReplyTarget(app: entry.app, message: message)
         if target.robotCode.isEmpty { target.robotCode = message.robotCode ?? "" }
         let deliverer = self.deliverer.withLock { $0 }
-        let spool = self.spool
         let attempts = entry.deliveryAttempts + 1
         let outcome = await deliverer.deliver(
             parts, to: target, firstAttemptAt: entry.receivedMillis, alreadyDelivered: entry.delivered
@@ -92,19 +92,19 @@ final class OutboxSender: Service {
             for user in reported {
                 log.warning("DingTalk did not deliver to user \(user.id): \(user.reason.rawValue)")
             }
-            finish(name, .delivered)
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .delivered) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
             deadLettered.add(1, ordering: .relaxed)
-            finish(name, .failed(reason: "reply not delivered: \(reason)\n"))
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart
         }
     }
 
-    private func finish(_ name: EntryName, _ outcome: Spool.DeliveryOutcome) {
+    private func finish(_ body: () throws(SpoolError) -> Void) {
         do {
-            try spool.finishDelivery(name, outcome: outcome)
+            try body()
         } catch {
             logger.error("spool: \(error)")
         }

@@ -86,7 +86,7 @@ public final class DingTalkSimulator: Sendable {
         let interval = max(TimeAmount.milliseconds(5), min(TimeAmount.milliseconds(250), .nanoseconds(sim.redeliveryAmount.nanoseconds / 10)))
         let sweeper = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in sim.sweep() }
         sim.runtime.withLock { $0.serverChannel = server; $0.sweeper = sweeper }
-        sim.logger.notice("simulator listening", metadata: ["sim.url": "\(sim.baseURL)"])
+        sim.logger.debug("simulator listening", metadata: ["sim.url": "\(sim.baseURL)"])
         return sim
     }
 

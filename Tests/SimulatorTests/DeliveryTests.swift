@@ -74,7 +74,8 @@ struct DeliveryTests {
             try await sim.waitUntil("all pushed", { _ in socket.frames.withLockedValue { $0.count } >= count })
             let elapsed = clock.now - started
             #expect(elapsed < .seconds(20), "5000 pushes took \(elapsed)")
-            for frame in socket.frames(topic: topic) { socket.ack(frame) }
+            let all = socket.frames(topic: topic)
+            for frame in all { socket.ack(frame) }
             try await sim.waitUntil("all acked") { $0.stats(app: "helpdesk").acks == count }
             let stats = sim.stats(app: "helpdesk")
             #expect(stats.pushes == count && stats.unacked == 0 && stats.redeliveries == 0)

@@ -116,7 +116,7 @@ public final class DingTalkSimulator: Sendable {
         try? await server?.close()
         let (channels, waiters) = core.withLock { c -> ([any Channel], [CheckedContinuation<String?, any Error>]) in
             c.shutDown = true
-            let channels = c.sockets.values.filter { $0.state != .closed }.map(\.channel)
+            let channels = Array(c.connections.values)
             let waiters = c.cardWaiters.values.map(\.continuation)
             c.cardWaiters = [:]
             return (channels, waiters)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 import Testing
 @testable import Simulator
 
@@ -82,5 +83,25 @@ struct DeliveryTests {
             #expect(sim.pushes().isEmpty && sim.acks().isEmpty)
             await socket.close()
         }
+    }
+}
+
+@Suite("Shutdown")
+struct ShutdownTests {
+    @Test(.timeLimit(.minutes(1)))
+    func shutdownClosesHeldRequestsAndSockets() async throws {
+        var configuration = SimulatorConfiguration.single("helpdesk")
+        configuration.randomSeed = 7
+        let sim = try await DingTalkSimulator.start(configuration)
+        let socket = try await TestSocket.open(sim)
+        try sim.apply(.registration(app: nil, failure: .noAnswer, count: 1))
+        let app = sim.configuration.apps[0]
+        let held = Task { try await TestHTTP.request(port: sim.port, path: "/v1.0/gateway/connections/open", json: #"{"clientId":"\#(app.clientId)","clientSecret":"\#(app.clientSecret)"}"#) }
+        try await Task.sleep(for: .milliseconds(100))
+        await sim.shutdown()
+        // The held registration never got an answer: its connection was closed instead.
+        await #expect(throws: (any Error).self) { _ = try await held.value }
+        try await socket.channel.closeFuture.get()
+        #expect(sim.liveSockets(app: "helpdesk").isEmpty)
     }
 }

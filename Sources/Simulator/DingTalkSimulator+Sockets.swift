@@ -16,6 +16,14 @@ final class AbortHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 extension DingTalkSimulator {
     func configureChild(_ channel: any Channel) throws {
+        let key = ObjectIdentifier(channel)
+        let refused = core.withLock { c -> Bool in
+            if c.shutDown { return true }
+            c.connections[key] = channel
+            return false
+        }
+        if refused { throw SimulatorError(.shutDown, "connection after shutdown") }
+        channel.closeFuture.whenComplete { [self] _ in _ = core.withLock { $0.connections.removeValue(forKey: key) } }
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(AbortHandler(), name: AbortHandler.name)
         if let sslContext {

@@ -86,7 +86,7 @@ public final class DingTalkSimulator: Sendable {
         let interval = max(TimeAmount.milliseconds(5), min(TimeAmount.milliseconds(250), .nanoseconds(sim.redeliveryAmount.nanoseconds / 10)))
         let sweeper = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in sim.sweep() }
         sim.runtime.withLock { $0.serverChannel = server; $0.sweeper = sweeper }
-        sim.logger.info("simulator listening", metadata: ["sim.url": "\(sim.baseURL)"])
+        sim.logger.debug("simulator listening", metadata: ["sim.url": "\(sim.baseURL)"])
         return sim
     }
 
@@ -116,7 +116,7 @@ public final class DingTalkSimulator: Sendable {
         try? await server?.close()
         let (channels, waiters) = core.withLock { c -> ([any Channel], [CheckedContinuation<String?, any Error>]) in
             c.shutDown = true
-            let channels = c.sockets.values.filter { $0.state != .closed }.map(\.channel)
+            let channels = Array(c.connections.values)
             let waiters = c.cardWaiters.values.map(\.continuation)
             c.cardWaiters = [:]
             return (channels, waiters)

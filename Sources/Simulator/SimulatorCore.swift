@@ -89,6 +89,8 @@ struct SimulatorCore {
     var rotationAge: Duration?
     var webhookThrottle = false
 
+    /// Every accepted TCP connection still open (HTTP and upgraded), closed at shutdown.
+    var connections: [ObjectIdentifier: any Channel] = [:]
     var sockets: [Int: SocketEntry] = [:]
     var liveByApp: [String: [Int]] = [:]
     var nextSocketId = 1

@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",
-            dependencies: ["StreamProtocol", log, httpClient, nioCore],
+            dependencies: ["StreamProtocol", log, httpClient, nioCore, nioHTTP1],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// One JSON POST with a deadline covering the whole exchange (head and body) and a cap on the
 /// answer's size. Shared by the token, OpenAPI and webhook calls.
@@ -29,6 +30,7 @@ struct JSONExchange: Sendable {
         request.headers.add(name: "Accept", value: "application/json")
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         request.body = .bytes(ByteBuffer(bytes: body))
+        let prepared = request
         let client = httpClient
         let cap = bodyCap
         let timeout = timeout
@@ -37,7 +39,7 @@ struct JSONExchange: Sendable {
         let result: Result<Answer, ReplyError> = await withTaskGroup(of: Result<Answer, ReplyError>?.self) { group in
             group.addTask {
                 do {
-                    let response = try await client.execute(request, deadline: .now() + timeAmount(timeout), logger: logger)
+                    let response = try await client.execute(prepared, deadline: .now() + timeAmount(timeout), logger: logger)
                     let buffer = try await response.body.collect(upTo: cap)
                     let text = String(buffer: buffer)
                     let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]

@@ -1,4 +1,5 @@
 import Foundation
+
 extension ReplyMessage {
     /// The default size of one text part: well under the OpenAPI's 15,000-byte `msgParam` even
     /// when JSON escaping doubles some bytes.

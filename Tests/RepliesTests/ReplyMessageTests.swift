@@ -17,7 +17,7 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
     }
 
     @Test(.timeLimit(.minutes(1))) func jsonWithMsgtypeBecomesThatMessage() throws {
-        let markdown = ReplyMessage(handlerOutput: Data(#"{"msgtype":"markdown","markdown":{"title":"T","text":"## hi"}}"#.utf8))
+        let markdown = ReplyMessage(handlerOutput: Data(###"{"msgtype":"markdown","markdown":{"title":"T","text":"## hi"}}"###.utf8))
         #expect(markdown == .markdown(title: "T", text: "## hi"))
         let card = ReplyMessage(
             handlerOutput: Data(#"{"msgtype":"actionCard","actionCard":{"title":"t","text":"x","singleTitle":"Open","singleURL":"https://e"}}"#.utf8))

@@ -1,0 +1,48 @@
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Where log lines go.
+public enum LogDestination: Sendable, Equatable {
+    /// Native journald entries (stderr is connected to the journal).
+    case journal
+    /// Readable lines on stderr.
+    case stderr
+}
+
+/// Chooses and installs the process's log handler.
+public enum LoggingSetup {
+    /// `.journal` when `JOURNAL_STREAM` (`device:inode`, set by systemd) names the file behind
+    /// `fileDescriptor`, as systemd documents; `.stderr` otherwise, including when stderr was
+    /// redirected after systemd started the process.
+    public static func destination(environment: [String: String], fileDescriptor: Int32 = 2) -> LogDestination {
+        guard let stream = environment["JOURNAL_STREAM"] else { return .stderr }
+        let parts = stream.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return .stderr }
+        var info = stat()
+        guard fstat(fileDescriptor, &info) == 0 else { return .stderr }
+        return UInt64(info.st_dev) == device && UInt64(info.st_ino) == inode ? .journal : .stderr
+    }
+
+    /// A handler for `destination`. Under systemd without the journal, timestamps are still
+    /// written, since the target may be a plain file.
+    public static func makeHandler(label: String, destination: LogDestination, level: Logger.Level) -> any LogHandler {
+        switch destination {
+        case .journal: JournalLogHandler(label: label, level: level)
+        case .stderr: StderrLogHandler(label: label, level: level)
+        }
+    }
+
+    /// Installs the handler for this process (`LoggingSystem.bootstrap`, which may run once per
+    /// process; call it first thing in `main`). Returns the destination chosen.
+    @discardableResult
+    public static func bootstrap(environment: [String: String], level: Logger.Level) -> LogDestination {
+        let destination = destination(environment: environment)
+        LoggingSystem.bootstrap { label in makeHandler(label: label, destination: destination, level: level) }
+        return destination
+    }
+}

@@ -7,8 +7,10 @@
 # 127.0.0.1 outside the namespace, and checks start/READY, a round trip, journald fields, reload,
 # the watchdog, stop and the security exposure.
 #
-# usage: Tests/system/systemd-test.sh path/to/dingstream
-#        Tests/system/systemd-test.sh --smoke     (only a trivial Type=notify unit: proves the harness)
+# usage: Tests/system/systemd-test.sh path/to/dingstream [path/to/dingstreamPackageTests.xctest]
+#        Tests/system/systemd-test.sh --smoke [path/to/dingstreamPackageTests.xctest]
+#   --smoke: only a trivial Type=notify unit (proves the harness).
+#   The optional test bundle runs JournalRoundTripTests inside the namespace, against its journald.
 # Skips (exit 0) when not root or without unshare/nsenter/systemd.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ root=$(cd "$here/../.." && pwd)
 arg=${1:?usage: $0 path/to/dingstream | --smoke}
 smoke=false
 if [[ $arg == --smoke ]]; then smoke=true; bin=""; else bin=$(realpath "$arg"); fi
+tests_bundle=${2:+$(realpath "$2")}
 
 skip() { echo "SKIP systemd system test: $*"; exit 0; }
 [[ $(id -u) -eq 0 ]] || skip "needs root (unshare --pid --mount, systemd as PID 1)"
@@ -113,6 +116,17 @@ else
     die "systemd did not reach basic.target: $(ns systemctl is-system-running 2>&1)"
 fi
 
+# --- JournalLogHandler against this journald ---------------------------------------------------
+if [[ -n $tests_bundle ]]; then
+    if out=$(ns timeout 120 systemd-run --quiet --wait --pipe --collect -p Type=exec \
+            "$tests_bundle" --testing-library swift-testing --filter JournalRoundTripTests 2>&1) \
+        && grep -q 'entryArrivesWithStructuredFields() passed' <<< "$out"; then
+        pass "JournalLogHandler entry read back from journald with its fields (JournalRoundTripTests)"
+    else
+        fail "JournalRoundTripTests in the namespace: $(tail -n 20 <<< "$out")"
+    fi
+fi
+
 # --- smoke: the harness on a trivial Type=notify unit ------------------------------------------
 if $smoke; then
     put /etc/systemd/system/smoke.service <<'EOF'
@@ -129,7 +143,7 @@ EOF
     ns journalctl -u smoke -o json --no-pager | grep -q '"MESSAGE":"smoke-journal-line"' \
         && pass "journalctl -o json shows the unit's output" || fail "journal line missing"
     ns timeout 30 systemctl stop smoke && pass "systemctl stop" || fail "stop"
-    exit 0
+    exit $((failures > 0))
 fi
 
 # --- simulator (outside the namespace; the network namespace is shared) -------------------------

@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",
-            dependencies: ["StreamProtocol", "StreamClient", "Spool", log, httpClient, nioCore],
+            dependencies: ["StreamProtocol", log, httpClient, nioCore, nioHTTP1],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
@@ -55,12 +55,19 @@ let package = Package(
         ),
         .target(
             name: "DingStream",
-            dependencies: ["StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle],
+            dependencies: [
+                "StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle,
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"), nioCore, nioPosix, nioHTTP1, httpClient,
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "dingstream",
-            dependencies: ["DingStream", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "DingStream", "StreamClient", "Spool", "Handlers", "Replies", "Simulator", log, httpClient,
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol"], swiftSettings: swiftSettings),

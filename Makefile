@@ -1,0 +1,45 @@
+# dingstream: `make run` tries it against the built-in simulator, `make test` runs every test.
+SWIFT ?= swift
+BUILD_FLAGS ?=
+BIN := .build/debug/dingstream
+APT_PACKAGES := libsystemd-dev pkg-config openssl systemd procps util-linux curl
+
+.PHONY: all deps build test unit-test system-test run say bench clean
+
+all: build
+
+# Installs what the build and the tests need; a no-op when everything is there.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build $(BUILD_FLAGS)
+
+unit-test: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+
+# Boots a real systemd in its own PID and mount namespace (root only; skipped otherwise).
+system-test: build
+	@if [ -x Tests/system/systemd-test.sh ]; then Tests/system/systemd-test.sh $(BIN); else echo "system test: not present"; fi
+
+test: unit-test system-test
+
+run: build
+	$(BIN) sandbox
+
+# From a second terminal while `make run` is running.
+say:
+	$(BIN) sandbox say "$(or $(TEXT),hello)"
+
+bench: deps
+	$(SWIFT) build -c release --product dingstream-bench
+	.build/release/dingstream-bench
+
+clean:
+	rm -rf .build

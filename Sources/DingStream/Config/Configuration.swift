@@ -1,0 +1,120 @@
+import Foundation
+import StreamProtocol
+
+/// The daemon's configuration, read from a TOML file (DESIGN.md, "Configuration").
+public struct Configuration: Sendable, Equatable {
+    public var spoolDirectory = "/var/spool/dingstream"
+    public var runtimeDirectory = "/run/dingstream"
+    public var workers = 4
+    public var handlerTimeout: Duration = .seconds(60)
+    public var maxAttempts = 5
+    public var dedupWindow: Duration = .seconds(24 * 3600)
+    public var retention: Duration = .seconds(7 * 24 * 3600)
+    public var maxAttachmentBytes = 20 * 1024 * 1024
+    public var cardTimeout: Duration = .seconds(3)
+    public var replyDeadline: Duration = .seconds(3600)
+    public var webhookMargin: Duration = .seconds(10)
+    public var readyTimeout: Duration = .seconds(30)
+    public var shutdownGrace: Duration = .seconds(20)
+    public var logLevel = "info"
+    public var apps: [App] = []
+
+    public struct App: Sendable, Equatable {
+        public var name: String
+        public var clientID: String
+        public var clientSecret: String
+        public var connections = 2
+        public var subscriptions: [Subscription] = [.bot]
+        /// Staff ids; empty denies everyone, `"*"` allows everyone.
+        public var allowedUsers: [String] = []
+        public var apiBase = "https://api.dingtalk.com"
+        public var proxy: String?
+        public var caFile: String?
+        public var maxConnectionAge: Duration = .seconds(6 * 3600)
+        /// No frame at all for this long means a deaf socket. The server pings every few tens
+        /// of seconds in observed traffic, so 90 s is three missed pings, not one slow one.
+        public var idleTimeout: Duration = .seconds(90)
+
+        public init(name: String, clientID: String, clientSecret: String) {
+            self.name = name
+            self.clientID = clientID
+            self.clientSecret = clientSecret
+        }
+
+        public func allows(staffID: String?) -> Bool {
+            if allowedUsers.contains("*") { return true }
+            guard let staffID, !staffID.isEmpty else { return false }
+            return allowedUsers.contains(staffID)
+        }
+    }
+
+    public init() {}
+
+    public static let defaultPath = "/etc/dingstream/dingstream.toml"
+}
+
+/// A configuration that cannot be used. The daemon exits with 78 (EX_CONFIG) on it at start,
+/// and keeps its old configuration when it happens on reload.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var file: String
+    public var line: Int?
+    public var message: String
+
+    public var description: String {
+        if let line { return "\(file):\(line): \(message)" }
+        return "\(file): \(message)"
+    }
+
+    public static let exitStatus: Int32 = 78
+}
+
+extension Configuration {
+    /// Reads and validates the file at `path`.
+    /// - Parameter environment: used for `CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    /// - Throws: `ConfigurationError` naming the file, line and key, and what to do.
+    public static func load(path: String, environment: [String: String]) throws(ConfigurationError) -> Configuration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(file: path, line: nil, message: "cannot read the configuration file (\(Self.reason(error))); check that it exists and is readable by the service user")
+        }
+        return try parse(text, file: path, environment: environment)
+    }
+
+    public static func parse(_ text: String, file: String, environment: [String: String]) throws(ConfigurationError) -> Configuration {
+        let document: TOMLDocument
+        do {
+            document = try TOMLDocument(parsing: text)
+        } catch {
+            throw ConfigurationError(file: file, line: error.line, message: "\(error.message)")
+        }
+        var reader = ConfigurationReader(file: file, environment: environment)
+        return try reader.read(document.root)
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        let nsError = error as NSError
+        if let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError,
+            underlying.domain == NSPOSIXErrorDomain, let code = POSIXErrorCode(rawValue: Int32(underlying.code))
+        {
+            return String(cString: strerror(code.rawValue))
+        }
+        return nsError.localizedDescription
+    }
+}
+
+/// Durations in the configuration: "500ms", "90s", "5m", "6h", "7d", or a number of seconds.
+enum DurationText {
+    static func parse(_ text: String) -> Duration? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
+            let number = trimmed.dropLast(suffix.count)
+            guard let value = Double(number), value >= 0, value.isFinite else { return nil }
+            return .milliseconds(Int64((value * factor * 1000).rounded()))
+        }
+        if let seconds = Double(trimmed), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
+        return nil
+    }
+}

@@ -1,0 +1,178 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Replies
+import ServiceLifecycle
+import Spool
+import StreamClient
+import StreamProtocol
+import Synchronization
+import Systemd
+import UnixSignals
+
+/// The long-running process: spool, sockets, dispatcher, outbox, status, watchdog and reload,
+/// as one `ServiceGroup` that stops in reverse order on SIGTERM.
+public struct Daemon: Sendable {
+    public static let version = "0.1.0"
+    public static var userAgent: String { "dingstream/\(version)" }
+
+    public var configurationPath: String
+    public var environment: [String: String]
+    /// Overrides the socket keepalive (tests use short intervals).
+    public var keepalive: KeepaliveSettings?
+
+    public init(configurationPath: String, environment: [String: String], keepalive: KeepaliveSettings? = nil) {
+        self.configurationPath = configurationPath
+        self.environment = environment
+        self.keepalive = keepalive
+    }
+
+    /// Runs until SIGTERM/SIGINT (or cancellation). Returns the exit status: 0 after a clean stop,
+    /// 78 for a configuration error, 73 when the spool cannot be opened.
+    public func run(logger: Logger) async -> Int32 {
+        let configuration: Configuration
+        do {
+            configuration = try Configuration.load(path: configurationPath, environment: environment)
+        } catch {
+            logger.critical("configuration error: \(error)")
+            return ConfigurationError.exitStatus
+        }
+        return await run(configuration: configuration, logger: logger)
+    }
+
+    public func run(configuration: Configuration, logger baseLogger: Logger, extraServices: [any Service] = []) async -> Int32 {
+        var configuredLogger = baseLogger
+        configuredLogger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        let logger = configuredLogger
+        let notifier = Notifier(environment: environment)
+        let spool = Spool(
+            directory: configuration.spoolDirectory, dedupWindow: configuration.dedupWindow,
+            retention: configuration.retention, logger: logger)
+        do {
+            try spool.open()
+        } catch {
+            logger.critical("cannot open the spool: \(error)")
+            _ = notifier.send(.status("spool error: \(error)"))
+            return 73
+        }
+        let board = ConnectionBoard()
+        let httpClients = Mutex<[HTTPClient]>([])
+        let environment = self.environment
+        let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { configuration in
+            var clients: [String: OpenAPIClient] = [:]
+            var webhookClient: HTTPClient?
+            for app in configuration.apps {
+                let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
+                guard let client = try? network.makeHTTPClient(for: app.apiBase) else { continue }
+                httpClients.withLock { $0.append(client) }
+                if webhookClient == nil { webhookClient = client }
+                let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
+                let tokens = AccessTokenProvider(credentials: credentials, httpClient: client, logger: logger)
+                clients[app.name] = OpenAPIClient(credentials: credentials, httpClient: client, tokens: tokens, logger: logger)
+            }
+            let webhook = SessionWebhookClient(httpClient: webhookClient ?? HTTPClient.shared, logger: logger)
+            return ReplyDeliverer(
+                clients: clients, webhook: webhook, webhookMargin: configuration.webhookMargin,
+                replyDeadline: configuration.replyDeadline, logger: logger)
+        }
+        let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration), logger: logger)
+        let dispatchSettings: @Sendable (Configuration) -> DispatchSettings = { configuration in
+            DispatchSettings(
+                apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts)
+        }
+        let dispatcher = Dispatcher(
+            spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration),
+            baseEnvironment: environment, shutdownGrace: configuration.shutdownGrace,
+            outboxWake: { outbox.wake() }, logger: logger)
+        let connections = ConnectionManager(
+            apps: configuration.apps, sink: Intake(spool: spool, logger: logger), board: board,
+            environment: environment, userAgent: Self.userAgent, keepalive: keepalive, logger: logger)
+        let status = StatusReporter(
+            board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
+            readyTimeout: configuration.readyTimeout,
+            counts: { (dispatcher.queued, dispatcher.failed + Int(outbox.deadLettered.load(ordering: .relaxed))) },
+            logger: logger)
+        let reloader = Reloader(
+            path: configurationPath, environment: environment, logger: logger,
+            apply: { new in
+                status.reloading()
+                connections.apply(new.apps)
+                dispatcher.update(dispatchSettings(new))
+                outbox.update(makeDeliverer(new))
+            })
+        let watchdog = WatchdogService(
+            notifier: notifier,
+            probes: [
+                WatchdogProbe(name: "event loop") { await Self.eventLoopResponds() },
+                WatchdogProbe(name: "spool") { spool.canCommit() },
+            ],
+            logger: logger)
+        let services: [any Service] = [
+            SpoolService(spool: spool), outbox, dispatcher, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
+        ] + extraServices
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        logger.notice(
+            "dingstream \(Self.version) starting: \(configuration.apps.count) app(s), spool \(configuration.spoolDirectory), \(configuration.workers) workers")
+        var exitStatus: Int32 = 0
+        do {
+            try await group.run()
+        } catch {
+            logger.error("stopped with an error: \(error)")
+            exitStatus = 1
+        }
+        for client in httpClients.withLock({ $0 }) { try? await client.shutdown() }
+        logger.notice("stopped")
+        return exitStatus
+    }
+
+    /// A stuck event loop cannot run this within the deadline.
+    static func eventLoopResponds() async -> Bool {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        return (try? await loop.submit { true }.get()) ?? false
+    }
+}
+
+/// The spool's commit loop as a service: it ends when its task is cancelled, which graceful
+/// shutdown does last (after the sockets are closed).
+struct SpoolService: Service {
+    let spool: Spool
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await spool.run() }
+    }
+}
+
+struct WatchdogRunner: Service {
+    let watchdog: WatchdogService
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await watchdog.run() }
+    }
+}
+
+/// SIGHUP: read the configuration again; apply it if valid, keep the old one otherwise.
+struct Reloader: Service {
+    let path: String
+    let environment: [String: String]
+    let logger: Logger
+    let apply: @Sendable (Configuration) -> Void
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                do {
+                    let configuration = try Configuration.load(path: path, environment: environment)
+                    logger.notice("configuration reloaded from \(path)", metadata: ["message.id": "configReloaded"])
+                    apply(configuration)
+                } catch {
+                    logger.error("reload rejected, the running configuration stays: \(error)", metadata: ["message.id": "configRejected"])
+                }
+            }
+        }
+    }
+}

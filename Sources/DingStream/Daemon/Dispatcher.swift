@@ -1,0 +1,195 @@
+import Foundation
+import Handlers
+import Logging
+import ServiceLifecycle
+import Spool
+import StreamProtocol
+import Synchronization
+
+/// Settings the dispatcher reads per message; replaced on reload.
+struct DispatchSettings: Sendable {
+    var apps: [String: Configuration.App]
+    var handlerTimeout: Duration
+    var maxAttempts: Int
+    var retryBackoff = Backoff(base: .seconds(30), cap: .seconds(3600))
+}
+
+/// Takes committed entries from `new/`, runs the handlers for each (one conversation at a time,
+/// `workers` at most), and hands replies to the outbox. On graceful shutdown it stops taking
+/// entries, lets running handlers finish within `shutdownGrace`, and leaves the rest in the spool.
+final class Dispatcher: Service {
+    private let spool: Spool
+    private let scheduler: ConversationScheduler
+    private let settings: Mutex<DispatchSettings>
+    private let handlerDirectory: String
+    private let allowedOwners: Set<uid_t>
+    private let baseEnvironment: [String: String]
+    private let shutdownGrace: Duration
+    private let outboxWake: @Sendable () -> Void
+    private let logger: Logger
+    private let inFlight = Mutex<Set<EntryName>>([])
+    private let failedCount = Atomic<Int>(0)
+    /// Bumped whenever a handler run ends; the watchdog checks it moves while work is queued.
+    let progress = Atomic<Int>(0)
+
+    init(
+        spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
+        shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, logger: Logger
+    ) {
+        self.spool = spool
+        self.scheduler = ConversationScheduler(workers: workers)
+        self.settings = Mutex(settings)
+        self.handlerDirectory = spool.directory + "/handlers"
+        self.allowedOwners = [0, geteuid()]
+        self.baseEnvironment = baseEnvironment
+        self.shutdownGrace = shutdownGrace
+        self.outboxWake = outboxWake
+        self.logger = logger
+    }
+
+    func update(_ new: DispatchSettings) {
+        settings.withLock { $0 = new }
+    }
+
+    var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
+
+    func run() async throws {
+        let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
+        scan.log(to: logger)
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.scheduler.run() }
+            await withGracefulShutdownHandler {
+                // Entries waiting from before the start (recovery, retries), then whatever commits.
+                if let pending = try? spool.pendingEntries() {
+                    for entry in pending { offer(entry.name) }
+                }
+                for await name in spool.entries {
+                    if Task.isCancelled { break }
+                    offer(name)
+                }
+            } onGracefulShutdown: { [scheduler] in
+                scheduler.shutdown()
+            }
+            // Handlers still running get the grace period, then are cancelled (their process
+            // groups killed); their entries go back to new/ at the next start.
+            group.addTask { [shutdownGrace] in
+                try? await Task.sleep(for: shutdownGrace)
+            }
+        }
+    }
+
+    /// Queues `name` unless it is already queued or running, or not yet due.
+    private func offer(_ name: EntryName) {
+        let path = spool.path(of: name, in: .new)
+        if let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date,
+            modified.timeIntervalSinceNow > 0.5
+        {
+            return  // a retry not yet due; the spool's rescan offers it again
+        }
+        guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
+        let conversation = Self.conversationKey(for: name, spool: spool)
+        let accepted = scheduler.submit(conversation: conversation) { [self] in
+            await handle(name)
+            _ = inFlight.withLock { $0.remove(name) }
+        }
+        if !accepted { _ = inFlight.withLock { $0.remove(name) } }
+    }
+
+    /// One conversation's messages are handled in arrival order; without a conversation the
+    /// message is its own queue.
+    private static func conversationKey(for name: EntryName, spool: Spool) -> String {
+        guard let entry = try? spool.read(name, in: .new) else { return name.value }
+        if let message = entry.botMessage, !message.conversationID.isEmpty {
+            return entry.app + "/" + message.conversationID
+        }
+        return name.value
+    }
+
+    private func handle(_ name: EntryName) async {
+        var log = logger
+        log[metadataKey: "msg.key"] = "\(name)"
+        let claimed: ClaimedEntry
+        do {
+            claimed = try spool.claim(name)
+        } catch where error.code == .notFound {
+            return
+        } catch {
+            log.error("cannot claim \(name): \(error)")
+            try? spool.deadLetter(name, reason: "\(error)")
+            return
+        }
+        let entry = claimed.entry
+        log[metadataKey: "app"] = "\(entry.app)"
+        let current = settings.withLock { $0 }
+        let message = entry.botMessage
+        if entry.kind == .bot, let app = current.apps[entry.app], !app.allows(staffID: message?.senderStaffID) {
+            log.warning(
+                "message from \(message?.senderStaffID ?? "unknown sender") (\(message?.senderNick ?? "")) refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
+            finish { () throws(SpoolError) in try spool.complete(name, replies: nil) }
+            return
+        }
+        let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
+        let environment = HandlerEnvironment.make(
+            app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path,
+            attachments: nil, base: baseEnvironment)
+        var replies: [Data] = []
+        for handler in scan.runnable {
+            var handlerLog = log
+            handlerLog[metadataKey: "handler.name"] = "\(handler.name)"
+            let result = await HandlerRunner.run(
+                executable: handler.path, stdinPath: claimed.path, environment: environment,
+                workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
+                stderrTailBytes: 4096)
+            progress.add(1, ordering: .relaxed)
+            switch result.outcome {
+            case .done:
+                if let reply = HandlerReply.parse(stdout: result.stdout) { replies.append(Self.webhookBody(reply)) }
+            case .retryLater:
+                let attempts = entry.attempts + 1
+                if attempts >= current.maxAttempts {
+                    handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
+                    failedCount.add(1, ordering: .relaxed)
+                    finish { () throws(SpoolError) in
+                        try spool.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
+                    }
+                } else {
+                    let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
+                    let due = Date().addingTimeInterval(Double(delay.components.seconds))
+                    handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(delay)")
+                    finish { () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                }
+                return
+            case .failed(let reason):
+                handlerLog.error("handler failed: \(reason); message moved to failed/", metadata: ["message.id": "handlerFailed"])
+                failedCount.add(1, ordering: .relaxed)
+                finish { () throws(SpoolError) in try spool.deadLetter(name, reason: result.reasonText) }
+                return
+            }
+        }
+        if scan.runnable.isEmpty {
+            log.warning("no runnable handler in \(handlerDirectory); message marked done without a reply (see dingstream handlers check)")
+        }
+        finish { () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
+        if !replies.isEmpty { outboxWake() }
+    }
+
+    var failed: Int { failedCount.load(ordering: .relaxed) }
+
+    private func finish(_ body: () throws(SpoolError) -> Void) {
+        do {
+            try body()
+        } catch {
+            logger.error("spool: \(error)")
+        }
+    }
+
+    /// The reply as the session webhook body; the outbox keeps it in this form.
+    static func webhookBody(_ reply: HandlerReply) -> Data {
+        switch reply {
+        case .text(let text):
+            return Data(JSON.encode(["msgtype": "text", "text": ["content": text]]).utf8)
+        case .message(_, let body):
+            return body
+        }
+    }
+}

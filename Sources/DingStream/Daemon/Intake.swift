@@ -1,0 +1,34 @@
+import Foundation
+import Logging
+import Spool
+import StreamClient
+import StreamProtocol
+
+/// Where every frame of every socket goes: into the spool's group commit, and acked on its own
+/// socket once it is durable (or known as a duplicate). Runs on the socket's event loop and never
+/// blocks it; the ack is written from the spool's completion.
+struct Intake: FrameSink {
+    let spool: Spool
+    let logger: Logger
+
+    func receive(_ frame: StreamFrame, context: ConnectionContext) {
+        let received = Int64(Date().timeIntervalSince1970 * 1000)
+        guard let record = IntakeRecord(app: context.app, frame: frame, connection: context.connectionID, receivedMillis: received) else {
+            logger.warning(
+                "frame without any id (type \(frame.kind), topic \(frame.topic ?? "none")); not stored, not acked",
+                metadata: ["app": "\(context.app)", "conn.id": "\(context.connectionID)"])
+            return
+        }
+        let kind = record.kind
+        spool.submit(record) { outcome in
+            switch outcome {
+            case .stored, .duplicate:
+                context.ack(kind == .event ? .event(frame) : .callback(frame))
+            case .failed:
+                // Not stored: the server must push it again. Events can say so; callbacks are
+                // simply left unacked. The spool logs the failure once with its remedy.
+                if kind == .event { context.ack(.event(frame, later: true)) }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+import Handlers
+import Logging
+import Replies
+import ServiceLifecycle
+import Spool
+import StreamProtocol
+import Synchronization
+
+/// Delivers what handlers answered: every entry in `outbox/` goes out through the session
+/// webhook or the OpenAPI, one conversation at a time, and moves to `done/` or `failed/`.
+/// Delivery progress is written back so a restart resumes after the last part that went out.
+final class OutboxSender: Service {
+    private let spool: Spool
+    private let deliverer: Mutex<ReplyDeliverer>
+    private let logger: Logger
+    private let scheduler = ConversationScheduler(workers: 8)
+    private let wakeStream: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
+    private let inFlight = Mutex<Set<EntryName>>([])
+    let deadLettered = Atomic<Int>(0)
+
+    init(spool: Spool, deliverer: ReplyDeliverer, logger: Logger) {
+        self.spool = spool
+        self.deliverer = Mutex(deliverer)
+        self.logger = logger
+        (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func update(_ new: ReplyDeliverer) { deliverer.withLock { $0 = new } }
+
+    /// Called when something entered the outbox.
+    func wake() { wakeContinuation.yield() }
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.scheduler.run() }
+            await withGracefulShutdownHandler {
+                wake()
+                for await _ in wakeStream {
+                    guard let names = try? spool.outboxEntries() else { continue }
+                    for name in names { offer(name) }
+                }
+            } onGracefulShutdown: { [wakeContinuation, scheduler] in
+                wakeContinuation.finish()
+                scheduler.shutdown()
+            }
+        }
+    }
+
+    private func offer(_ name: EntryName) {
+        guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
+        guard let entry = try? spool.read(name, in: .outbox) else {
+            _ = inFlight.withLock { $0.remove(name) }
+            return
+        }
+        let conversation = entry.botMessage.map { entry.app + "/" + $0.conversationID } ?? name.value
+        let accepted = scheduler.submit(conversation: conversation) { [self] in
+            await deliver(entry)
+            _ = inFlight.withLock { $0.remove(name) }
+        }
+        if !accepted { _ = inFlight.withLock { $0.remove(name) } }
+    }
+
+    private func deliver(_ entry: SpoolEntry) async {
+        let name = entry.name
+        let spool = self.spool
+        var log = logger
+        log[metadataKey: "msg.key"] = "\(name)"
+        log[metadataKey: "app"] = "\(entry.app)"
+        guard let message = entry.botMessage else {
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
+            return
+        }
+        var parts: [ReplyMessage] = []
+        for reply in entry.replies {
+            guard let object = JSON.object(reply) else { continue }
+            parts.append(contentsOf: ReplyMessage(webhookObject: object).split())
+        }
+        var target = ReplyTarget(app: entry.app, message: message)
+        if target.robotCode.isEmpty { target.robotCode = message.robotCode ?? "" }
+        let deliverer = self.deliverer.withLock { $0 }
+        let attempts = entry.deliveryAttempts + 1
+        let outcome = await deliverer.deliver(
+            parts, to: target, firstAttemptAt: entry.receivedMillis, alreadyDelivered: entry.delivered
+        ) { delivered in
+            try? spool.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts)
+        }
+        switch outcome {
+        case .delivered(let paths, let reported):
+            log.info("reply delivered (\(paths.map(\.rawValue).joined(separator: ", ")))")
+            for user in reported {
+                log.warning("DingTalk did not deliver to user \(user.id): \(user.reason.rawValue)")
+            }
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .delivered) }
+        case .deadLetter(let reason):
+            log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
+            deadLettered.add(1, ordering: .relaxed)
+            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
+        case .interrupted:
+            break  // stays in the outbox; delivered again after the restart
+        }
+    }
+
+    private func finish(_ body: () throws(SpoolError) -> Void) {
+        do {
+            try body()
+        } catch {
+            logger.error("spool: \(error)")
+        }
+    }
+}

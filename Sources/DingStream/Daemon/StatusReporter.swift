@@ -1,0 +1,112 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import StreamClient
+import Synchronization
+import Systemd
+
+/// Keeps `STATUS=` and `<runtime_dir>/status.json` current, and says `READY=1` once every app has
+/// a live socket, or after `readyTimeout` with a degraded status.
+final class StatusReporter: Service {
+    private let board: ConnectionBoard
+    private let notifier: Notifier
+    private let runtimeDirectory: String
+    private let readyTimeout: Duration
+    private let counts: @Sendable () -> (queued: Int, failed: Int)
+    private let logger: Logger
+    private let phase = Mutex("starting")
+    private let started = ContinuousClock.now
+
+    init(
+        board: ConnectionBoard, notifier: Notifier, runtimeDirectory: String, readyTimeout: Duration,
+        counts: @escaping @Sendable () -> (queued: Int, failed: Int), logger: Logger
+    ) {
+        self.board = board
+        self.notifier = notifier
+        self.runtimeDirectory = runtimeDirectory
+        self.readyTimeout = readyTimeout
+        self.counts = counts
+        self.logger = logger
+    }
+
+    /// Reload in progress: `RELOADING=1` now, `READY=1` again on the next tick.
+    func reloading() {
+        phase.withLock { $0 = "reloading" }
+        _ = notifier.send(.reloading, .status(line(phase: "reloading")))
+    }
+
+    func run() async throws {
+        var lastLine = ""
+        var ready = false
+        try? FileManager.default.createDirectory(atPath: runtimeDirectory, withIntermediateDirectories: true)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let allUp = board.everyAppHasASocket()
+            let current = phase.withLock { $0 }
+            if current == "reloading" {
+                phase.withLock { $0 = "ready" }
+                _ = notifier.send(.ready)
+            }
+            if !ready && (allUp || ContinuousClock.now - started >= readyTimeout) {
+                ready = true
+                phase.withLock { $0 = "ready" }
+                let text = line(phase: allUp ? "ready" : "degraded")
+                _ = notifier.send(.ready, .status(text))
+                if allUp {
+                    logger.notice("ready: \(text)")
+                } else {
+                    logger.warning("ready without a live socket for every app after \(readyTimeout): \(text)")
+                }
+            }
+            let text = line(phase: ready ? (allUp ? "ready" : "degraded") : "starting")
+            if text != lastLine {
+                lastLine = text
+                _ = notifier.send(.status(text))
+                writeStatusFile(phase: ready ? (allUp ? "ready" : "degraded") : "starting")
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+        _ = notifier.send(.stopping, .status(line(phase: "stopping")))
+        try? FileManager.default.removeItem(atPath: runtimeDirectory + "/status.json")
+    }
+
+    private func line(phase: String) -> String {
+        let snapshot = board.snapshot()
+        let apps = snapshot.keys.sorted().map { name in
+            StatusLine.App(name: name, up: snapshot[name]?.up ?? 0, wanted: snapshot[name]?.wanted ?? 0)
+        }
+        let (queued, failed) = counts()
+        return StatusLine(phase: phase, apps: apps, queued: queued, failed: failed).text
+    }
+
+    private func writeStatusFile(phase: String) {
+        let snapshot = board.snapshot()
+        let now = ContinuousClock.now
+        let (queued, failed) = counts()
+        var apps: [String: Any] = [:]
+        for (name, state) in snapshot {
+            apps[name] = [
+                "wanted": state.wanted,
+                "up": state.up,
+                "rotations": state.rotations,
+                "lastError": state.lastError ?? NSNull(),
+                "sockets": state.sockets.map { socket in
+                    [
+                        "slot": socket.slot, "id": socket.connectionID,
+                        "ageSeconds": Int((now - socket.openedAt).components.seconds),
+                    ] as [String: Any]
+                },
+            ] as [String: Any]
+        }
+        let object: [String: Any] = [
+            "pid": Int(getpid()), "phase": phase, "queued": queued, "failed": failed, "apps": apps,
+            "updatedAt": Date().timeIntervalSince1970,
+        ]
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }
+        let path = runtimeDirectory + "/status.json"
+        let temporary = path + ".tmp"
+        if FileManager.default.createFile(atPath: temporary, contents: data) {
+            _ = rename(temporary, path)
+        }
+    }
+}
+

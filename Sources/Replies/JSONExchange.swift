@@ -1,0 +1,123 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// One JSON POST with a deadline covering the whole exchange (head and body) and a cap on the
+/// answer's size. Shared by the token, OpenAPI and webhook calls.
+struct JSONExchange: Sendable {
+    struct Answer: Sendable {
+        var status: Int
+        /// The body parsed as a JSON object; nil when empty or not an object.
+        var object: JSONObject?
+        var rawBody: String
+    }
+
+    let httpClient: HTTPClient
+    let timeout: Duration
+    let bodyCap: Int
+
+    /// Posts `body` to `url`.
+    /// - Throws: `ReplyError` `.timeout` when the deadline passes, `.transport` when the connection
+    ///   fails, `.badResponse` when the answer exceeds `bodyCap`. HTTP errors are returned, not thrown.
+    func post(
+        url: String, endpoint: String, headers: [(String, String)] = [], body: Data, logger: Logger
+    ) async throws(ReplyError) -> Answer {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "Accept", value: "application/json")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        request.body = .bytes(ByteBuffer(bytes: body))
+        let prepared = request
+        let client = httpClient
+        let cap = bodyCap
+        let timeout = timeout
+        let started = ContinuousClock.now
+
+        let result: Result<Answer, ReplyError> = await withTaskGroup(of: Result<Answer, ReplyError>?.self) { group in
+            group.addTask {
+                do {
+                    let response = try await client.execute(prepared, deadline: .now() + timeAmount(timeout), logger: logger)
+                    let buffer = try await response.body.collect(upTo: cap)
+                    let text = String(buffer: buffer)
+                    let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
+                    return .success(Answer(status: Int(response.status.code), object: object.map(JSONObject.init), rawBody: text))
+                } catch {
+                    return .failure(Self.map(error, endpoint: endpoint))
+                }
+            }
+            group.addTask {
+                // The client's own deadline stops at the response head; this one covers the body too.
+                try? await Task.sleep(for: timeout + .milliseconds(50))
+                return Task.isCancelled ? nil : .failure(ReplyError(.timeout, endpoint: endpoint, context: "after \(timeout)"))
+            }
+            var outcome: Result<Answer, ReplyError> = .failure(ReplyError(.transport, endpoint: endpoint, context: "cancelled"))
+            for await value in group {
+                if let value {
+                    outcome = value
+                    group.cancelAll()
+                    break
+                }
+            }
+            return outcome
+        }
+        logger.trace(
+            "replies: POST done",
+            metadata: ["http.endpoint": "\(endpoint)", "http.elapsed": "\(ContinuousClock.now - started)"]
+        )
+        return try result.get()
+    }
+
+    static func map(_ error: any Error, endpoint: String) -> ReplyError {
+        if let error = error as? ReplyError { return error }
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .deadlineExceeded, .readTimeout, .connectTimeout, .writeTimeout, .tlsHandshakeTimeout,
+                .getConnectionFromPoolTimeout, .httpProxyHandshakeTimeout, .socksHandshakeTimeout:
+                return ReplyError(.timeout, endpoint: endpoint, context: "\(error)")
+            case .invalidURL, .emptyHost, .emptyScheme:
+                return ReplyError(.rejected(status: 0), endpoint: endpoint, context: "invalid URL: \(error)")
+            default:
+                return ReplyError(.transport, endpoint: endpoint, context: "\(error)")
+            }
+        }
+        if error is NIOTooManyBytesError {
+            return ReplyError(.badResponse, endpoint: endpoint, context: "answer larger than the size cap")
+        }
+        return ReplyError(.transport, endpoint: endpoint, context: "\(error)")
+    }
+}
+
+/// A parsed JSON object made Sendable: JSONSerialization only produces immutable value types.
+struct JSONObject: @unchecked Sendable {
+    let value: [String: Any]
+    init(_ value: [String: Any]) { self.value = value }
+    subscript(key: String) -> Any? { value[key] }
+    func string(_ key: String) -> String? { value[key] as? String }
+    func strings(_ key: String) -> [String] { (value[key] as? [Any])?.compactMap { $0 as? String } ?? [] }
+    func int(_ key: String) -> Int? {
+        switch value[key] {
+        case let number as Int: number
+        case let number as Double: Int(number)
+        case let string as String: Int(string)
+        default: nil
+        }
+    }
+}
+
+func timeAmount(_ duration: Duration) -> TimeAmount {
+    let (seconds, attoseconds) = duration.components
+    return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+}
+
+/// Encodes a JSON object with stable key order, for reproducible bodies and files.
+func encodeJSON(_ object: [String: Any]) -> Data {
+    (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+}
+
+/// The current time as epoch milliseconds, the unit DingTalk uses.
+@Sendable public func epochMilliseconds() -> Int64 {
+    Int64((Date().timeIntervalSince1970 * 1000).rounded())
+}

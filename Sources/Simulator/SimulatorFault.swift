@@ -1,0 +1,43 @@
+/// How a socket is taken away from a client.
+public enum DisconnectMode: String, Sendable, Codable {
+    /// SYSTEM `disconnect` frame, no more pushes, acks still accepted, TCP close after the grace.
+    case disconnectFrame
+    /// TCP reset without a close frame.
+    case abruptClose
+    /// Keeps answering pings, never gets pushes again.
+    case deaf
+}
+
+public enum RegistrationFailure: String, Sendable, Codable {
+    case unauthorized, unavailable, noAnswer
+}
+
+/// What the next calls to one HTTP endpoint do instead of their normal answer.
+public enum HTTPFailure: Sendable, Equatable {
+    case serverError(status: Int)
+    /// 403 `Forbidden.AccessDenied.QpsLimitForApi`.
+    case throttle
+    /// 403 `Forbidden.AccessDenied.AccessTokenPermissionDenied` naming `qyapi_robot_sendmsg`.
+    case permissionDenied
+    /// Answers normally after this delay.
+    case delay(Duration)
+}
+
+/// Every fault switch, one family so new ones fit. Apply with `DingTalkSimulator.apply(_:)`
+/// or `POST /_sim/faults`.
+public enum SimulatorFault: Sendable {
+    /// `socket` nil: every live or deaf socket of the app.
+    case disconnect(app: String, socket: Int?, mode: DisconnectMode)
+    /// The next `count` registrations (of `app`, or any app when nil) fail this way.
+    case registration(app: String?, failure: RegistrationFailure, count: Int)
+    /// The next `count` calls to `endpoint` fail this way.
+    case http(endpoint: OpenAPIEndpoint, failure: HTTPFailure, count: Int)
+    /// Every access token of the app is expired from now on.
+    case expireTokens(app: String)
+    /// Every session webhook (of `app`, or all when nil) answers 300001 from now on.
+    case expireWebhooks(app: String?)
+    /// While on, session webhooks answer 130101.
+    case throttleWebhooks(Bool)
+    /// Rotate every socket once it is this old (nil: never).
+    case rotation(age: Duration?)
+}

@@ -1,0 +1,168 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Thin POSIX calls with errno mapped to `SpoolError`. Every descriptor is closed before return.
+enum FileIO {
+    static let directoryMode: mode_t = 0o750
+    static let fileMode: mode_t = 0o640
+
+    /// Creates `path` with mode 0750 unless it exists.
+    static func makeDirectory(_ path: String) throws(SpoolError) {
+        if mkdir(path, directoryMode) == 0 {
+            // mkdir honours the umask; the spool's modes are part of its interface.
+            if chmod(path, directoryMode) != 0 { throw .posix(errno, path: path, doing: "setting mode of") }
+            return
+        }
+        let code = errno
+        var info = stat()
+        if code == EEXIST, stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { return }
+        throw .posix(code, path: path, doing: "creating directory")
+    }
+
+    /// Writes `bytes` to a new file at `path` (mode 0640). With `sync`, the data is on disk before
+    /// return. `modified` sets the mtime (Postfix-style retry time).
+    /// - Throws: `SpoolError`; the partial file is removed first, so nothing half-written stays.
+    static func writeFile(
+        _ path: String, _ bytes: some Collection<UInt8>, exclusive: Bool, sync: Bool, modified: Date? = nil
+    ) throws(SpoolError) {
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC)
+        let fd = open(path, flags, fileMode)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "creating") }
+        var failure: SpoolError?
+        if fchmod(fd, fileMode) != 0 { failure = .posix(errno, path: path, doing: "setting mode of") }
+        if failure == nil {
+            failure = bytes.withContiguousStorageIfAvailable { buffer in writeAll(fd, buffer, path: path) }
+                ?? Array(bytes).withUnsafeBufferPointer { buffer in writeAll(fd, buffer, path: path) }
+        }
+        if failure == nil, let modified {
+            let seconds = modified.timeIntervalSince1970
+            let whole = seconds.rounded(.down)
+            let spec = timespec(tv_sec: Int(whole), tv_nsec: Int((seconds - whole) * 1e9))
+            var times = [spec, spec]
+            if futimens(fd, &times) != 0 { failure = .posix(errno, path: path, doing: "setting time of") }
+        }
+        if failure == nil, sync, fdatasync(fd) != 0 { failure = .posix(errno, path: path, doing: "syncing") }
+        if close(fd) != 0, failure == nil { failure = .posix(errno, path: path, doing: "closing") }
+        if let failure {
+            unlink(path)
+            throw failure
+        }
+    }
+
+    private static func writeAll(_ fd: Int32, _ buffer: UnsafeBufferPointer<UInt8>, path: String) -> SpoolError? {
+        var offset = 0
+        while offset < buffer.count {
+            let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                return .posix(errno, path: path, doing: "writing")
+            }
+            if written == 0 { return SpoolError(.io, path: path, detail: "writing (no progress)") }
+            offset += written
+        }
+        return nil
+    }
+
+    static func readFile(_ path: String) throws(SpoolError) -> Data {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
+        defer { close(fd) }
+        var result = Data()
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .posix(errno, path: path, doing: "reading")
+            }
+            if count == 0 { return result }
+            result.append(contentsOf: chunk[0..<count])
+        }
+    }
+
+    static func rename(_ from: String, _ to: String) throws(SpoolError) {
+        if Foundation.rename(from, to) != 0 { throw .posix(errno, path: to, doing: "moving \(from) to") }
+    }
+
+    /// Removes `path`; a missing file is not an error.
+    static func remove(_ path: String) throws(SpoolError) {
+        if unlink(path) != 0, errno != ENOENT { throw .posix(errno, path: path, doing: "removing") }
+    }
+
+    /// Makes the entries of a directory (creations, renames, unlinks) durable.
+    static func syncDirectory(_ path: String) throws(SpoolError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
+        defer { close(fd) }
+        if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
+    }
+
+    private typealias SyncFS = @convention(c) (Int32) -> Int32
+    // Glibc's module map hides syncfs (a GNU extension); look it up once at run time.
+    private static let syncfsFunction: SyncFS? = {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "syncfs") else { return nil }
+        return unsafeBitCast(symbol, to: SyncFS.self)
+    }()
+
+    static var hasSyncFS: Bool { syncfsFunction != nil }
+
+    /// Flushes every dirty file of the filesystem holding `path` in one call: the group commit.
+    /// Returns false when syncfs is unavailable (the caller then syncs file by file).
+    static func syncFilesystem(_ path: String) throws(SpoolError) -> Bool {
+        guard let syncfsFunction else { return false }
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
+        defer { close(fd) }
+        if syncfsFunction(fd) != 0 { throw .posix(errno, path: path, doing: "syncing filesystem of") }
+        return true
+    }
+
+    static func syncFile(_ path: String) throws(SpoolError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
+        defer { close(fd) }
+        if fdatasync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing") }
+    }
+
+    /// Names in a directory, without `.` and `..`.
+    static func list(_ path: String) throws(SpoolError) -> [String] {
+        guard let dir = opendir(path) else { throw .posix(errno, path: path, doing: "listing") }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { pointer in
+                pointer.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Modification time, or nil if the file does not exist.
+    static func modified(_ path: String) -> Date? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
+    }
+
+    static func exists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+
+    /// Appends one line with O_APPEND, so that a CLI and the daemon may both append safely.
+    static func appendLines(_ path: String, _ text: String, sync: Bool) throws(SpoolError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, fileMode)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        if let failure = bytes.withUnsafeBufferPointer({ writeAll(fd, $0, path: path) }) { throw failure }
+        if sync, fdatasync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing") }
+    }
+}

@@ -1,0 +1,239 @@
+import Foundation
+import Logging
+import StreamProtocol
+import Synchronization
+
+extension Spool {
+    /// Queues `record` for the next group commit and returns at once (no I/O, no task).
+    /// `completion` is called exactly once from the spool's run loop: `.stored` after the entry is
+    /// durable, `.duplicate` without writing, `.failed` when it could not be stored (do not ack).
+    /// After `run` has ended it is called at once with `.failed(.closed)`.
+    public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
+        let (accepted, waiter) = intake.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !state.closed else { return (false, nil) }
+            state.pending.append(Pending(record: record, completion: completion))
+            return (true, Self.signal(&state))
+        }
+        waiter?.resume()
+        if !accepted { completion(.failed(SpoolError(.closed, path: directory))) }
+    }
+
+    /// Takes the waiting run loop, or leaves a signal for it.
+    static func signal(_ state: inout IntakeState) -> CheckedContinuation<Void, Never>? {
+        if let waiter = state.waiter {
+            state.waiter = nil
+            return waiter
+        }
+        state.signalled = true
+        return nil
+    }
+
+    /// The intake run loop: commits queued frames in groups, announces entries on `entries`,
+    /// rescans `new/` every `rescanInterval` and prunes every `pruneInterval`. Call `open` first.
+    /// Returns when its task is cancelled, after committing what was already queued; later
+    /// submits fail with `.closed`. Write failures never end it: they fail the frames concerned.
+    public func run() async {
+        rescan()
+        await withDiscardingTaskGroup { group in
+            let interval = rescanInterval
+            group.addTask { [self] in
+                while (try? await Task.sleep(for: interval)) != nil {
+                    let waiter = intake.withLock { state in
+                        state.tick = true
+                        return Self.signal(&state)
+                    }
+                    waiter?.resume()
+                }
+            }
+            while !Task.isCancelled {
+                await waitForWork()
+                let (batch, tick) = takeBatch()
+                if !batch.isEmpty { commit(batch) }
+                if tick { maintain() }
+            }
+            group.cancelAll()
+        }
+        // Shutting down: store what is queued, refuse the rest.
+        let rest = intake.withLock { state in
+            state.closed = true
+            defer { state.pending = [] }
+            return state.pending
+        }
+        if !rest.isEmpty { commit(rest) }
+        entriesContinuation.finish()
+    }
+
+    private func takeBatch() -> ([Pending], Bool) {
+        intake.withLock { state in
+            let tick = state.tick
+            state.tick = false
+            if state.pending.count <= Self.maximumBatch {
+                defer { state.pending = [] }
+                return (state.pending, tick)
+            }
+            let batch = Array(state.pending.prefix(Self.maximumBatch))
+            state.pending.removeFirst(Self.maximumBatch)
+            state.signalled = true
+            return (batch, tick)
+        }
+    }
+
+    private func waitForWork() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = intake.withLock { state in
+                    if state.signalled || Task.isCancelled {
+                        state.signalled = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = intake.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+        }
+    }
+
+    private func maintain() {
+        rescan()
+        let due = loop.withLock { now().timeIntervalSince($0.lastPrune) >= Double(Self.millis(pruneInterval)) / 1000 }
+        guard due else { return }
+        do {
+            try prune()
+        } catch {
+            logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+        }
+    }
+
+    /// Announces due entries of `new/` not announced yet (recovered, retried, put back by the CLI).
+    func rescan() {
+        let names: [String]
+        do {
+            names = try FileIO.list(folder(.new))
+        } catch {
+            logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+            return
+        }
+        let current = now()
+        var listed: [EntryName] = []
+        for file in names where file.hasSuffix(".json") {
+            if let name = EntryName(file) { listed.append(name) }
+        }
+        listed.sort()
+        let fresh = loop.withLock { state -> [EntryName] in
+            state.announced.formIntersection(listed)
+            return listed.filter { !state.announced.contains($0) }
+        }
+        var announce: [EntryName] = []
+        for name in fresh {
+            // A retry waits in new/ with its due time as mtime.
+            guard let due = FileIO.modified(path(of: name, in: .new)), due <= current else { continue }
+            announce.append(name)
+        }
+        loop.withLock { state in state.announced.formUnion(announce) }
+        for name in announce { entriesContinuation.yield(name) }
+    }
+
+    /// One group commit: dedup, write every new entry to tmp/, one sync, rename into new/,
+    /// one directory sync, then complete every frame.
+    func commit(_ batch: [Pending]) {
+        var duplicates: [Pending] = []
+        var writes: [(name: EntryName, pending: Pending)] = []
+        loop.withLock { state in
+            var seen: Set<Substring> = []
+            for pending in batch {
+                let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
+                if state.index[String(name.dedupKey)] != nil || !seen.insert(name.dedupKey).inserted {
+                    duplicates.append(pending)
+                } else {
+                    writes.append((name, pending))
+                }
+            }
+        }
+        for pending in duplicates { pending.completion(.duplicate) }
+        guard !writes.isEmpty else { return }
+
+        let groupSync = FileIO.hasSyncFS
+        var failures: [(Pending, SpoolError)] = []
+        var written: [(name: EntryName, pending: Pending)] = []
+        for item in writes {
+            let temporary = "\(tmpFolder)/\(item.name.fileName)"
+            do {
+                try FileIO.writeFile(temporary, item.pending.record.encoded(), exclusive: true, sync: !groupSync)
+                written.append(item)
+            } catch {
+                failures.append((item.pending, error))
+            }
+        }
+        if groupSync, !written.isEmpty {
+            do {
+                _ = try FileIO.syncFilesystem(tmpFolder)
+            } catch {
+                for item in written {
+                    try? FileIO.remove("\(tmpFolder)/\(item.name.fileName)")
+                    failures.append((item.pending, error))
+                }
+                written = []
+            }
+        }
+        var committed: [(name: EntryName, pending: Pending)] = []
+        for item in written {
+            let temporary = "\(tmpFolder)/\(item.name.fileName)"
+            do {
+                try FileIO.rename(temporary, path(of: item.name, in: .new))
+                committed.append(item)
+            } catch {
+                try? FileIO.remove(temporary)
+                failures.append((item.pending, error))
+            }
+        }
+        var directoryFailure: SpoolError?
+        if !committed.isEmpty {
+            do {
+                try FileIO.syncDirectory(folder(.new))
+            } catch {
+                directoryFailure = error
+            }
+        }
+
+        // Entries in new/ are indexed and announced even if the directory sync failed: they may
+        // well survive, and a redelivery must not create a second copy.
+        let (logFailure, logRecovery) = loop.withLock { state -> (SpoolError?, Bool) in
+            for item in committed {
+                state.index[String(item.name.dedupKey)] = item.name.receivedMillis
+                state.announced.insert(item.name)
+            }
+            let firstFailure = directoryFailure ?? failures.first?.1
+            if let firstFailure {
+                defer { state.fault = firstFailure }
+                return (state.fault?.code == firstFailure.code ? nil : firstFailure, false)
+            }
+            defer { state.fault = nil }
+            return (nil, state.fault != nil)
+        }
+        if let logFailure {
+            logger.error(
+                "\(logFailure); frames stay unacked until it is fixed",
+                metadata: ["spool.dir": "\(directory)", "spool.path": "\(logFailure.path)"])
+        }
+        if logRecovery {
+            logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
+        }
+
+        for item in committed { entriesContinuation.yield(item.name) }
+        for (pending, error) in failures { pending.completion(.failed(error)) }
+        for item in committed {
+            if let directoryFailure {
+                item.pending.completion(.failed(directoryFailure))
+            } else {
+                item.pending.completion(.stored(item.name))
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import StreamProtocol
+
+/// What the intake hands to the spool for one pushed frame.
+public struct IntakeRecord: Sendable {
+    public var app: String
+    public var key: MessageKey
+    public var kind: MessageKind
+    public var topic: String?
+    public var headers: [String: String]
+    /// The frame's `data`: raw JSON text as the server sent it.
+    public var data: String
+    /// Id of the socket the frame arrived on (for the log and the entry).
+    public var connection: String
+    /// Epoch milliseconds of arrival; the entry name sorts by it.
+    public var receivedMillis: Int64
+
+    public init(
+        app: String, key: MessageKey, kind: MessageKind, topic: String?, headers: [String: String],
+        data: String, connection: String, receivedMillis: Int64
+    ) {
+        self.app = app
+        self.key = key
+        self.kind = kind
+        self.topic = topic
+        self.headers = headers
+        self.data = data
+        self.connection = connection
+        self.receivedMillis = receivedMillis
+    }
+
+    /// The record of a non-SYSTEM frame, or nil when it carries no usable id.
+    public init?(app: String, frame: StreamFrame, connection: String, receivedMillis: Int64) {
+        guard let key = MessageKey(app: app, frame: frame) else { return nil }
+        self.init(
+            app: app, key: key, kind: key.kind, topic: frame.topic, headers: frame.headers, data: frame.data,
+            connection: connection, receivedMillis: receivedMillis)
+    }
+
+    /// The entry file: `{app, kind, topic, key, headers, data, receivedAt, connection, attempts}`.
+    /// Built by hand (fixed key order, no dictionary round trip) because it is on the ack path.
+    func encoded() -> [UInt8] {
+        var out = "{\"app\":"
+        out.reserveCapacity(data.utf8.count + 512)
+        JSONText.appendString(app, to: &out)
+        out += ",\"kind\":"
+        JSONText.appendString(kind.rawValue, to: &out)
+        out += ",\"topic\":"
+        if let topic { JSONText.appendString(topic, to: &out) } else { out += "null" }
+        out += ",\"key\":"
+        JSONText.appendString(key.id, to: &out)
+        out += ",\"headers\":{"
+        var first = true
+        for (name, value) in headers.sorted(by: { $0.key < $1.key }) {
+            if !first { out += "," }
+            first = false
+            JSONText.appendString(name, to: &out)
+            out += ":"
+            JSONText.appendString(value, to: &out)
+        }
+        out += "},\"data\":"
+        if JSONText.isObject(data) {
+            out += data
+        } else {
+            // Not an object: keep the text as a string so that the entry stays valid JSON.
+            JSONText.appendString(data, to: &out)
+        }
+        out += ",\"receivedAt\":\(receivedMillis),\"connection\":"
+        JSONText.appendString(connection, to: &out)
+        out += ",\"attempts\":0}\n"
+        return Array(out.utf8)
+    }
+}
+
+/// A spool entry as read back from its file.
+public struct SpoolEntry: Sendable {
+    public var name: EntryName
+    public var app: String
+    public var kind: MessageKind
+    public var topic: String?
+    /// The business id (`data.msgId`, `headers.eventId`, or `headers.messageId`).
+    public var key: String
+    public var headers: [String: String]
+    /// `data` as JSON text (an object, or a JSON string when the frame's data was not an object).
+    public var dataJSON: String
+    public var receivedMillis: Int64
+    public var connection: String?
+    /// Handler runs so far that asked to be retried (exit 75).
+    public var attempts: Int
+    /// Replies waiting for delivery (outbox entries), each as the handler printed it.
+    public var replies: [String]
+    /// Replies already delivered (outbox progress).
+    public var delivered: Int
+    /// Delivery attempts so far (outbox progress).
+    public var deliveryAttempts: Int
+    /// The file as stored: what handlers get on stdin.
+    public var raw: Data
+
+    /// `data` parsed, or nil when it is not an object.
+    public func dataObject() -> [String: Any]? { JSON.object(dataJSON) }
+
+    /// The typed view of a bot message's data.
+    public var botMessage: BotMessage? { dataObject().flatMap { BotMessage(data: $0) } }
+
+    /// Parses the bytes of an entry file.
+    /// - Throws: `SpoolError(.corrupt)` naming `path` when they are not a spool entry.
+    public static func parse(_ raw: Data, name: EntryName, path: String) throws(SpoolError) -> SpoolEntry {
+        guard let object = JSON.object(raw) else { throw SpoolError(.corrupt, path: path, detail: "(not a JSON object)") }
+        return try parse(object, raw: raw, name: name, path: path)
+    }
+
+    static func parse(_ object: [String: Any], raw: Data, name: EntryName, path: String) throws(SpoolError) -> SpoolEntry {
+        guard let app = object["app"] as? String, let key = object["key"] as? String else {
+            throw SpoolError(.corrupt, path: path, detail: "(no app or key)")
+        }
+        let dataJSON: String
+        switch object["data"] {
+        case let string as String: dataJSON = JSON.encodeFragment(string)
+        case let value? where JSONSerialization.isValidJSONObject(value): dataJSON = JSON.encode(value)
+        default: dataJSON = "{}"
+        }
+        var headers: [String: String] = [:]
+        for (header, value) in object["headers"] as? [String: Any] ?? [:] {
+            if let value = value as? String { headers[header] = value }
+        }
+        return SpoolEntry(
+            name: name, app: app,
+            kind: MessageKind(rawValue: object["kind"] as? String ?? "") ?? .other,
+            topic: object["topic"] as? String, key: key, headers: headers, dataJSON: dataJSON,
+            receivedMillis: (object["receivedAt"] as? NSNumber)?.int64Value ?? name.receivedMillis,
+            connection: object["connection"] as? String,
+            attempts: (object["attempts"] as? NSNumber)?.intValue ?? 0,
+            replies: object["replies"] as? [String] ?? [],
+            delivered: (object["delivered"] as? NSNumber)?.intValue ?? 0,
+            deliveryAttempts: (object["deliveryAttempts"] as? NSNumber)?.intValue ?? 0,
+            raw: raw)
+    }
+}
+
+extension JSON {
+    /// A JSON string literal of `text`.
+    static func encodeFragment(_ text: String) -> String {
+        var out = ""
+        JSONText.appendString(text, to: &out)
+        return out
+    }
+}
+
+/// Tiny JSON writer for the hot path.
+enum JSONText {
+    static func appendString(_ text: String, to out: inout String) {
+        out += "\""
+        var plainStart = text.unicodeScalars.startIndex
+        var index = plainStart
+        let scalars = text.unicodeScalars
+        while index != scalars.endIndex {
+            let scalar = scalars[index]
+            let escape: String? =
+                switch scalar {
+                case "\"": "\\\""
+                case "\\": "\\\\"
+                case "\n": "\\n"
+                case "\r": "\\r"
+                case "\t": "\\t"
+                default: scalar.value < 0x20 ? String(format: "\\u%04x", scalar.value) : nil
+                }
+            if let escape {
+                out.unicodeScalars.append(contentsOf: scalars[plainStart..<index])
+                out += escape
+                plainStart = scalars.index(after: index)
+            }
+            index = scalars.index(after: index)
+        }
+        out.unicodeScalars.append(contentsOf: scalars[plainStart..<scalars.endIndex])
+        out += "\""
+    }
+
+    /// True when `text` parses as a JSON object. A cheap shape check runs first; the full parse
+    /// guards the entry against garbage that merely starts with a brace.
+    static func isObject(_ text: String) -> Bool {
+        let utf8 = text.utf8
+        guard let first = utf8.first(where: { !isSpace($0) }), first == UInt8(ascii: "{"),
+            let last = utf8.last(where: { !isSpace($0) }), last == UInt8(ascii: "}")
+        else { return false }
+        return JSON.object(text) != nil
+    }
+
+    private static func isSpace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+
+/// The one error type of the spool. `description` says what happened, where, and what to do.
+public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: Sendable, Equatable {
+        /// The filesystem of the spool is full (ENOSPC, EDQUOT).
+        case diskFull
+        /// The service user may not write or read a spool path (EACCES, EPERM, EROFS).
+        case permissionDenied
+        /// Any other I/O failure.
+        case io
+        /// No entry of that name or key.
+        case notFound
+        /// A spool file that is not the JSON the spool writes.
+        case corrupt
+        /// A key prefix that matches more than one entry.
+        case ambiguous
+        /// The spool's run loop has ended; nothing more is accepted.
+        case closed
+    }
+
+    public var code: Code
+    /// The file or directory concerned.
+    public var path: String
+    /// The errno of the failed call, when there was one.
+    public var errno: Int32?
+    /// What was being done or found, for the log.
+    public var detail: String?
+
+    public init(_ code: Code, path: String, errno: Int32? = nil, detail: String? = nil) {
+        self.code = code
+        self.path = path
+        self.errno = errno
+        self.detail = detail
+    }
+
+    /// Maps the errno of a failed system call on `path` to a spool error.
+    static func posix(_ errno: Int32, path: String, doing: String) -> SpoolError {
+        let code: Code
+        switch errno {
+        case ENOSPC, EDQUOT: code = .diskFull
+        case EACCES, EPERM, EROFS: code = .permissionDenied
+        case ENOENT: code = .notFound
+        default: code = .io
+        }
+        return SpoolError(code, path: path, errno: errno, detail: doing)
+    }
+
+    public var description: String {
+        let cause = errno.map { " (\(String(cString: strerror($0))))" } ?? ""
+        let doing = detail.map { " \($0)" } ?? ""
+        switch code {
+        case .diskFull:
+            return "spool: disk full\(doing) \(path)\(cause); free space on that filesystem, intake resumes by itself"
+        case .permissionDenied:
+            return "spool: permission denied\(doing) \(path)\(cause); the spool must be owned and writable by the service user (directories 0750, files 0640)"
+        case .io:
+            return "spool: I/O error\(doing) \(path)\(cause); check the filesystem (dmesg) and the spool directory"
+        case .notFound:
+            return "spool: no entry \(path)\(doing); list entries with `dingstream spool ls`"
+        case .corrupt:
+            return "spool: \(path) is not a valid spool entry\(doing); inspect it, then move it away or purge it"
+        case .ambiguous:
+            return "spool: key \(path) matches several entries\(doing); give more of the name"
+        case .closed:
+            return "spool: closed\(doing); the daemon is shutting down, the frame stays unacked and will be pushed again"
+        }
+    }
+}

@@ -1,0 +1,201 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import StreamProtocol
+
+/// Time and randomness of the connection loops, injectable so tests run hours of reconnect
+/// cycles in milliseconds.
+public struct SlotEnvironment: Sendable {
+    public var sleep: @Sendable (Duration) async throws -> Void
+    /// Uniform in `0 ..< 1`.
+    public var random: @Sendable () -> Double
+
+    public init(sleep: @escaping @Sendable (Duration) async throws -> Void, random: @escaping @Sendable () -> Double) {
+        self.sleep = sleep
+        self.random = random
+    }
+
+    public static let live = SlotEnvironment(
+        sleep: { try await Task.sleep(for: $0) },
+        random: { Double.random(in: 0..<1) })
+}
+
+/// Everything one app's sockets need.
+public struct AppConnectionSettings: Sendable {
+    public var registration: GatewayRegistration
+    public var network: NetworkSettings
+    public var keepalive: KeepaliveSettings
+    public var connections: Int
+    public var maxConnectionAge: Duration
+    /// How long a replaced socket may still deliver frames already on their way before we close it.
+    public var drainTime: Duration = .seconds(15)
+    /// A socket that stayed up this long has proven healthy and resets the backoff.
+    public var healthyAfter: Duration = .seconds(30)
+    public var backoff = Backoff(base: .seconds(1), cap: .seconds(60))
+
+    public init(registration: GatewayRegistration, network: NetworkSettings, keepalive: KeepaliveSettings, connections: Int, maxConnectionAge: Duration) {
+        self.registration = registration
+        self.network = network
+        self.keepalive = keepalive
+        self.connections = connections
+        self.maxConnectionAge = maxConnectionAge
+    }
+
+    public var app: String { registration.app }
+}
+
+/// One of an app's sockets, kept alive forever: register → connect → serve → replace.
+///
+/// Replacement is make-before-break: on SYSTEM `disconnect`, a deaf socket or the age limit the
+/// next socket is registered and connected first; the old one keeps delivering (and acking) what
+/// is already on its way and is closed after `drainTime`. Only an abrupt close leaves the slot
+/// empty until the reconnect, and the app's other slots cover that time.
+struct ConnectionSlot: Sendable {
+    let index: Int
+    let settings: AppConnectionSettings
+    let httpClient: HTTPClient
+    let sink: any FrameSink
+    let board: ConnectionBoard
+    let environment: SlotEnvironment
+    let logger: Logger
+
+    private enum Wake: Sendable {
+        case event(SocketEvent)
+        case ageLimit
+    }
+
+    /// Runs until cancelled; closes its sockets on the way out.
+    func run() async {
+        var failures = 0
+        var firstSocket = true
+        await withDiscardingTaskGroup { group in
+            var current: StreamSocket?
+            while !Task.isCancelled {
+                let socket: StreamSocket
+                do {
+                    socket = try await establish()
+                } catch {
+                    board.failed(app: settings.app, error: "\(error)")
+                    let delay = settings.backoff.delay(afterFailures: failures, unit: environment.random())
+                    failures += 1
+                    logger.error(
+                        "\(error); next attempt in \(delay.formattedSeconds)",
+                        metadata: ["app": "\(settings.app)", "conn.slot": "\(index)", "attempt": "\(failures)"])
+                    do { try await environment.sleep(delay) } catch { break }
+                    continue
+                }
+                board.socketUp(app: settings.app, slot: index, connectionID: socket.id, openedAt: socket.openedAt, wallClock: Date().timeIntervalSince1970)
+                let up = board.snapshot()[settings.app]
+                logger.notice(
+                    "socket up (\(up?.up ?? 0)/\(up?.wanted ?? settings.connections) for this app)",
+                    metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketUp"])
+                if let old = current {
+                    // The replacement is live: only now let the old socket go.
+                    board.rotated(app: settings.app)
+                    group.addTask { await drain(old, closeAfter: settings.drainTime) }
+                }
+                current = socket
+
+                let ageLimit = ageLimit(first: firstSocket)
+                firstSocket = false
+                let wake = await waitForReplacementReason(socket, ageLimit: ageLimit)
+                if ContinuousClock.now - socket.openedAt >= settings.healthyAfter { failures = 0 }
+                switch wake {
+                case .none:
+                    break  // cancelled
+                case .event(.closed(let reason))?:
+                    board.socketDown(app: settings.app, connectionID: socket.id)
+                    current = nil
+                    logger.warning("socket closed: \(reason); reconnecting", metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)"])
+                    if ContinuousClock.now - socket.openedAt < settings.healthyAfter {
+                        let delay = settings.backoff.delay(afterFailures: failures, unit: environment.random())
+                        failures += 1
+                        do { try await environment.sleep(delay) } catch { break }
+                    }
+                case .event(.disconnectRequested(let reason))?:
+                    logger.notice("server rotates socket (\(reason)); opening its replacement first", metadata: replacedMetadata(socket))
+                case .event(.deaf(let reason))?:
+                    logger.warning("socket is deaf (\(reason)); opening its replacement first", metadata: replacedMetadata(socket))
+                case .ageLimit?:
+                    logger.info("socket reached its age limit; opening its replacement first", metadata: replacedMetadata(socket))
+                }
+            }
+            if let current {
+                board.socketDown(app: settings.app, connectionID: current.id)
+                await current.close()
+            }
+        }
+    }
+
+    private func replacedMetadata(_ socket: StreamSocket) -> Logger.Metadata {
+        ["app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketReplaced"]
+    }
+
+    /// Registers and connects, fetching a fresh ticket if the first went stale before use.
+    private func establish() async throws(StreamClientError) -> StreamSocket {
+        var lastError: StreamClientError?
+        for _ in 0..<2 {
+            let ticket = try await settings.registration.register(using: httpClient, localIP: localIPAddress())
+            do {
+                return try await StreamSocket.connect(
+                    ticket: ticket, app: settings.app, settings: settings.network, keepalive: settings.keepalive,
+                    sink: sink, logger: logger)
+            } catch where error.code == .ticketExpired {
+                lastError = error
+                continue
+            }
+        }
+        throw lastError ?? StreamClientError(.ticketExpired, app: settings.app)
+    }
+
+    /// Staggers sockets: the first age of slot i of n ends at (i+1)/n of the limit, later ones
+    /// at 85–100 % of it, so an app's sockets never reach their limits together.
+    private func ageLimit(first: Bool) -> Duration {
+        let jitter = 0.85 + 0.15 * environment.random()
+        let share = first ? Double(index + 1) / Double(max(settings.connections, 1)) : 1
+        return settings.maxConnectionAge * (share * jitter)
+    }
+
+    private func waitForReplacementReason(_ socket: StreamSocket, ageLimit: Duration) async -> Wake? {
+        await withTaskGroup(of: Wake?.self) { group in
+            group.addTask {
+                for await event in socket.events { return .event(event) }
+                return .event(.closed(reason: "connection closed"))
+            }
+            group.addTask {
+                do { try await environment.sleep(ageLimit) } catch { return nil }
+                return .ageLimit
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Lets a replaced socket deliver what is already on its way, then closes it.
+    private func drain(_ socket: StreamSocket, closeAfter: Duration) async {
+        let closed = socket.channel.closeFuture
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await closed.get() }
+            group.addTask { try? await Task.sleep(for: closeAfter) }
+            await group.next()
+            group.cancelAll()
+        }
+        board.socketDown(app: settings.app, connectionID: socket.id)
+        if socket.channel.isActive { await socket.close() }
+        logger.info("replaced socket closed", metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)"])
+    }
+}
+
+/// The address DingTalk's registration asks for; informational only.
+func localIPAddress() -> String {
+    "127.0.0.1"
+}
+
+extension Duration {
+    var formattedSeconds: String {
+        let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
+        return String(format: "%.1fs", seconds)
+    }
+}

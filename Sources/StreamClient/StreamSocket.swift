@@ -1,0 +1,340 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+import StreamProtocol
+
+/// Receives every non-SYSTEM frame of every socket.
+public protocol FrameSink: Sendable {
+    /// Called on the socket's event loop; must not block. Answer through `context.ack` once the
+    /// frame is safe, or never (the server then pushes it again).
+    func receive(_ frame: StreamFrame, context: ConnectionContext)
+}
+
+/// The socket a frame came in on; acks go back on it and nowhere else.
+public struct ConnectionContext: Sendable {
+    public let app: String
+    public let connectionID: String
+    let channel: any Channel
+
+    /// Writes the ack; if the socket is already gone the ack is dropped and the server redelivers.
+    public func ack(_ ack: StreamAck) {
+        let text = ack.encoded()
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: text))
+        channel.writeAndFlush(frame, promise: nil)
+    }
+}
+
+/// Keepalive and deaf-socket limits of one socket.
+public struct KeepaliveSettings: Sendable {
+    /// WebSocket pings go out this often…
+    public var pingInterval: Duration
+    /// …and a pong must come back within this, or the socket is deaf.
+    public var pongDeadline: Duration
+    /// No text frame at all (not even a SYSTEM ping) for this long also means deaf.
+    public var idleTimeout: Duration
+
+    public init(pingInterval: Duration = .seconds(20), pongDeadline: Duration = .seconds(10), idleTimeout: Duration = .seconds(90)) {
+        self.pingInterval = pingInterval
+        self.pongDeadline = pongDeadline
+        self.idleTimeout = idleTimeout
+    }
+}
+
+/// Why a socket wants to be replaced or has gone.
+enum SocketEvent: Sendable, Equatable {
+    /// SYSTEM `disconnect`: the server rotates this socket; nothing more will arrive on it.
+    case disconnectRequested(reason: String)
+    case deaf(reason: String)
+    case closed(reason: String)
+}
+
+/// One live Stream socket.
+final class StreamSocket: Sendable {
+    let id: String
+    let channel: any Channel
+    let events: AsyncStream<SocketEvent>
+    let openedAt: ContinuousClock.Instant
+
+    private init(id: String, channel: any Channel, events: AsyncStream<SocketEvent>) {
+        self.id = id
+        self.channel = channel
+        self.events = events
+        self.openedAt = .now
+    }
+
+    /// Closes with a WebSocket close frame; frames already in flight are still read and handled.
+    func close() async {
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xE8]))
+        try? await channel.writeAndFlush(frame).get()
+        // Give the server a moment to answer the close; then drop the TCP connection.
+        try? await channel.eventLoop.scheduleTask(in: .seconds(2)) {}.futureResult.get()
+        try? await channel.close().get()
+    }
+
+    /// Opens the socket of `ticket` and hands its frames to `sink`.
+    /// - Throws: `StreamClientError` (`.timeout`, `.transport`, `.upgradeRefused`,
+    ///   `.insecureEndpoint`); nothing stays open on failure.
+    static func connect(
+        ticket: StreamTicket, app: String, settings: NetworkSettings, keepalive: KeepaliveSettings,
+        sink: any FrameSink, logger: Logger
+    ) async throws(StreamClientError) -> StreamSocket {
+        guard ContinuousClock.now - ticket.issuedAt < StreamTicket.usableFor else {
+            throw StreamClientError(.ticketExpired, app: app)
+        }
+        guard var components = URLComponents(string: ticket.endpoint), let scheme = components.scheme,
+            let host = components.host
+        else { throw StreamClientError(.badResponse, app: app, detail: "endpoint \(ticket.endpoint) is not a URL") }
+        let secure: Bool
+        switch scheme {
+        case "wss": secure = true
+        case "ws":
+            guard isLoopbackHost(host) else {
+                throw StreamClientError(.insecureEndpoint, app: app, detail: ticket.endpoint)
+            }
+            secure = false
+        default: throw StreamClientError(.badResponse, app: app, detail: "endpoint scheme \(scheme)")
+        }
+        let port = components.port ?? (secure ? 443 : 80)
+        var query = components.queryItems ?? []
+        query.append(URLQueryItem(name: "ticket", value: ticket.ticket))
+        components.queryItems = query
+        let path = (components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath) + "?" + (components.percentEncodedQuery ?? "")
+
+        let id = String(UUID().uuidString.prefix(8)).lowercased()
+        let (events, continuation) = AsyncStream.makeStream(of: SocketEvent.self, bufferingPolicy: .bufferingNewest(8))
+        let context = ConnectionID(app: app, id: id)
+        let tls: TLSConfiguration?
+        do {
+            tls = secure ? try settings.tlsConfiguration() : nil
+        } catch {
+            throw StreamClientError(.transport, app: app, detail: "TLS setup: \(error)")
+        }
+        let proxy = settings.proxyEndpoint(for: host)
+        let group = MultiThreadedEventLoopGroup.singleton
+        let tunnel = group.any().makePromise(of: Void.self)
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(TimeAmount(settings.connectTimeout))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                if let proxy = proxy {
+                    _ = proxy
+                    return channel.eventLoop.makeCompletedFuture {
+                        let handler = ProxyConnectHandler(targetHost: host, targetPort: port, established: tunnel)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
+                }
+                tunnel.succeed(())
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: proxy?.host ?? host, port: proxy?.port ?? port).get()
+        } catch {
+            tunnel.fail(error)
+            throw StreamClientError(.transport, app: app, detail: "connecting to \(proxy.map { "proxy \($0.host):\($0.port)" } ?? "\(host):\(port)"): \(error)")
+        }
+        // One deadline for tunnel, TLS and upgrade: closing the channel fails whatever still waits.
+        let handshakeDeadline = channel.eventLoop.scheduleTask(in: TimeAmount(settings.requestTimeout)) {
+            channel.close(promise: nil)
+        }
+        defer { handshakeDeadline.cancel() }
+        do {
+            try await tunnel.futureResult.get()
+            let upgraded = try await channel.eventLoop.flatSubmit { () -> EventLoopFuture<Bool> in
+                do {
+                    if let tls {
+                        let sslContext = try NIOSSLContext(configuration: tls)
+                        let handler = try NIOSSLClientHandler(context: sslContext, serverHostname: isIPAddress(host) ? nil : host)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
+                    let frameHandler = StreamFrameHandler(
+                        connection: context, keepalive: keepalive, sink: sink, events: continuation, logger: logger)
+                    let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
+                        maxFrameSize: StreamFrame.maximumSize,
+                        upgradePipelineHandler: { channel, _ in
+                            channel.eventLoop.makeCompletedFuture {
+                                try channel.pipeline.syncOperations.addHandler(frameHandler)
+                                return true
+                            }
+                        })
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Host", value: port == (secure ? 443 : 80) ? host : "\(host):\(port)")
+                    headers.add(name: "Content-Length", value: "0")
+                    let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
+                    let configuration = NIOTypedHTTPClientUpgradeConfiguration<Bool>(
+                        upgradeRequestHead: head, upgraders: [upgrader],
+                        notUpgradingCompletionHandler: { channel in channel.eventLoop.makeSucceededFuture(false) })
+                    return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
+                        configuration: .init(upgradeConfiguration: configuration))
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }.get()
+            guard upgraded else {
+                try? await channel.close().get()
+                throw StreamClientError(.upgradeRefused, app: app, detail: "HTTP answer without upgrade")
+            }
+        } catch let error as StreamClientError {
+            throw error
+        } catch {
+            try? await channel.close().get()
+            let timedOut = !channel.isActive
+            throw StreamClientError(timedOut ? .timeout : .transport, app: app, detail: "handshake with \(host):\(port): \(error)")
+        }
+        return StreamSocket(id: id, channel: channel, events: events)
+    }
+}
+
+struct ConnectionID: Sendable {
+    let app: String
+    let id: String
+}
+
+private func isIPAddress(_ host: String) -> Bool {
+    host.contains(":") || host.allSatisfy { $0.isNumber || $0 == "." }
+}
+
+/// Reads WebSocket frames of one socket on its event loop: pings, pongs, keepalive, and the
+/// Stream frames inside text frames.
+final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: all state is touched on the channel's event loop only.
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let connection: ConnectionID
+    private let keepalive: KeepaliveSettings
+    private let sink: any FrameSink
+    private let events: AsyncStream<SocketEvent>.Continuation
+    private let logger: Logger
+    private var fragments: ByteBuffer?
+    private var lastTextFrame = NIODeadline.now()
+    private var awaitingPongSince: NIODeadline?
+    private var timer: Scheduled<Void>?
+    private var reportedDeaf = false
+    private var context: ConnectionContext?
+
+    init(connection: ConnectionID, keepalive: KeepaliveSettings, sink: any FrameSink, events: AsyncStream<SocketEvent>.Continuation, logger: Logger) {
+        self.connection = connection
+        self.keepalive = keepalive
+        self.sink = sink
+        self.events = events
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = ConnectionContext(app: connection.app, connectionID: connection.id, channel: context.channel)
+        lastTextFrame = .now()
+        scheduleKeepalive(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+    }
+
+    private func scheduleKeepalive(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: TimeAmount(keepalive.pingInterval)) {
+            let (handler, context) = loopBound.value
+            handler.keepaliveTick(context: context)
+        }
+    }
+
+    private func keepaliveTick(context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        let now = NIODeadline.now()
+        if let since = awaitingPongSince, now - since > TimeAmount(keepalive.pongDeadline) {
+            reportDeaf("no pong within \(keepalive.pongDeadline)")
+        } else if now - lastTextFrame > TimeAmount(keepalive.idleTimeout) {
+            reportDeaf("no frame for \(keepalive.idleTimeout)")
+        }
+        if awaitingPongSince == nil {
+            awaitingPongSince = now
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "ka"))), promise: nil)
+        }
+        scheduleKeepalive(context: context)
+    }
+
+    private func reportDeaf(_ reason: String) {
+        guard !reportedDeaf else { return }
+        reportedDeaf = true
+        events.yield(.deaf(reason: reason))
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text:
+            if frame.fin {
+                handleText(frame.unmaskedData)
+            } else {
+                fragments = frame.unmaskedData
+            }
+        case .continuation:
+            guard var buffer = fragments else { return }
+            var more = frame.unmaskedData
+            buffer.writeBuffer(&more)
+            if buffer.readableBytes > StreamFrame.maximumSize {
+                logger.warning("dropping an oversized fragmented frame", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)"])
+                fragments = nil
+            } else if frame.fin {
+                fragments = nil
+                handleText(buffer)
+            } else {
+                fragments = buffer
+            }
+        case .ping:
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            awaitingPongSince = nil
+        case .connectionClose:
+            let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xE8]))
+            context.writeAndFlush(wrapOutboundOut(close)).whenComplete { _ in context.close(promise: nil) }
+        default:
+            break
+        }
+    }
+
+    private func handleText(_ buffer: ByteBuffer) {
+        lastTextFrame = .now()
+        guard let context = self.context else { return }
+        let frame: StreamFrame
+        do {
+            frame = try buffer.withUnsafeReadableBytes { bytes throws(FrameError) in try StreamFrame.decode(bytes) }
+        } catch {
+            logger.warning("malformed frame: \(error)", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)"])
+            return
+        }
+        switch frame.kind {
+        case .system:
+            switch frame.topic {
+            case Topic.ping:
+                context.ack(.pong(to: frame))
+            case Topic.disconnect:
+                let reason = frame.dataObject()?["reason"] as? String ?? "no reason given"
+                events.yield(.disconnectRequested(reason: reason))
+            default:
+                logger.debug("ignoring SYSTEM frame", metadata: ["conn.id": "\(connection.id)", "topic": "\(frame.topic ?? "")"])
+            }
+        default:
+            sink.receive(frame, context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        events.yield(.closed(reason: "connection closed"))
+        events.finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.info("socket error: \(error)", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)"])
+        context.close(promise: nil)
+    }
+}

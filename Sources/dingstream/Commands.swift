@@ -1,0 +1,234 @@
+import ArgumentParser
+import AsyncHTTPClient
+import DingStream
+import Foundation
+import Handlers
+import Logging
+import Replies
+import Simulator
+import Spool
+import StreamClient
+import UnixSignals
+
+struct SimulatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "simulator",
+        abstract: "Run only the local DingTalk simulator (for system tests and experiments).")
+    @Option(help: "Port to listen on (127.0.0.1).") var port: Int = DingStream.Sandbox.defaultPort
+    @Option(help: "An app as NAME:CLIENT_ID:SECRET; repeat for several.") var app: [String] = ["sandbox:dingsandbox:sandbox-secret"]
+    @Option(help: "Seconds between the server's SYSTEM pings.") var pingInterval: Int = 30
+
+    func run() async throws {
+        let logger = DingStream.bootstrapLogging(environment: environment())
+        var apps: [SimulatedApp] = []
+        for spec in app {
+            let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
+            guard parts.count == 3 else { throw ValidationError("--app \(spec): write NAME:CLIENT_ID:SECRET") }
+            apps.append(SimulatedApp(name: parts[0], clientId: parts[1], clientSecret: parts[2]))
+        }
+        var configuration = SimulatorConfiguration(apps: apps)
+        configuration.port = port
+        configuration.pingInterval = .seconds(pingInterval)
+        configuration.logger = logger
+        let simulator = try await DingTalkSimulator.start(configuration)
+        print("simulator listening on \(simulator.baseURL)")
+        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+        await simulator.shutdown()
+    }
+}
+
+struct SpoolCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spool", abstract: "Look into the spool: list, show, retry, purge.",
+        subcommands: [List.self, Show.self, Retry.self, Purge.self], defaultSubcommand: List.self)
+
+    static func inspector(_ options: ConfigOption) throws -> SpoolInspector {
+        do {
+            let configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
+            return SpoolInspector(directory: configuration.spoolDirectory)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(78)
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "A table per state, newest first.")
+        @OptionGroup var options: ConfigOption
+        @Flag(help: "JSON instead of a table.") var json = false
+        @Option(help: "At most this many entries per state.") var limit: Int?
+
+        func run() throws {
+            let inspector = try SpoolCommand.inspector(options)
+            do {
+                let listings = try inspector.list(limit: limit)
+                print(json ? SpoolInspector.json(listings) : SpoolInspector.table(listings))
+            } catch {
+                throw CleanExit.message("\(error)")
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One entry, with its reason if it failed.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "Entry name, a unique prefix of it, or the msgId.") var key: String
+
+        func run() throws {
+            do {
+                let shown = try SpoolCommand.inspector(options).show(key)
+                print("\(shown.state.rawValue)/\(shown.name.fileName)")
+                print(shown.contents)
+                if let reason = shown.reason { print("--- reason ---\n\(reason)") }
+            } catch let error as SpoolError {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Retry: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Move failed entries back to new/ so handlers run again.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "Entry to retry.") var key: String?
+        @Flag(help: "Retry every entry in failed/.") var allFailed = false
+
+        func run() throws {
+            let inspector = try SpoolCommand.inspector(options)
+            do {
+                if allFailed {
+                    let names = try inspector.retryAllFailed()
+                    print("\(names.count) entr\(names.count == 1 ? "y" : "ies") moved back to new/")
+                } else if let key {
+                    print("\(try inspector.retry(key)) moved back to new/")
+                } else {
+                    throw ValidationError("name an entry or pass --all-failed")
+                }
+            } catch let error as SpoolError {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Purge: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete done/ entries older than an age.")
+        @OptionGroup var options: ConfigOption
+        @Option(help: "Age such as 7d, 12h.") var doneOlderThan: String
+
+        func run() throws {
+            guard let age = SpoolInspector.parseDuration(doneOlderThan) else {
+                throw ValidationError("--done-older-than \(doneOlderThan): write e.g. 7d or 12h")
+            }
+            do {
+                let count = try SpoolCommand.inspector(options).purge(.done, olderThan: age)
+                print("\(count) entr\(count == 1 ? "y" : "ies") purged from done/")
+            } catch let error as SpoolError {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+struct HandlersCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "handlers", abstract: "Inspect the handlers directory.", subcommands: [Check.self])
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List what would run for each message, and why anything would not.")
+        @OptionGroup var options: ConfigOption
+        @Option(help: "Also accept handlers owned by this uid (the service user).") var serviceUid: UInt32?
+
+        func run() throws {
+            let configuration: DingStream.Configuration
+            do {
+                configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
+            } catch {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(78)
+            }
+            var owners: Set<uid_t> = [0, geteuid()]
+            if let serviceUid { owners.insert(serviceUid) }
+            let scan = HandlerDirectory.scan(path: configuration.spoolDirectory + "/handlers", allowedOwners: owners)
+            print(scan.report())
+            if scan.runnable.isEmpty { throw ExitCode(1) }
+        }
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "What the running daemon is doing.")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Print the raw JSON.") var json = false
+
+    func run() throws {
+        let runtime = (try? DingStream.Configuration.load(path: options.config, environment: environment()))?.runtimeDirectory ?? "/run/dingstream"
+        guard let data = FileManager.default.contents(atPath: runtime + "/status.json"),
+            let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+        else {
+            print("dingstream is not running (no \(runtime)/status.json); try: systemctl status dingstream")
+            throw ExitCode(3)
+        }
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("dingstream pid \(object["pid"] ?? "?"): \(object["phase"] ?? "?"), \(object["queued"] ?? 0) queued, \(object["failed"] ?? 0) failed")
+        let apps = object["apps"] as? [String: [String: Any]] ?? [:]
+        for name in apps.keys.sorted() {
+            let app = apps[name] ?? [:]
+            print("  \(name): \(app["up"] ?? 0)/\(app["wanted"] ?? 0) sockets up, \(app["rotations"] ?? 0) rotations")
+            for socket in app["sockets"] as? [[String: Any]] ?? [] {
+                print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(socket["ageSeconds"] ?? 0)s")
+            }
+            if let error = app["lastError"] as? String { print("    last error: \(error)") }
+        }
+    }
+}
+
+struct Send: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send a message proactively (cron jobs, alerts) to users or a group.",
+        discussion: "Reads the text from the arguments, or from stdin when it is \"-\" or absent.")
+    @OptionGroup var options: ConfigOption
+    @Option(help: "The app (bot) that sends.") var app: String?
+    @Option(name: .customLong("user"), parsing: .upToNextOption, help: "Staff ids of the receivers.") var users: [String] = []
+    @Option(help: "openConversationId of the group.") var group: String?
+    @Option(help: "Send as markdown with this title.") var markdown: String?
+    @Argument(help: "The text, or - for stdin.") var text: [String] = []
+
+    func run() async throws {
+        let logger = DingStream.bootstrapLogging(environment: environment(), level: .warning)
+        let configuration: DingStream.Configuration
+        do {
+            configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(78)
+        }
+        guard let appConfiguration = app.map({ name in configuration.apps.first { $0.name == name } }) ?? (configuration.apps.count == 1 ? configuration.apps.first : nil) else {
+            throw ValidationError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))")
+        }
+        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID… or --group CID") }
+        var body = text.joined(separator: " ")
+        if body.isEmpty || body == "-" {
+            body = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        }
+        body = body.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !body.isEmpty else { throw ValidationError("the message is empty") }
+        let message: ReplyMessage = markdown.map { .markdown(title: $0, text: body) } ?? .text(body)
+        let network = NetworkSettings.resolve(proxy: appConfiguration.proxy, caFile: appConfiguration.caFile, environment: environment())
+        let client = try network.makeHTTPClient(for: appConfiguration.apiBase)
+        let credentials = AppCredentials(
+            name: appConfiguration.name, clientID: appConfiguration.clientID, clientSecret: appConfiguration.clientSecret,
+            apiBase: appConfiguration.apiBase)
+        let tokens = AccessTokenProvider(credentials: credentials, httpClient: client, logger: logger)
+        let api = OpenAPIClient(credentials: credentials, httpClient: client, tokens: tokens, logger: logger)
+        let sender = ProactiveSender(client: api)
+        let summary = if let group { await sender.send(message: message, group: group) } else { await sender.send(message: message, users: users) }
+        try? await client.shutdown()
+        print(summary.lines.joined(separator: "\n"))
+        throw ExitCode(summary.exitStatus)
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import StreamProtocol
+import Testing
+
+@testable import Spool
+
+@Suite struct SpoolInspectorTests {
+    @Test(.timeLimit(.minutes(1))) func listShowRetryPurgeWhileTheSpoolRuns() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            let spool = Spool(directory: root, rescanInterval: .milliseconds(20), logger: LogSink().logger, now: clock.closure)
+            try spool.open()
+            let start = millis(clock.now)
+            try await withRunning(spool) {
+                var iterator = spool.entries.makeAsyncIterator()
+                var names: [EntryName] = []
+                for (index, text) in ["first question", "second\nline", "third"].enumerated() {
+                    guard case .stored(let name) = await spool.store(botRecord(msgID: "m\(index)", text: text, millis: start + Int64(index) * 1000)) else {
+                        Issue.record("not stored")
+                        return
+                    }
+                    names.append(name)
+                    _ = await iterator.next()
+                }
+                _ = try spool.claim(names[0])
+                try spool.complete(names[0], replies: nil)
+                _ = try spool.claim(names[1])
+                try spool.deadLetter(names[1], reason: "exit 2")
+
+                clock.advance(90)
+                let inspector = SpoolInspector(directory: root, now: clock.closure)
+                let listing = try inspector.list()
+                #expect(listing.map(\.state) == [.new, .done, .failed])
+                #expect(listing[0].excerpt == "third")
+                #expect(listing[0].sender == "Zhang San (0423297)")
+                #expect(listing[0].age.components.seconds == 88)
+                #expect(listing[2].excerpt == "second line")
+
+                let table = SpoolInspector.table(listing)
+                #expect(table.contains("new/ (1)"))
+                #expect(table.contains("failed/ (1)"))
+                #expect(table.contains(names[2].value))
+                #expect(table.contains("1m"))
+                let json = try #require(try JSONSerialization.jsonObject(with: Data(SpoolInspector.json(listing).utf8)) as? [[String: Any]])
+                #expect(json.count == 3)
+                #expect(json[0]["key"] as? String == names[2].value)
+                #expect(json[0]["state"] as? String == "new")
+
+                // show by full name, by unique prefix, by msgId.
+                let shown = try inspector.show(names[1].value)
+                #expect(shown.state == .failed)
+                #expect(shown.reason == "exit 2\n")
+                #expect(try inspector.show(String(names[2].value.prefix(13))).name == names[2])
+                #expect(try inspector.resolve("m2").name == names[2])
+                #expect(try inspector.resolve(names[0].fileName).state == .done)
+                #expect(throws: SpoolError.self) { try inspector.resolve("nothing-like-it") }
+                #expect(throws: SpoolError.self) { try inspector.resolve("1") }  // every name starts with 1
+
+                // retry: failed → new, reason gone, attempts reset; the running spool announces it.
+                #expect(try inspector.retry("m1") == names[1])
+                #expect(files(root + "/failed").isEmpty)
+                #expect(try spool.read(names[1], in: .new).attempts == 0)
+                #expect(await iterator.next() == names[1])
+                #expect(throws: SpoolError.self) { try inspector.retry("m2") }  // not a dead letter
+
+                // purge: done older than 7 days goes, its key stays a duplicate.
+                #expect(try inspector.purge(olderThan: .seconds(7 * 86400)) == 0)
+                clock.advance(8 * 86400)
+                let purged = try inspector.purge(olderThan: .seconds(7 * 86400), dedupWindow: .seconds(30 * 86400))
+                #expect(purged == 1)
+                #expect(files(root + "/done").isEmpty)
+                #expect(try String(contentsOfFile: root + "/dedup.log", encoding: .utf8).contains(String(names[0].dedupKey)))
+                #expect(await spool.store(botRecord(msgID: "m0", millis: millis(clock.now))) == .duplicate)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func retryAllFailedAndDeliveryFailuresGoBackToOutbox() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            let names = try await withRunning(spool) {
+                var names: [EntryName] = []
+                for id in ["a", "b"] {
+                    if case .stored(let name) = await spool.store(botRecord(msgID: id)) { names.append(name) }
+                }
+                return names
+            }
+            try #require(names.count == 2)
+            _ = try spool.claim(names[0])
+            try spool.deadLetter(names[0], reason: "timeout")
+            _ = try spool.claim(names[1])
+            try spool.complete(names[1], replies: [Data("hi".utf8)])
+            try spool.finishDelivery(names[1], outcome: .failed(reason: "webhook 300001, OpenAPI 403"))
+            #expect(files(root + "/failed").count == 4)
+
+            let inspector = SpoolInspector(directory: root)
+            #expect(try inspector.retryAllFailed().sorted() == names.sorted())
+            #expect(try spool.newEntries() == [names[0]])
+            #expect(try spool.outboxEntries() == [names[1]])
+            #expect(try spool.read(names[1], in: .outbox).replies == ["hi"])
+            #expect(files(root + "/failed").isEmpty)
+        }
+    }
+
+    @Test func durationsParse() {
+        #expect(SpoolInspector.parseDuration("7d") == .seconds(7 * 86400))
+        #expect(SpoolInspector.parseDuration("90s") == .seconds(90))
+        #expect(SpoolInspector.parseDuration("12h") == .seconds(12 * 3600))
+        #expect(SpoolInspector.parseDuration("15") == .seconds(15))
+        #expect(SpoolInspector.parseDuration("7x") == nil)
+        #expect(SpoolInspector.parseDuration("") == nil)
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+import StreamProtocol
+import Testing
+
+@Suite("Frame and ack codecs on the samples of PROTOCOL.md")
+struct FrameCodecTests {
+    static let botFrame = #"""
+        {"specVersion":"1.0","type":"CALLBACK",
+         "headers":{"appId":"765e","connectionId":"2f9c","contentType":"application/json",
+                    "messageId":"212b9d7c_165f_19bfa1a500a_1461def","time":"1769851697756",
+                    "topic":"/v1.0/im/bot/messages/get","extraHeader":"kept"},
+         "data":"{\"conversationId\":\"cidXXXX\",\"conversationType\":\"1\",\"msgId\":\"msgXXXX==\",\"msgtype\":\"text\",\"text\":{\"content\":\" hello\"},\"createAt\":1695283635765,\"senderStaffId\":\"0423297\",\"senderNick\":\"Zhang San\",\"robotCode\":\"dingXXXX\",\"sessionWebhook\":\"https://oapi.dingtalk.com/robot/sendBySession?session=79b4\",\"sessionWebhookExpiredTime\":1695289035996}"}
+        """#
+
+    @Test func decodesABotMessageFrame() throws {
+        let frame = try StreamFrame.decode(Array(Self.botFrame.utf8))
+        #expect(frame.kind == .callback)
+        #expect(frame.messageID == "212b9d7c_165f_19bfa1a500a_1461def")
+        #expect(frame.topic == Topic.botMessage)
+        #expect(frame.headers["extraHeader"] == "kept")
+        let data = try #require(frame.dataObject())
+        let message = try #require(BotMessage(data: data))
+        #expect(message.msgID == "msgXXXX==")
+        #expect(message.text == "hello")
+        #expect(message.conversation == .private)
+        #expect(message.senderStaffID == "0423297")
+        #expect(message.sessionWebhookExpiredTime == 1_695_289_035_996)
+        #expect(MessageKey(app: "helpdesk", frame: frame) == MessageKey(app: "helpdesk", kind: .bot, id: "msgXXXX=="))
+    }
+
+    @Test func pingIsEchoedWithItsOpaque() throws {
+        let ping = #"{"specVersion":"1.0","type":"SYSTEM","headers":{"messageId":"m-1","topic":"ping","contentType":"application/json"},"data":"{\"opaque\":\"7f3a\"}"}"#
+        let frame = try StreamFrame.decode(Array(ping.utf8))
+        let ack = try #require(JSON.object(StreamAck.pong(to: frame).encoded()))
+        #expect(ack["code"] as? Int == 200)
+        #expect((ack["headers"] as? [String: Any])?["messageId"] as? String == "m-1")
+        let dataText = try #require(ack["data"] as? String)
+        let data = try #require(JSON.object(dataText))
+        #expect(data["opaque"] as? String == "7f3a")
+    }
+
+    @Test func eventAcksCarryAStatus() throws {
+        let event = StreamFrame(kind: .event, headers: ["messageId": "e-1", "eventId": "ev-9", "topic": "*"], data: "{}")
+        #expect(MessageKey(app: "a", frame: event)?.id == "ev-9")
+        let success = try #require(JSON.object(StreamAck.event(event).encoded()))
+        #expect(JSON.object(success["data"] as? String ?? "")?["status"] as? String == "SUCCESS")
+        let later = try #require(JSON.object(StreamAck.event(event, later: true).encoded()))
+        #expect(JSON.object(later["data"] as? String ?? "")?["status"] as? String == "LATER")
+    }
+
+    @Test func callbackAckCarriesTheCardResponse() throws {
+        let card = StreamFrame(kind: .callback, headers: ["messageId": "c-1", "topic": Topic.cardCallback], data: "{}")
+        let ack = try #require(JSON.object(StreamAck.callback(card, response: #"{"cardData":{"cardParamMap":{"status":"done"}}}"#).encoded()))
+        let dataText = try #require(ack["data"] as? String)
+        let data = try #require(JSON.object(dataText))
+        let response = try #require(data["response"] as? [String: Any])
+        #expect((response["cardData"] as? [String: Any]) != nil)
+        let botAck = try #require(JSON.object(StreamAck.callback(card).encoded()))
+        #expect((botAck["data"] as? String) == #"{"response":null}"#)
+    }
+
+    @Test func malformedFramesAreNamed() {
+        #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(Array("{nope".utf8)) }
+        #expect(throws: FrameError(.notAnObject)) { try StreamFrame.decode(Array("[1]".utf8)) }
+        #expect(throws: FrameError(.missingField("type"))) { try StreamFrame.decode(Array(#"{"headers":{}}"#.utf8)) }
+        let huge = Array(repeating: UInt8(ascii: " "), count: StreamFrame.maximumSize + 1)
+        #expect(throws: FrameError(.tooLarge(huge.count))) { try StreamFrame.decode(huge) }
+    }
+
+    @Test func keysDoNotDependOnTheMessageID() throws {
+        let first = StreamFrame(kind: .callback, headers: ["messageId": "a", "topic": Topic.botMessage], data: #"{"msgId":"m1"}"#)
+        var redelivery = first
+        redelivery.headers["messageId"] = "b"
+        #expect(MessageKey(app: "x", frame: first) == MessageKey(app: "x", frame: redelivery))
+        #expect(MessageKey(app: "x", frame: first)?.hash != MessageKey(app: "y", frame: first)?.hash)
+    }
+
+    @Test func backoffFollowsFullJitterUpToTheCap() {
+        let backoff = Backoff(base: .seconds(1), cap: .seconds(60))
+        #expect(backoff.ceiling(afterFailures: 0) == .seconds(1))
+        #expect(backoff.ceiling(afterFailures: 3) == .seconds(8))
+        #expect(backoff.ceiling(afterFailures: 6) == .seconds(60))
+        #expect(backoff.ceiling(afterFailures: 500) == .seconds(60))
+        #expect(backoff.delay(afterFailures: 10, unit: 0.5) == .seconds(30))
+        #expect(backoff.delay(afterFailures: 10, unit: 0) == .zero)
+    }
+}

@@ -22,7 +22,9 @@ public actor AccessTokenProvider {
     }
 
     private var cached: Cached?
-    private var refreshing: Task<Result<Cached, ReplyError>, Never>?
+    /// Callers waiting for the fetch already under way.
+    private var waiters: [CheckedContinuation<Result<Cached, ReplyError>, Never>] = []
+    private var fetching = false
 
     static let path = "/v1.0/oauth2/accessToken"
 
@@ -70,14 +72,16 @@ public actor AccessTokenProvider {
     }
 
     private func refresh() async -> Result<Cached, ReplyError> {
-        if let refreshing { return await refreshing.value }
-        let task = Task { [exchange, credentials, now, logger] in
-            await Self.fetch(exchange: exchange, credentials: credentials, now: now, logger: logger)
+        if fetching {
+            return await withCheckedContinuation { waiters.append($0) }
         }
-        refreshing = task
-        let result = await task.value
-        refreshing = nil
+        fetching = true
+        let result = await Self.fetch(exchange: exchange, credentials: credentials, now: now, logger: logger)
+        fetching = false
         if case .success(let value) = result { cached = value }
+        let waiting = waiters
+        waiters = []
+        for waiter in waiting { waiter.resume(returning: result) }
         return result
     }
 

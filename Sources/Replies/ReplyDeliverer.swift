@@ -178,8 +178,8 @@ public struct ReplyDeliverer: Sendable {
         guard let client = clients[target.app] else {
             return giveUp(
                 ReplyError(
-                    .credentials, endpoint: "robot OpenAPI",
-                    context: "no OpenAPI client for app \(target.app) and the session webhook is gone; check the app's name in the configuration"
+                    .unknownApp, endpoint: "robot OpenAPI",
+                    context: "app \(target.app) has no OpenAPI client and the session webhook is gone"
                 )
             )
         }

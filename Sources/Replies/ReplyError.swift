@@ -30,6 +30,8 @@ public struct ReplyError: Error, Sendable, Equatable, CustomStringConvertible {
         case unsupportedMessage
         /// The recipient is not a staff id the app can reach (`invalidStaffIdList`).
         case invalidRecipient
+        /// No OpenAPI client is configured for the reply's app.
+        case unknownApp
     }
 
     public var code: Code
@@ -58,7 +60,7 @@ public struct ReplyError: Error, Sendable, Equatable, CustomStringConvertible {
         switch code {
         case .throttled, .server, .timeout, .webhookThrottled, .transport: true
         case .permission, .invalidAuthentication, .credentials, .webhookExpired, .webhookRejected,
-            .rejected, .badResponse, .unsupportedMessage, .invalidRecipient:
+            .rejected, .badResponse, .unsupportedMessage, .invalidRecipient, .unknownApp:
             false
         }
     }
@@ -102,6 +104,8 @@ public struct ReplyError: Error, Sendable, Equatable, CustomStringConvertible {
             "could not reach DingTalk; check DNS, proxy, CA file and firewall"
         case .unsupportedMessage:
             "this message type cannot be sent on this path; reply with text, markdown, link or actionCard"
+        case .unknownApp:
+            "no app of this name is configured; check `name` in the [[app]] tables"
         case .invalidRecipient:
             "the recipient is not a staff id this app can reach (invalidStaffIdList); check the user id and the app's visibility range"
         }

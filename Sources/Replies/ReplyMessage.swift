@@ -115,6 +115,11 @@ public enum ReplyMessage: Sendable, Equatable {
             )
         case .raw(let msgtype, _):
             let object = webhookObject
+            // A known type with extras (e.g. `at`) goes out without them: the OpenAPI has no place for them.
+            if let fields = object[msgtype] {
+                let plain = ReplyMessage(webhookObject: ["msgtype": msgtype, msgtype: fields])
+                if case .raw = plain {} else { return try plain.openAPIForm() }
+            }
             if let msgKey = object["msgKey"] as? String {
                 if let param = object["msgParam"] as? String { return (msgKey, param) }
                 if let param = object["msgParam"] as? [String: Any] { return (msgKey, paramString(param)) }

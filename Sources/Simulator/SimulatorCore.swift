@@ -283,7 +283,13 @@ struct SimulatorCore {
         appStats.unacked -= 1
         stats[app] = appStats
         delivery.settled = true
-        deliveries[push.deliveryId] = delivery
+        if recordDetails || delivery.isCard {
+            deliveries[push.deliveryId] = delivery
+        } else {
+            // Benchmarks: forget settled messages so memory stays flat (no redeliver-on-command for them).
+            deliveries[push.deliveryId] = nil
+            deliveryByBusinessKey[Self.businessKey(app: app, id: delivery.businessId)] = nil
+        }
         if let cardResponse {
             cardResponses[push.deliveryId] = cardResponse
             if let waiter = cardWaiters.removeValue(forKey: push.deliveryId) {

@@ -58,6 +58,8 @@ extension Spool {
     public func claim(_ name: EntryName) throws(SpoolError) -> ClaimedEntry {
         let target = path(of: name, in: .cur)
         try FileIO.rename(path(of: name, in: .new), target)
+        // Once out of new/, a later return (retry, `dingstream spool retry`) is announced afresh.
+        loop.withLock { _ = $0.announced.remove(name) }
         return ClaimedEntry(entry: try read(name, in: .cur), path: target)
     }
 

@@ -159,7 +159,7 @@ extension Spool {
         for pending in duplicates { pending.completion(.duplicate) }
         guard !writes.isEmpty else { return }
 
-        let groupSync = FileIO.hasSyncFS
+        let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
         var failures: [(Pending, SpoolError)] = []
         var written: [(name: EntryName, pending: Pending)] = []
         for item in writes {

@@ -20,6 +20,15 @@ public enum IntakeOutcome: Sendable, Equatable {
 /// dispatcher side (`claim`, `complete`, `retryLater`, `deadLetter`, outbox calls) does blocking
 /// file I/O on the caller's task, one name at a time; a name must have one owner at a time.
 public final class Spool: Sendable {
+    /// How a group commit makes its files durable.
+    public enum SyncMode: Sendable {
+        /// One `syncfs` for the whole batch: cheapest when the spool has its filesystem (or a
+        /// quiet one) to itself. Falls back to `.perFile` where syncfs is unavailable.
+        case filesystem
+        /// One `fdatasync` per file: no cost from other writers on a busy shared filesystem.
+        case perFile
+    }
+
     public let directory: String
     public let dedupWindow: Duration
     public let retention: Duration
@@ -27,6 +36,7 @@ public final class Spool: Sendable {
     public let rescanInterval: Duration
     /// How often `run` prunes `done/`.
     public let pruneInterval: Duration
+    public let syncMode: SyncMode
     let logger: Logger
     let now: @Sendable () -> Date
 
@@ -73,13 +83,14 @@ public final class Spool: Sendable {
     public init(
         directory: String, dedupWindow: Duration = .seconds(24 * 3600), retention: Duration = .seconds(7 * 24 * 3600),
         rescanInterval: Duration = .seconds(5), pruneInterval: Duration = .seconds(3600),
-        logger: Logger, now: @escaping @Sendable () -> Date = { Date() }
+        syncMode: SyncMode = .filesystem, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }
     ) {
         self.directory = directory.count > 1 && directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         self.dedupWindow = dedupWindow
         self.retention = retention
         self.rescanInterval = rescanInterval
         self.pruneInterval = pruneInterval
+        self.syncMode = syncMode
         self.logger = logger
         self.now = now
         (entries, entriesContinuation) = AsyncStream.makeStream(of: EntryName.self)

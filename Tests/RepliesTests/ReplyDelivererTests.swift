@@ -207,3 +207,46 @@ import Testing
         }
     }
 }
+
+@Suite struct ReplyDelivererEdgeTests {
+    @Test(.timeLimit(.minutes(1))) func aTypeWithoutOpenAPIFormIsDeadLetteredWhenTheWebhookIsGone() async throws {
+        try await withStack { stack in
+            let message = try stack.sim.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("q"), webhookLifetime: .seconds(1)))
+            let feed = ReplyMessage(webhookObject: ["msgtype": "feedCard", "feedCard": ["links": [String]()]])
+            let outcome = await stack.deliverer().deliver([feed], to: try stack.target(of: message), firstAttemptAt: stack.clock.now, progress: { _ in })
+            guard case .deadLetter(let reason) = outcome else {
+                Issue.record("expected a dead letter, got \(outcome)")
+                return
+            }
+            #expect(reason.contains("feedCard"))
+            #expect(reason.contains("msgKey"))
+            #expect(stack.sim.openAPISends().isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aReplyForAnUnconfiguredAppIsDeadLettered() async throws {
+        try await withStack { stack in
+            let message = try stack.sim.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("q"), webhookLifetime: .seconds(1)))
+            var target = try stack.target(of: message)
+            target.app = "elsewhere"
+            let outcome = await stack.deliverer().deliver([.text("x")], to: target, firstAttemptAt: stack.clock.now, progress: { _ in })
+            guard case .deadLetter(let reason) = outcome else {
+                Issue.record("expected a dead letter, got \(outcome)")
+                return
+            }
+            #expect(reason.contains("elsewhere"))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aWebhookJustOutsideTheMarginIsStillUsed() async throws {
+        try await withStack { stack in
+            let message = try stack.sim.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("q"), webhookLifetime: .seconds(15)))
+            let outcome = await stack.deliverer().deliver([.text("x")], to: try stack.target(of: message), firstAttemptAt: stack.clock.now, progress: { _ in })
+            #expect(outcome == .delivered(paths: [.sessionWebhook], reportedUsers: []))
+            // Once the clock passes expiry − margin, the same target goes through the OpenAPI.
+            stack.clock.advance(.seconds(6))
+            let later = await stack.deliverer().deliver([.text("y")], to: try stack.target(of: message), firstAttemptAt: stack.clock.now, progress: { _ in })
+            #expect(later == .delivered(paths: [.privateChat], reportedUsers: []))
+        }
+    }
+}

@@ -33,6 +33,10 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
         #expect(msgtype == "text")
         #expect((object(body)["at"] as? [String: Any])?["isAtAll"] as? Bool == true)
         #expect((object(withAt.webhookBody)["text"] as? [String: Any])?["content"] as? String == "hi")
+        // The OpenAPI has no `at`: the text goes without it.
+        let form = try withAt.openAPIForm()
+        #expect(form.msgKey == "sampleText")
+        #expect(object(form.msgParam)["content"] as? String == "hi")
     }
 
     @Test(.timeLimit(.minutes(1))) func webhookBodiesFollowTheProtocol() {

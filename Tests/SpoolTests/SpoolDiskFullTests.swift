@@ -25,7 +25,7 @@ func run(_ program: String, _ arguments: [String]) throws -> Int32 {
                 Issue.record("mount -t tmpfs failed")
                 return
             }
-            defer { try? run("/bin/umount", [root]) }
+            defer { _ = try? run("/bin/umount", [root]) }
             let sink = LogSink()
             let spool = Spool(directory: root + "/spool", logger: sink.logger)
             try spool.open()

@@ -100,9 +100,10 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1))) func groupCommitStoresManyConcurrentFramesAndAnnouncesThem() async throws {
+    @Test(.timeLimit(.minutes(1)), arguments: [Spool.SyncMode.filesystem, .perFile])
+    func groupCommitStoresManyConcurrentFramesAndAnnouncesThem(mode: Spool.SyncMode) async throws {
         try await withTemporaryDirectory { root in
-            let spool = Spool(directory: root, logger: LogSink().logger)
+            let spool = Spool(directory: root, syncMode: mode, logger: LogSink().logger)
             try spool.open()
             let count = 2000
             let outcomes = try await withRunning(spool) {

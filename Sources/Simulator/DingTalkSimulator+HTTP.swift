@@ -131,7 +131,8 @@ extension DingTalkSimulator {
             let errcode = core.withLock { c -> Int in
                 let entry = c.sessions[session]
                 let code: Int
-                if entry == nil || entry!.expiredByCommand || entry!.expiresAt < now {
+                let live = entry.map { !$0.expiredByCommand && $0.expiresAt >= now } ?? false
+                if !live {
                     code = 300001
                 } else if c.webhookThrottle {
                     code = 130101

@@ -43,13 +43,7 @@ struct SpoolCommand: AsyncParsableCommand {
         subcommands: [List.self, Show.self, Retry.self, Purge.self], defaultSubcommand: List.self)
 
     static func inspector(_ options: ConfigOption) throws -> SpoolInspector {
-        do {
-            let configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
-            return SpoolInspector(directory: configuration.spoolDirectory)
-        } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(78)
-        }
+        SpoolInspector(directory: try loadConfiguration(options).spoolDirectory)
     }
 
     struct List: ParsableCommand {
@@ -75,14 +69,12 @@ struct SpoolCommand: AsyncParsableCommand {
         @Argument(help: "Entry name, a unique prefix of it, or the msgId.") var key: String
 
         func run() throws {
-            do {
-                let shown = try SpoolCommand.inspector(options).show(key)
+            let inspector = try SpoolCommand.inspector(options)
+            try reportingSpoolErrors {
+                let shown = try inspector.show(key)
                 print("\(shown.state.rawValue)/\(shown.name.fileName)")
                 print(shown.contents)
                 if let reason = shown.reason { print("--- reason ---\n\(reason)") }
-            } catch let error as SpoolError {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(1)
             }
         }
     }
@@ -95,7 +87,7 @@ struct SpoolCommand: AsyncParsableCommand {
 
         func run() throws {
             let inspector = try SpoolCommand.inspector(options)
-            do {
+            try reportingSpoolErrors {
                 if allFailed {
                     let names = try inspector.retryAllFailed()
                     print("\(names.count) entr\(names.count == 1 ? "y" : "ies") moved back to new/")
@@ -104,9 +96,6 @@ struct SpoolCommand: AsyncParsableCommand {
                 } else {
                     throw ValidationError("name an entry or pass --all-failed")
                 }
-            } catch let error as SpoolError {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(1)
             }
         }
     }
@@ -120,12 +109,10 @@ struct SpoolCommand: AsyncParsableCommand {
             guard let age = SpoolInspector.parseDuration(doneOlderThan) else {
                 throw ValidationError("--done-older-than \(doneOlderThan): write e.g. 7d or 12h")
             }
-            do {
-                let count = try SpoolCommand.inspector(options).purge(.done, olderThan: age)
+            let inspector = try SpoolCommand.inspector(options)
+            try reportingSpoolErrors {
+                let count = try inspector.purge(.done, olderThan: age)
                 print("\(count) entr\(count == 1 ? "y" : "ies") purged from done/")
-            } catch let error as SpoolError {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(1)
             }
         }
     }
@@ -141,13 +128,7 @@ struct HandlersCommand: ParsableCommand {
         @Option(help: "Also accept handlers owned by this uid (the service user).") var serviceUid: UInt32?
 
         func run() throws {
-            let configuration: DingStream.Configuration
-            do {
-                configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
-            } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(78)
-            }
+            let configuration = try loadConfiguration(options)
             var owners: Set<uid_t> = [0, geteuid()]
             if let serviceUid { owners.insert(serviceUid) }
             let scan = HandlerDirectory.scan(path: configuration.spoolDirectory + "/handlers", allowedOwners: owners)
@@ -200,13 +181,7 @@ struct Send: AsyncParsableCommand {
 
     func run() async throws {
         let logger = DingStream.bootstrapLogging(environment: environment(), level: .warning)
-        let configuration: DingStream.Configuration
-        do {
-            configuration = try DingStream.Configuration.load(path: options.config, environment: environment())
-        } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(78)
-        }
+        let configuration = try loadConfiguration(options)
         guard let appConfiguration = app.map({ name in configuration.apps.first { $0.name == name } }) ?? (configuration.apps.count == 1 ? configuration.apps.first : nil) else {
             throw ValidationError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))")
         }
@@ -230,5 +205,25 @@ struct Send: AsyncParsableCommand {
         try? await client.shutdown()
         print(summary.lines.joined(separator: "\n"))
         throw ExitCode(summary.exitStatus)
+    }
+}
+
+/// The configuration of a command; on error it is printed and the command exits 78 (EX_CONFIG).
+func loadConfiguration(_ options: ConfigOption) throws -> DingStream.Configuration {
+    do {
+        return try DingStream.Configuration.load(path: options.config, environment: environment())
+    } catch {
+        FileHandle.standardError.write(Data("\(error)\n".utf8))
+        throw ExitCode(ConfigurationError.exitStatus)
+    }
+}
+
+/// Spool errors already say what to do: print them and exit 1; other errors pass through.
+func reportingSpoolErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as SpoolError {
+        FileHandle.standardError.write(Data("\(error)\n".utf8))
+        throw ExitCode(1)
     }
 }

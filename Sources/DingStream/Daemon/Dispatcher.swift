@@ -176,11 +176,7 @@ final class Dispatcher: Service {
     var failed: Int { failedCount.load(ordering: .relaxed) }
 
     private func finish(_ body: () throws(SpoolError) -> Void) {
-        do {
-            try body()
-        } catch {
-            logger.error("spool: \(error)")
-        }
+        logger.loggingSpoolFailure(body)
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.

@@ -103,10 +103,6 @@ final class OutboxSender: Service {
     }
 
     private func finish(_ body: () throws(SpoolError) -> Void) {
-        do {
-            try body()
-        } catch {
-            logger.error("spool: \(error)")
-        }
+        logger.loggingSpoolFailure(body)
     }
 }

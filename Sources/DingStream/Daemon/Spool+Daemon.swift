@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Spool
 
 extension Spool {
@@ -14,5 +15,17 @@ extension Spool {
             unlink(path)
         }
         return fsync(descriptor) == 0
+    }
+}
+
+extension Logger {
+    /// A state change of an entry that failed leaves the entry where it was (the spool says
+    /// which path and why); it is retried after the next start, so logging is all there is to do.
+    func loggingSpoolFailure(_ body: () throws(SpoolError) -> Void) {
+        do {
+            try body()
+        } catch {
+            self.error("spool: \(error)")
+        }
     }
 }

@@ -56,25 +56,26 @@ final class Dispatcher: Service {
     func run() async throws {
         let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
         scan.log(to: logger)
-        await withDiscardingTaskGroup { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.scheduler.run() }
-            await withGracefulShutdownHandler {
+            // Graceful shutdown cancels the feed: the spool's stream only ends after the
+            // dispatcher has stopped, so waiting for it would never return.
+            await cancelWhenGracefulShutdown {
                 // Entries waiting from before the start (recovery, retries), then whatever commits.
-                if let pending = try? spool.pendingEntries() {
-                    for entry in pending { offer(entry.name) }
+                if let pending = try? self.spool.pendingEntries() {
+                    for entry in pending { self.offer(entry.name) }
                 }
-                for await name in spool.entries {
+                for await name in self.spool.entries {
                     if Task.isCancelled { break }
-                    offer(name)
+                    self.offer(name)
                 }
-            } onGracefulShutdown: { [scheduler] in
-                scheduler.shutdown()
             }
-            // Handlers still running get the grace period, then are cancelled (their process
-            // groups killed); their entries go back to new/ at the next start.
-            group.addTask { [shutdownGrace] in
-                try? await Task.sleep(for: shutdownGrace)
-            }
+            // No new handler starts; running ones get the grace period, then are cancelled
+            // (their process groups killed) and their entries go back to new/ at the next start.
+            scheduler.shutdown()
+            group.addTask { [shutdownGrace] in try? await Task.sleep(for: shutdownGrace) }
+            await group.next()
+            group.cancelAll()
         }
     }
 

@@ -60,7 +60,11 @@ public enum JournalFields {
         ]
         if let error { fields.append("ERROR=\(error)") }
         var mapped: [String: String] = [:]
-        for (key, value) in metadata { mapped[fieldName(forMetadataKey: key)] = value.description }
+        for (key, value) in metadata {
+            var text = value.description
+            if key == MessageID.metadataKey, let id = MessageID(name: text) { text = id.rawValue }
+            mapped[fieldName(forMetadataKey: key)] = text
+        }
         for name in mapped.keys.sorted() { fields.append("\(name)=\(mapped[name] ?? "")") }
         return fields
     }

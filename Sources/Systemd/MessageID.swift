@@ -22,7 +22,22 @@ public enum MessageID: String, Sendable, CaseIterable {
     /// The watchdog stopped pinging because a progress probe failed.
     case watchdogStalled = "cddfe0f3e2fd4403bc5ba57a3d5d638f"
 
-    /// The metadata key whose value becomes the journal's `MESSAGE_ID` field.
+    /// The id for `name`: a case name (`socketUp`, also `configReloaded` for `reloaded`) or the
+    /// hex id itself. Lets modules without this one log `"message.id": "socketUp"`.
+    public init?(name: String) {
+        if let byValue = MessageID(rawValue: name.lowercased()) {
+            self = byValue
+        } else if name == "configReloaded" {
+            self = .reloaded
+        } else if let byName = MessageID.allCases.first(where: { String(describing: $0) == name }) {
+            self = byName
+        } else {
+            return nil
+        }
+    }
+
+    /// The metadata key whose value becomes the journal's `MESSAGE_ID` field; its value may be a
+    /// case name or the hex id.
     public static let metadataKey = "message.id"
 
     /// `["message.id": id]`, to merge into a log call's metadata.

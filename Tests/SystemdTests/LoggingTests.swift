@@ -54,6 +54,21 @@ import Glibc
         #expect(fields.filter { $0.hasPrefix("MESSAGE=") }.count == 1)
     }
 
+    @Test(.timeLimit(.minutes(1))) func symbolicMessageIDsResolveToHex() {
+        #expect(MessageID(name: "socketUp") == .socketUp)
+        #expect(MessageID(name: "configReloaded") == .reloaded)
+        #expect(MessageID(name: "A3C4D6D338884E3AB7364123180B6B4A") == .handlerFailed)
+        #expect(MessageID(name: "noSuchEvent") == nil)
+        let fields = JournalFields.fields(
+            level: .info, message: "m", metadata: ["message.id": "replyDeadLettered"], label: "l", identifier: "d",
+            file: "f", function: "g", line: 1)
+        #expect(fields.contains("MESSAGE_ID=3024d04054d84cee92a3d9eb056b4f65"))
+        let unknown = JournalFields.fields(
+            level: .info, message: "m", metadata: ["message.id": "custom"], label: "l", identifier: "d",
+            file: "f", function: "g", line: 1)
+        #expect(unknown.contains("MESSAGE_ID=custom"))
+    }
+
     @Test(.timeLimit(.minutes(1))) func errorBecomesField() {
         let fields = JournalFields.fields(
             level: .error, message: "m", metadata: [:], label: "l", identifier: "dingstream", file: "f", function: "g",

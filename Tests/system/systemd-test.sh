@@ -156,34 +156,11 @@ sim_pid=$!
 wait_for 20 "simulator" curl -sf "$sim/_sim/stats" || die "simulator did not answer on $sim"
 pass "simulator listening on $sim"
 
-# live_sockets APP: the simulator's count of live sockets of APP.
-live_sockets() {
-    curl -sf "$sim/_sim/stats" | python3 -c '
-import json, sys
-stats = json.load(sys.stdin)
-app = sys.argv[1]
-def find(node):
-    if isinstance(node, dict):
-        if app in node and isinstance(node[app], (int, dict)):
-            v = node[app]
-            if isinstance(v, int): return v
-            for k in ("live", "liveSockets", "live_sockets", "sockets", "connections"):
-                if isinstance(v.get(k), int): return v[k]
-                if isinstance(v.get(k), list): return len(v[k])
-        if node.get("app") == app:
-            for k in ("live", "liveSockets", "live_sockets", "sockets", "connections"):
-                if isinstance(node.get(k), int): return node[k]
-                if isinstance(node.get(k), list): return len(node[k])
-        for v in node.values():
-            r = find(v)
-            if r is not None: return r
-    if isinstance(node, list):
-        for v in node:
-            r = find(v)
-            if r is not None: return r
-    return None
-print(find(stats) or 0)' "$1"
+# sim_stat APP KEY: a counter of the simulator's GET /_sim/stats ({"apps":{APP:{KEY:n}}}).
+sim_stat() {
+    curl -sf "$sim/_sim/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["apps"][sys.argv[1]][sys.argv[2]])' "$1" "$2"
 }
+live_sockets() { sim_stat "$1" liveSockets; }
 has_live_socket() { (($(live_sockets "$1") > 0)); }
 
 # --- install ------------------------------------------------------------------------------------
@@ -279,6 +256,7 @@ entry_with '"_TRANSPORT":"journal"' '"SYSLOG_IDENTIFIER":"dingstream"' \
 
 # --- reload: new config applied, unchanged app keeps its socket ---------------------------------
 cursor=$(ns journalctl -u dingstream -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+registrations=$(sim_stat systest registrations)
 write_config '
 [[app]]
 name = "extra"
@@ -293,8 +271,9 @@ wait_for 30 "extra app socket" has_live_socket extra && pass "reload applied the
 after=$(ns journalctl -u dingstream -o json --no-pager --after-cursor "$cursor")
 if grep -F "\"MESSAGE_ID\":\"$socket_up\"" <<< "$after" | grep -qF '"APP":"systest"'; then
     fail "reload reconnected the unchanged app 'systest'"
-elif has_live_socket systest && [[ $(ns systemctl show -p MainPID --value dingstream) == "$main_pid" ]]; then
-    pass "reload kept the socket of unchanged app 'systest' (no new socket-up, same main PID)"
+elif has_live_socket systest && [[ $(sim_stat systest registrations) == "$registrations" ]] \
+    && [[ $(ns systemctl show -p MainPID --value dingstream) == "$main_pid" ]]; then
+    pass "reload kept the socket of unchanged app 'systest' (no new registration or socket-up, same main PID)"
 else
     fail "after reload: systest live sockets $(live_sockets systest), main pid $(ns systemctl show -p MainPID --value dingstream) (was $main_pid)"
 fi

@@ -70,13 +70,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol"], swiftSettings: swiftSettings),
-        .testTarget(name: "StreamClientTests", dependencies: ["StreamClient", "Simulator"], swiftSettings: swiftSettings),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: swiftSettings),
-        .testTarget(name: "HandlersTests", dependencies: ["Handlers"], swiftSettings: swiftSettings),
-        .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator"], swiftSettings: swiftSettings),
-        .testTarget(name: "SystemdTests", dependencies: ["Systemd"], swiftSettings: swiftSettings),
-        .testTarget(name: "SimulatorTests", dependencies: ["Simulator"], swiftSettings: swiftSettings),
-        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator"], swiftSettings: swiftSettings),
+        .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
+        .testTarget(name: "StreamClientTests", dependencies: ["StreamClient", "Simulator", log], swiftSettings: swiftSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", log], swiftSettings: swiftSettings),
+        .testTarget(name: "HandlersTests", dependencies: ["Handlers", log], swiftSettings: swiftSettings),
+        .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),
+        .testTarget(name: "SystemdTests", dependencies: ["Systemd", log], swiftSettings: swiftSettings),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", log], swiftSettings: swiftSettings),
+        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", log], swiftSettings: swiftSettings),
     ]
 )

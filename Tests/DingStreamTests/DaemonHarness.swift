@@ -45,8 +45,10 @@ struct DaemonHarness {
         _ configuration: Configuration, keepalive: KeepaliveSettings? = nil,
         _ body: @Sendable () async throws -> R
     ) async throws -> R {
-        var logger = Logger(label: "test.daemon")
-        logger.logLevel = .warning
+        var configuredLogger = Logger(label: "test.daemon")
+        configuredLogger.logLevel = .warning
+        let logger = configuredLogger
+        let configuration = configuration
         let daemon = Daemon(configurationPath: "(test)", environment: ["PATH": "/usr/bin:/bin", "HOME": root], keepalive: keepalive)
         return try await withThrowingTaskGroup(of: R?.self) { group in
             group.addTask {

@@ -1,6 +1,7 @@
 import DingStream
 import Foundation
 import Simulator
+import StreamProtocol
 import StreamClient
 import Testing
 
@@ -34,7 +35,7 @@ struct EndToEndTests {
                 #expect(registration.body.contains("\"EVENT\""))
                 // Pings were echoed with their opaque.
                 try await simulator.waitUntil(timeout: .seconds(5), "a ping echo") { !$0.pingEchoes(app: "helpdesk").isEmpty }
-                #expect(simulator.pingEchoes(app: "helpdesk").allSatisfy(\.matched))
+                #expect(simulator.pingEchoes(app: "helpdesk").allSatisfy { $0.matched })
                 // The reply is exactly one, and the entry ended in done/.
                 #expect(simulator.webhookReplies(app: "helpdesk").count == 1)
                 let done = try FileManager.default.contentsOfDirectory(atPath: harness.spool + "/done")

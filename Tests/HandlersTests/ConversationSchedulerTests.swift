@@ -1,0 +1,140 @@
+import Synchronization
+import Testing
+
+@testable import Handlers
+
+/// A one-shot gate jobs can wait on.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resumeNow = state.withLock { state in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+}
+
+final class EventLog: Sendable {
+    private let state = Mutex<(events: [String], running: Int, maxRunning: Int)>(([], 0, 0))
+
+    func record(_ event: String) { state.withLock { $0.events.append(event) } }
+    func enter() { state.withLock { $0.running += 1; $0.maxRunning = max($0.maxRunning, $0.running) } }
+    func leave() { state.withLock { $0.running -= 1 } }
+    var events: [String] { state.withLock { $0.events } }
+    var maxRunning: Int { state.withLock { $0.maxRunning } }
+}
+
+@Suite struct ConversationSchedulerTests {
+    @Test(.timeLimit(.minutes(1)))
+    func perConversationOrderUnderConcurrency() async throws {
+        let scheduler = ConversationScheduler(workers: 3)
+        let log = EventLog()
+        let done = Gate()
+        let total = 5 * 40
+        let finished = Mutex(0)
+        for index in 0..<40 {
+            for conversation in ["a", "b", "c", "d", "e"] {
+                scheduler.submit(conversation: conversation) {
+                    log.enter()
+                    log.record("\(conversation) start \(index)")
+                    await Task.yield()
+                    log.record("\(conversation) end \(index)")
+                    log.leave()
+                    if finished.withLock({ $0 += 1; return $0 }) == total { done.open() }
+                }
+            }
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            await done.wait()
+            scheduler.shutdown()
+        }
+        let events = log.events
+        #expect(events.count == 2 * total)
+        for conversation in ["a", "b", "c", "d", "e"] {
+            let mine = events.filter { $0.hasPrefix(conversation + " ") }
+            // Strictly sequential: start i, end i, start i+1…
+            let expected = (0..<40).flatMap { ["\(conversation) start \($0)", "\(conversation) end \($0)"] }
+            #expect(mine == expected)
+        }
+        #expect(log.maxRunning <= 3)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aSlowConversationDoesNotBlockOthers() async throws {
+        // a1 only finishes after all of b has run. With two workers, a design that lets a2 wait
+        // for a1 inside a worker slot would deadlock here (and hit the time limit).
+        let scheduler = ConversationScheduler(workers: 2)
+        let log = EventLog()
+        let bDone = Gate()
+        let allDone = Gate()
+        scheduler.submit(conversation: "a") {
+            log.record("a1 start")
+            await bDone.wait()
+            log.record("a1 end")
+        }
+        scheduler.submit(conversation: "a") {
+            log.record("a2")
+            allDone.open()
+        }
+        for index in 1...3 {
+            scheduler.submit(conversation: "b") {
+                log.record("b\(index)")
+                if index == 3 { bDone.open() }
+            }
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            await allDone.wait()
+            scheduler.shutdown()
+        }
+        let events = log.events
+        #expect(events.filter { $0.hasPrefix("b") } == ["b1", "b2", "b3"])
+        let a1End = try #require(events.firstIndex(of: "a1 end"))
+        let b3 = try #require(events.firstIndex(of: "b3"))
+        #expect(b3 < a1End)
+        #expect(events.last == "a2")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func neverMoreThanWorkersAtOnce() async throws {
+        let scheduler = ConversationScheduler(workers: 2)
+        let log = EventLog()
+        let bothRunning = Gate()
+        let started = Mutex(0)
+        let finished = Mutex(0)
+        let done = Gate()
+        for index in 0..<6 {
+            scheduler.submit(conversation: "c\(index)") {
+                log.enter()
+                // The first two wait for each other: proves two really run at once.
+                if started.withLock({ $0 += 1; return $0 }) == 2 { bothRunning.open() }
+                await bothRunning.wait()
+                log.leave()
+                if finished.withLock({ $0 += 1; return $0 }) == 6 { done.open() }
+            }
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            await done.wait()
+            scheduler.shutdown()
+        }
+        #expect(log.maxRunning == 2)
+        #expect(scheduler.snapshot == .init(queued: 0, running: 0))
+        #expect(!scheduler.submit(conversation: "late") {})
+    }
+}

@@ -97,6 +97,8 @@ for d in etc usr var; do
 done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+# Shared inside this namespace (as on a booted host), so credential mounts reach the services.
+mount --make-rshared /
 exec env -i container=dingstream-systest /lib/systemd/systemd --system --unit=basic.target
 EOF
 unshare --pid --fork --mount --mount-proc --propagation private sh "$work/boot.sh" \

@@ -12,10 +12,10 @@ enum Native {
     typealias PidfdOpen = @convention(c) (pid_t, UInt32) -> Int32
     typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
 
-    nonisolated(unsafe) static let addCloseFrom: AddCloseFrom? = symbol("posix_spawn_file_actions_addclosefrom_np")
-    nonisolated(unsafe) static let addChdir: AddChdir? = symbol("posix_spawn_file_actions_addchdir_np")
-    nonisolated(unsafe) static let pidfdOpen: PidfdOpen? = symbol("pidfd_open")
-    nonisolated(unsafe) static let pipe2: Pipe2? = symbol("pipe2")
+    static let addCloseFrom: AddCloseFrom? = symbol("posix_spawn_file_actions_addclosefrom_np")
+    static let addChdir: AddChdir? = symbol("posix_spawn_file_actions_addchdir_np")
+    static let pidfdOpen: PidfdOpen? = symbol("pidfd_open")
+    static let pipe2: Pipe2? = symbol("pipe2")
 
     private static func symbol<T>(_ name: String) -> T? {
         #if canImport(Glibc)

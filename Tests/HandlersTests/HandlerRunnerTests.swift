@@ -147,7 +147,9 @@ import Testing
         let pgid = try #require(pid_t(try dir.read("pgid.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
         let grandchild = try #require(
             pid_t(try dir.read("grandchild.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
-        #expect(Processes.livingMembers(ofGroup: pgid).isEmpty)
+        let survivors = Processes.livingMembers(ofGroup: pgid)
+        if !survivors.isEmpty { kill(-pgid, SIGKILL) }  // clean up, then fail
+        try #require(survivors.isEmpty, "processes of group \(pgid) survived: \(survivors)")
         // Reap the adopted grandchild (PID 1 here may never do it), then the group is gone.
         var status: Int32 = 0
         _ = waitpid(grandchild, &status, 0)
@@ -165,7 +167,9 @@ import Testing
         let pgid = try #require(pid_t(try dir.read("pgid.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
         let grandchild = try #require(
             pid_t(try dir.read("grandchild.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
-        #expect(Processes.livingMembers(ofGroup: pgid).isEmpty)
+        let survivors = Processes.livingMembers(ofGroup: pgid)
+        if !survivors.isEmpty { kill(-pgid, SIGKILL) }  // clean up, then fail
+        try #require(survivors.isEmpty, "processes of group \(pgid) survived: \(survivors)")
         var status: Int32 = 0
         _ = waitpid(grandchild, &status, 0)
         #expect(kill(-pgid, 0) == -1 && errno == ESRCH)

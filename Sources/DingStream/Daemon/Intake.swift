@@ -20,9 +20,18 @@ struct Intake: FrameSink {
             return
         }
         let kind = record.kind
-        spool.submit(record) { outcome in
+        let key = record.key
+        spool.submit(record) { [logger] outcome in
             switch outcome {
-            case .stored, .duplicate:
+            case .stored(let name):
+                context.ack(kind == .event ? .event(frame) : .callback(frame))
+                logger.info(
+                    "message committed as \(name.value)",
+                    metadata: [
+                        "message.id": "messageCommitted", "msg.key": "\(key)",
+                        "app": "\(context.app)", "conn.id": "\(context.connectionID)",
+                    ])
+            case .duplicate:
                 context.ack(kind == .event ? .event(frame) : .callback(frame))
             case .failed:
                 // Not stored: the server must push it again. Events can say so; callbacks are

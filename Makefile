@@ -4,7 +4,7 @@ BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
 APT_PACKAGES := libsystemd-dev pkg-config openssl systemd procps util-linux curl
 
-.PHONY: all deps build test unit-test system-test run say bench clean
+.PHONY: all deps build build-tests test unit-test system-test run say bench clean
 
 all: build
 
@@ -20,17 +20,21 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-# Serial: suites that run spools and handler processes at once starve the 2-core machine.
-unit-test: deps
+build-tests: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+
+# Serial: suites that run spools and handler processes at once starve the 2-core machine.
+unit-test: build-tests
 	$(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS)
 
-# Boots a real systemd in its own PID and mount namespace (root only; skipped otherwise).
-# Not yet part of `make test`: the credential check under the namespaced systemd still fails.
-system-test: build
-	@if [ -x Tests/system/systemd-test.sh ]; then Tests/system/systemd-test.sh $(BIN); else echo "system test: not present"; fi
+# Boots a real systemd in its own PID and mount namespace and runs the daemon under it
+# (root only; skipped with a note otherwise).
+system-test: build-tests
+	Tests/system/systemd-test.sh $(BIN) .build/debug/dingstreamPackageTests.xctest
 
-test: unit-test
+test: build-tests
+	$(MAKE) --no-print-directory unit-test
+	$(MAKE) --no-print-directory system-test
 
 run: build
 	$(BIN) sandbox

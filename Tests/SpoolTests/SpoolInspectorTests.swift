@@ -9,7 +9,11 @@ import Testing
     @Test(.timeLimit(.minutes(1))) func listShowRetryPurgeWhileTheSpoolRuns() async throws {
         try await withTemporaryDirectory { root in
             let clock = TestClock()
-            let spool = Spool(directory: root, rescanInterval: .milliseconds(20), logger: LogSink().logger, now: clock.closure)
+            // The spool and the purge agree on a 30-day window, so m0 (8 days old at the end) must
+            // stay a duplicate whether or not the spool's own prune ran in between.
+            let spool = Spool(
+                directory: root, dedupWindow: .seconds(30 * 86400), rescanInterval: .milliseconds(20),
+                logger: LogSink().logger, now: clock.closure)
             try spool.open()
             let start = millis(clock.now)
             try await withRunning(spool) {

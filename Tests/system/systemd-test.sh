@@ -281,6 +281,22 @@ else
 fi
 [[ $(ns systemctl is-active dingstream) == active ]] || fail "unit not active after reload"
 
+# --- a DingTalk outage does not stop the watchdog pings -----------------------------------------
+# The simulator hangs (no answers, no pongs) for more than twice WatchdogSec: the daemon must
+# keep pinging, since it is healthy and only its peer is not.
+restarts=$(ns systemctl show -p NRestarts --value dingstream)
+kill -STOP "$sim_pid"
+sleep 15
+kill -CONT "$sim_pid"
+if [[ $(ns systemctl show -p MainPID --value dingstream) == "$main_pid" && $(ns systemctl is-active dingstream) == active \
+    && $(ns systemctl show -p NRestarts --value dingstream) == "$restarts" ]]; then
+    pass "a 15 s DingTalk outage (WatchdogSec=6s) did not trip the watchdog"
+else
+    fail "the daemon was restarted during a DingTalk outage"
+fi
+wait_for 60 "socket after the outage" has_live_socket systest && pass "sockets came back after the outage" \
+    || fail "no live socket for systest after the outage"
+
 # --- watchdog: a frozen daemon is restarted -----------------------------------------------------
 restarts=$(ns systemctl show -p NRestarts --value dingstream)
 ns kill -STOP "$main_pid"

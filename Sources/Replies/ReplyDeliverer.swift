@@ -40,7 +40,7 @@ public enum DeliveryOutcome: Sendable, Equatable {
 /// Replies to one conversation must be delivered one after another (await each `deliver`) so
 /// that they arrive in order.
 public struct ReplyDeliverer: Sendable {
-    private let clients: [String: OpenAPIClient]
+    let clients: [String: OpenAPIClient]
     private let webhook: SessionWebhookClient
     private let webhookMargin: Duration
     private let replyDeadline: Duration

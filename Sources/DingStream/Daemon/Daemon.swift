@@ -58,25 +58,8 @@ public struct Daemon: Sendable {
             return 73
         }
         let board = ConnectionBoard()
-        let httpClients = Mutex<[HTTPClient]>([])
-        let environment = self.environment
-        let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { configuration in
-            var clients: [String: OpenAPIClient] = [:]
-            var webhookClient: HTTPClient?
-            for app in configuration.apps {
-                let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
-                guard let client = try? network.makeHTTPClient(for: app.apiBase) else { continue }
-                httpClients.withLock { $0.append(client) }
-                if webhookClient == nil { webhookClient = client }
-                let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
-                let tokens = AccessTokenProvider(credentials: credentials, httpClient: client, logger: logger)
-                clients[app.name] = OpenAPIClient(credentials: credentials, httpClient: client, tokens: tokens, logger: logger)
-            }
-            let webhook = SessionWebhookClient(httpClient: webhookClient ?? HTTPClient.shared, logger: logger)
-            return ReplyDeliverer(
-                clients: clients, webhook: webhook, webhookMargin: configuration.webhookMargin,
-                replyDeadline: configuration.replyDeadline, logger: logger)
-        }
+        let replyClients = ReplyClients(environment: environment, logger: logger)
+        let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { replyClients.deliverer(for: $0) }
         let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration), logger: logger)
         let dispatchSettings: @Sendable (Configuration) -> DispatchSettings = { configuration in
             DispatchSettings(
@@ -126,7 +109,7 @@ public struct Daemon: Sendable {
             logger.error("stopped with an error: \(error)")
             exitStatus = 1
         }
-        for client in httpClients.withLock({ $0 }) { try? await client.shutdown() }
+        await replyClients.shutdown()
         logger.notice("stopped")
         return exitStatus
     }

@@ -1,0 +1,100 @@
+import AsyncHTTPClient
+import Logging
+import Replies
+import StreamClient
+import Synchronization
+
+/// The HTTP clients and OpenAPI clients of the reply path, one set per app.
+///
+/// A reload keeps the set of every app whose network identity did not change, so its access
+/// token cache survives and no client leaks; sets of removed or changed apps are shut down once
+/// deliveries that may still hold them have had time to finish.
+final class ReplyClients: Sendable {
+    private struct Identity: Equatable {
+        var clientID: String
+        var clientSecret: String
+        var apiBase: String
+        var proxy: String?
+        var caFile: String?
+
+        init(_ app: Configuration.App) {
+            clientID = app.clientID
+            clientSecret = app.clientSecret
+            apiBase = app.apiBase
+            proxy = app.proxy
+            caFile = app.caFile
+        }
+    }
+
+    private struct Entry {
+        var identity: Identity
+        var http: HTTPClient
+        var openAPI: OpenAPIClient
+    }
+
+    private let environment: [String: String]
+    private let logger: Logger
+    private let retireAfter: Duration
+    private let entries = Mutex<[String: Entry]>([:])
+
+    init(environment: [String: String], logger: Logger, retireAfter: Duration = .seconds(120)) {
+        self.environment = environment
+        self.logger = logger
+        self.retireAfter = retireAfter
+    }
+
+    /// A deliverer for `configuration`, reusing the clients of unchanged apps.
+    func deliverer(for configuration: Configuration) -> ReplyDeliverer {
+        var retired: [HTTPClient] = []
+        let current: [String: Entry] = entries.withLock { entries in
+            var next: [String: Entry] = [:]
+            for app in configuration.apps {
+                let identity = Identity(app)
+                if let kept = entries[app.name], kept.identity == identity {
+                    next[app.name] = kept
+                } else if let made = makeEntry(app, identity: identity) {
+                    next[app.name] = made
+                }
+            }
+            for (name, old) in entries where next[name]?.http !== old.http { retired.append(old.http) }
+            entries = next
+            return next
+        }
+        if !retired.isEmpty {
+            Task { [retireAfter] in
+                try? await Task.sleep(for: retireAfter)
+                for client in retired { try? await client.shutdown() }
+            }
+        }
+        // Session webhooks are plain HTTPS to DingTalk: any app's client (its proxy and CA) will do.
+        let webhookHTTP = configuration.apps.lazy.compactMap { current[$0.name]?.http }.first ?? HTTPClient.shared
+        return ReplyDeliverer(
+            clients: current.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
+            webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, logger: logger)
+    }
+
+    /// Shuts every client down; the daemon calls it once its services have stopped.
+    func shutdown() async {
+        let all = entries.withLock { entries in
+            defer { entries = [:] }
+            return entries.values.map(\.http)
+        }
+        for client in all { try? await client.shutdown() }
+    }
+
+    private func makeEntry(_ app: Configuration.App, identity: Identity) -> Entry? {
+        let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
+        let http: HTTPClient
+        do {
+            http = try network.makeHTTPClient(for: app.apiBase)
+        } catch {
+            logger.error(
+                "app \(app.name): cannot set up HTTPS for replies (\(error)); check ca_file and proxy in its [[app]] section",
+                metadata: ["app": "\(app.name)"])
+            return nil
+        }
+        let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
+        let tokens = AccessTokenProvider(credentials: credentials, httpClient: http, logger: logger)
+        return Entry(identity: identity, http: http, openAPI: OpenAPIClient(credentials: credentials, httpClient: http, tokens: tokens, logger: logger))
+    }
+}

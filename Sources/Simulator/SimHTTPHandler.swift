@@ -1,5 +1,7 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
+import StreamProtocol
 
 /// What a route decided; the handler turns it into bytes (maybe later, maybe never).
 struct HTTPAnswer: Sendable {
@@ -85,6 +87,8 @@ final class SimHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "Content-Type", value: answer.contentType)
         headers.add(name: "Content-Length", value: String(answer.body.count))
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        // DingTalk's servers send it; `dingstream doctor` reads the clock skew from it.
+        headers.add(name: "Date", value: HTTPDate.format(epochSeconds: Int(Date().timeIntervalSince1970)))
         let head = HTTPResponseHead(version: version, status: answer.status, headers: headers)
         context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
         if !answer.body.isEmpty {

@@ -227,3 +227,23 @@ func reportingSpoolErrors(_ body: () throws -> Void) throws {
         throw ExitCode(1)
     }
 }
+
+struct DoctorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Check configuration, secrets, spool, handlers, DNS, TLS, clock, credentials and registration.",
+        discussion: "Run it as the service user to see what the daemon sees: sudo -u dingstream dingstream doctor")
+    @OptionGroup var options: ConfigOption
+    @Argument(help: "Only this app's network checks.") var app: String?
+    @Option(help: "Also accept handlers owned by this uid (the service user).") var serviceUid: UInt32?
+
+    func run() async throws {
+        _ = DingStream.bootstrapLogging(environment: environment(), level: .critical)
+        let doctor = Doctor(configurationPath: options.config, environment: environment(), app: app, serviceUID: serviceUid)
+        let checks = await doctor.run { print($0.line) }
+        let failed = checks.filter { $0.outcome == .failed }.count
+        let warned = checks.filter { $0.outcome == .warning }.count
+        print(failed == 0 ? "all \(checks.count) checks passed\(warned > 0 ? " (\(warned) warning\(warned == 1 ? "" : "s"))" : "")" : "\(failed) of \(checks.count) checks failed")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}

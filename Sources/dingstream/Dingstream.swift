@@ -10,7 +10,7 @@ struct Dingstream: AsyncParsableCommand {
         abstract: "Connects DingTalk bots to this server through Stream Mode; runs handler scripts for every message.",
         version: Daemon.version,
         subcommands: [
-            Run.self, Sandbox.self, SimulatorCommand.self, SpoolCommand.self, HandlersCommand.self, Send.self,
+            Run.self, DoctorCommand.self, Sandbox.self, SimulatorCommand.self, SpoolCommand.self, HandlersCommand.self, Send.self,
             Status.self, Version.self,
         ])
 }

@@ -1,0 +1,209 @@
+import AsyncHTTPClient
+import Foundation
+import Handlers
+import Logging
+import NIOCore
+import NIOHTTP1
+import Replies
+import StreamClient
+import StreamProtocol
+
+/// `dingstream doctor`: every check an admin would otherwise do by hand when a bot stays silent,
+/// each with its remedy. Secrets are used, never printed.
+public struct Doctor: Sendable {
+    public struct Check: Sendable, Equatable {
+        public enum Outcome: String, Sendable {
+            case ok, warning, failed
+        }
+        public var subject: String
+        public var outcome: Outcome
+        public var detail: String
+
+        public var line: String {
+            let mark = switch outcome {
+            case .ok: "ok  "
+            case .warning: "warn"
+            case .failed: "FAIL"
+            }
+            return "\(mark)  \(subject): \(detail)"
+        }
+    }
+
+    public var configurationPath: String
+    public var environment: [String: String]
+    /// Only this app's network checks; all apps when nil.
+    public var app: String?
+    /// Owners accepted for handler files besides root and the caller.
+    public var serviceUID: uid_t?
+    public var clockSkewLimit: Duration = .seconds(60)
+
+    public init(configurationPath: String, environment: [String: String], app: String? = nil, serviceUID: uid_t? = nil) {
+        self.configurationPath = configurationPath
+        self.environment = environment
+        self.app = app
+        self.serviceUID = serviceUID
+    }
+
+    /// Runs the checks in order, handing each to `report` as soon as it is known.
+    @discardableResult
+    public func run(report: @Sendable (Check) -> Void = { _ in }) async -> [Check] {
+        var checks: [Check] = []
+        func record(_ subject: String, _ outcome: Check.Outcome, _ detail: String) {
+            let check = Check(subject: subject, outcome: outcome, detail: detail)
+            checks.append(check)
+            report(check)
+        }
+
+        let configuration: Configuration
+        do {
+            configuration = try Configuration.load(path: configurationPath, environment: environment)
+            record("config", .ok, "\(configurationPath) is valid, \(configuration.apps.count) app(s)")
+        } catch {
+            record("config", .failed, "\(error)")
+            return checks
+        }
+        for check in Self.spoolChecks(configuration.spoolDirectory) { record(check.subject, check.outcome, check.detail) }
+
+        var owners: Set<uid_t> = [0, geteuid()]
+        if let serviceUID { owners.insert(serviceUID) }
+        let scan = HandlerDirectory.scan(path: configuration.spoolDirectory + "/handlers", allowedOwners: owners)
+        if let problem = scan.directoryProblem {
+            record("handlers", .failed, problem.explanation(path: scan.directory))
+        } else if scan.runnable.isEmpty {
+            record("handlers", .warning, "nothing in \(scan.directory) would run; copy an example from /usr/share/doc/dingstream/handlers or see `dingstream handlers check`")
+        } else {
+            record("handlers", .ok, "\(scan.runnable.count) will run: \(scan.runnable.map(\.name).joined(separator: ", "))")
+        }
+        for entry in scan.entries {
+            if case .skipped(let reason) = entry.status, reason.isSafetyRefusal {
+                record("handler \(entry.name)", .failed, reason.explanation(path: entry.path))
+            }
+        }
+
+        let apps = configuration.apps.filter { app == nil || $0.name == app }
+        if let app, apps.isEmpty {
+            record("app \(app)", .failed, "no [[app]] named \(app) in \(configurationPath)")
+        }
+        for app in apps {
+            for check in await appChecks(app) { record(check.subject, check.outcome, check.detail) }
+        }
+        return checks
+    }
+
+    static func spoolChecks(_ directory: String) -> [Check] {
+        let subject = "spool"
+        var info = stat()
+        guard stat(directory, &info) == 0 else {
+            return [Check(subject: subject, outcome: .failed, detail: "\(directory): \(String(cString: strerror(errno))); create it (systemd-tmpfiles --create dingstream.conf does)")]
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            return [Check(subject: subject, outcome: .failed, detail: "\(directory) is not a directory")]
+        }
+        var checks: [Check] = []
+        if info.st_mode & 0o002 != 0 {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "\(directory) is writable by everyone; chmod 0750 \(directory)"))
+        }
+        // The daemon writes, syncs and renames here; prove the same works for this user.
+        let probe = "\(directory)/.doctor-\(getpid())"
+        let descriptor = open(probe, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o640)
+        if descriptor < 0 {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write in \(directory): \(String(cString: strerror(errno))); run doctor as the service user (sudo -u dingstream dingstream doctor) or fix the owner: chown -R dingstream: \(directory)"))
+        } else {
+            let synced = write(descriptor, "x", 1) == 1 && fsync(descriptor) == 0
+            close(descriptor)
+            unlink(probe)
+            if !synced {
+                checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write and sync a file in \(directory): \(String(cString: strerror(errno)))"))
+            }
+        }
+        var space = statvfs()
+        if statvfs(directory, &space) == 0 {
+            let free = Int64(space.f_bavail) * Int64(space.f_frsize)
+            if free < 64 << 20 {
+                checks.append(Check(subject: subject, outcome: .warning, detail: "only \(free >> 20) MiB free under \(directory); messages stay unacked when it is full"))
+            } else if checks.isEmpty {
+                checks.append(Check(subject: subject, outcome: .ok, detail: "\(directory) is writable, \(free >> 20) MiB free"))
+            }
+        }
+        return checks
+    }
+
+    func appChecks(_ app: Configuration.App) async -> [Check] {
+        let subject = "app \(app.name)"
+        var checks: [Check] = []
+        guard !app.clientSecret.isEmpty else {
+            return [Check(subject: subject, outcome: .failed, detail: "no client secret; set client_secret_file, or LoadCredential=\(app.name):… in the unit")]
+        }
+        guard let base = URL(string: app.apiBase), let host = base.host else {
+            return [Check(subject: subject, outcome: .failed, detail: "api_base \(app.apiBase) is not a URL")]
+        }
+        let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
+        let proxied = network.proxyEndpoint(for: host)
+        let resolveHost = proxied?.host ?? host
+        if let failure = Self.resolve(resolveHost) {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "DNS: \(resolveHost) does not resolve (\(failure)); check /etc/resolv.conf\(proxied == nil ? "" : " and the proxy setting")"))
+            return checks
+        }
+        checks.append(Check(subject: subject, outcome: .ok, detail: "DNS: \(resolveHost) resolves\(proxied.map { " (proxy \($0.host):\($0.port))" } ?? "")"))
+
+        let client: HTTPClient
+        do {
+            client = try network.makeHTTPClient(for: app.apiBase)
+        } catch {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "TLS setup: \(error); check ca_file"))
+            return checks
+        }
+        defer { _ = client.shutdown(queue: .global()) { _ in } }
+
+        // One plain request proves TLS and gives the server's clock.
+        var request = HTTPClientRequest(url: app.apiBase)
+        request.method = .GET
+        do {
+            let response = try await client.execute(request, deadline: .now() + .seconds(10))
+            let how = base.scheme == "https" ? "HTTPS: \(app.apiBase) answers, certificate verified" : "HTTP: \(app.apiBase) answers (plain HTTP: only for local tests)"
+            checks.append(Check(subject: subject, outcome: .ok, detail: how))
+            if let date = response.headers.first(name: "Date"), let serverSeconds = HTTPDate.parse(date) {
+                let skew = Date().timeIntervalSince1970 - Double(serverSeconds)
+                let limit = Double(clockSkewLimit.components.seconds)
+                if abs(skew) > limit {
+                    checks.append(Check(subject: subject, outcome: .warning, detail: "clock: \(Int(skew)) s off the server's; run an NTP client (systemd-timesyncd or chrony)"))
+                } else {
+                    checks.append(Check(subject: subject, outcome: .ok, detail: "clock: within \(Int(limit)) s of the server's"))
+                }
+            }
+        } catch {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "HTTPS to \(app.apiBase): \(error); check the firewall, proxy and ca_file"))
+            return checks
+        }
+
+        let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
+        let quiet = Logger(label: "doctor", factory: { _ in SwiftLogNoOpLogHandler() })
+        do {
+            _ = try await AccessTokenProvider(credentials: credentials, httpClient: client, logger: quiet).token()
+            checks.append(Check(subject: subject, outcome: .ok, detail: "credentials: an access token was issued"))
+        } catch {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "credentials: \(error)"))
+        }
+
+        let registration = GatewayRegistration(
+            app: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase,
+            subscriptions: app.subscriptions, userAgent: Daemon.userAgent, deadline: .seconds(10))
+        do {
+            let ticket = try await registration.register(using: client)
+            checks.append(Check(subject: subject, outcome: .ok, detail: "Stream registration: endpoint \(ticket.endpoint)"))
+        } catch {
+            checks.append(Check(subject: subject, outcome: .failed, detail: "Stream registration: \(error)"))
+        }
+        return checks
+    }
+
+    /// nil when `host` resolves, else the resolver's message.
+    static func resolve(_ host: String) -> String? {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, nil, &hints, &result)
+        if let result { freeaddrinfo(result) }
+        return status == 0 ? nil : String(cString: gai_strerror(status))
+    }
+}

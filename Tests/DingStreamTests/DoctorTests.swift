@@ -1,0 +1,75 @@
+import Foundation
+import Simulator
+import Testing
+
+@testable import DingStream
+
+@Suite struct DoctorTests {
+    /// Writes a config for `apps` (name, client_id, secret) against `simulator`'s API.
+    private func writeConfig(_ harness: DaemonHarness, apiBase: String, apps: [(String, String, String)]) throws -> String {
+        var text = "spool_dir = \"\(harness.spool)\"\n"
+        for (name, id, secret) in apps {
+            text += "[[app]]\nname = \"\(name)\"\nclient_id = \"\(id)\"\nclient_secret = \"\(secret)\"\napi_base = \"\(apiBase)\"\n"
+        }
+        let path = harness.root + "/dingstream.toml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test(.timeLimit(.minutes(1))) func healthySetupPassesAndAWrongSecretIsNamedWithoutPrintingIt() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-echo", "#!/bin/sh\necho hi\n")
+        let simulated = [
+            SimulatedApp(name: "helpdesk", clientId: "dinghelpdesk", clientSecret: "helpdesk-secret-1"),
+            SimulatedApp(name: "ops", clientId: "dingops", clientSecret: "ops-secret-right"),
+        ]
+        try await DingTalkSimulator.withRunning(SimulatorConfiguration(apps: simulated)) { simulator in
+            let path = try writeConfig(
+                harness, apiBase: simulator.baseURL,
+                apps: [("helpdesk", "dinghelpdesk", "helpdesk-secret-1"), ("ops", "dingops", "ops-secret-wrong")])
+            let checks = await Doctor(configurationPath: path, environment: [:]).run()
+
+            let healthy = checks.filter { $0.subject == "app helpdesk" }
+            #expect(healthy.count == 5)  // DNS, HTTP, clock, credentials, registration
+            #expect(healthy.allSatisfy { $0.outcome == .ok })
+            #expect(healthy.contains { $0.detail.hasPrefix("clock:") })
+            #expect(checks.first { $0.subject == "spool" }?.outcome == .ok)
+            #expect(checks.first { $0.subject == "handlers" }?.detail.contains("10-echo") == true)
+
+            var broken: [String] = []
+            for check in checks where check.subject == "app ops" && check.outcome == .failed { broken.append(check.detail) }
+            let namesCredentials = broken.contains { $0.hasPrefix("credentials:") && $0.contains("client_id/client_secret") }
+            let namesConsole = broken.contains { $0.hasPrefix("Stream registration:") && $0.contains("developer console") }
+            #expect(namesCredentials, "\(broken)")
+            #expect(namesConsole, "\(broken)")
+            #expect(simulator.registrations(app: "ops").isEmpty)
+            #expect(simulator.registrations(app: "helpdesk").count == 1)
+
+            let everything = checks.map(\.line).joined(separator: "\n")
+            #expect(!everything.contains("helpdesk-secret-1"))
+            #expect(!everything.contains("ops-secret"))
+        }
+    }
+
+    @Test func unsafeSpoolAndHandlersAreFailuresWithTheirFix() throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-open", "#!/bin/sh\necho hi\n")
+        chmod(harness.handlers + "/10-open", 0o777)
+        chmod(harness.spool, 0o777)
+        let spool = Doctor.spoolChecks(harness.spool)
+        #expect(spool.contains { $0.outcome == .failed && $0.detail.contains("chmod 0750") })
+        #expect(Doctor.spoolChecks(harness.root + "/missing").first?.outcome == .failed)
+    }
+
+    @Test func unresolvableHostIsADNSFailure() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let path = try writeConfig(harness, apiBase: "https://dingstream-test.invalid", apps: [("lost", "dinglost", "x")])
+        let checks = await Doctor(configurationPath: path, environment: [:]).run()
+        let dns = try #require(checks.first { $0.subject == "app lost" })
+        #expect(dns.outcome == .failed)
+        #expect(dns.detail.hasPrefix("DNS: dingstream-test.invalid does not resolve"))
+    }
+}

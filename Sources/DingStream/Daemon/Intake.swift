@@ -25,10 +25,11 @@ struct Intake: FrameSink {
             switch outcome {
             case .stored(let name):
                 context.ack(kind == .event ? .event(frame) : .callback(frame))
+                // msg.key is the spool name, as in every later line about this message.
                 logger.info(
-                    "message committed as \(name.value)",
+                    "message committed (\(key.kind) \(key.id))",
                     metadata: [
-                        "message.id": "messageCommitted", "msg.key": "\(key)",
+                        "message.id": "messageCommitted", "msg.key": "\(name.value)",
                         "app": "\(context.app)", "conn.id": "\(context.connectionID)",
                     ])
             case .duplicate:

@@ -38,14 +38,15 @@ public final class ConversationScheduler: Sendable {
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// Queues `job` behind earlier jobs of `conversation`. Returns false (and drops the job)
-    /// after `shutdown()`.
+    /// Queues `job` behind earlier jobs of `conversation`. With `urgent` (card callbacks, whose
+    /// ack waits for the answer) the conversation takes the next free worker ahead of the others.
+    /// Returns false (and drops the job) after `shutdown()`.
     @discardableResult
-    public func submit(conversation: String, job: @escaping Job) -> Bool {
+    public func submit(conversation: String, urgent: Bool = false, job: @escaping Job) -> Bool {
         let accepted = state.withLock { state in
             guard !state.shuttingDown else { return false }
             if state.queues[conversation, default: []].isEmpty && !state.busy.contains(conversation) {
-                state.ready.append(conversation)
+                if urgent { state.ready.insert(conversation, at: 0) } else { state.ready.append(conversation) }
             }
             state.queues[conversation, default: []].append(job)
             state.queued += 1

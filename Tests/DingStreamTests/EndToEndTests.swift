@@ -38,8 +38,10 @@ struct EndToEndTests {
                 #expect(simulator.pingEchoes(app: "helpdesk").allSatisfy { $0.matched })
                 // The reply is exactly one, and the entry ended in done/.
                 #expect(simulator.webhookReplies(app: "helpdesk").count == 1)
-                let done = try FileManager.default.contentsOfDirectory(atPath: harness.spool + "/done")
-                #expect(done.filter { $0.hasSuffix(".json") }.count == 1)
+                // The entry moves to done/ once the daemon has read the webhook's answer, which
+                // is a moment after the simulator recorded the reply: wait for it.
+                try await harness.waitFor("the entry in done/") { harness.entries(in: "done").count == 1 }
+                #expect(harness.entries(in: "outbox").isEmpty)
             }
         }
     }

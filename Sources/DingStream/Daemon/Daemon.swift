@@ -58,20 +58,52 @@ public struct Daemon: Sendable {
             return 73
         }
         let board = ConnectionBoard()
+<<<<<<< HEAD
         let replyClients = ReplyClients(environment: environment, logger: logger)
         let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { replyClients.deliverer(for: $0) }
         let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration), logger: logger)
         let dispatchSettings: @Sendable (Configuration) -> DispatchSettings = { configuration in
             DispatchSettings(
-                apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
-                handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts)
+=======
+        let httpClients = Mutex<[HTTPClient]>([])
+        let environment = self.environment
+        // One HTTP client and token cache per app, shared by replies and attachment downloads.
+        let makeClients: @Sendable (Configuration) -> [(name: String, api: OpenAPIClient, http: HTTPClient)] = { configuration in
+            configuration.apps.compactMap { app in
+                let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
+                guard let client = try? network.makeHTTPClient(for: app.apiBase) else { return nil }
+                httpClients.withLock { $0.append(client) }
+                let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
+                let tokens = AccessTokenProvider(credentials: credentials, httpClient: client, logger: logger)
+                return (app.name, OpenAPIClient(credentials: credentials, httpClient: client, tokens: tokens, logger: logger), client)
+            }
         }
+        let makeDeliverer: @Sendable (Configuration, [(name: String, api: OpenAPIClient, http: HTTPClient)]) -> ReplyDeliverer = {
+            configuration, clients in
+            let webhook = SessionWebhookClient(httpClient: clients.first?.http ?? HTTPClient.shared, logger: logger)
+            return ReplyDeliverer(
+                clients: Dictionary(clients.map { ($0.name, $0.api) }, uniquingKeysWith: { a, _ in a }), webhook: webhook,
+                webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, logger: logger)
+        }
+        let dispatchSettings: @Sendable (Configuration, [(name: String, api: OpenAPIClient, http: HTTPClient)]) -> DispatchSettings = {
+            configuration, clients in
+            let sources = clients.map { ($0.name, AttachmentFetcher.AppSource(api: $0.api, http: $0.http)) }
+            return DispatchSettings(
+>>>>>>> handlers2
+                apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
+                attachments: AttachmentFetcher(
+                    sources: Dictionary(sources, uniquingKeysWith: { a, _ in a }), maxBytes: configuration.maxAttachmentBytes))
+        }
+        let clients = makeClients(configuration)
+        let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration, clients), logger: logger)
+        let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
-            spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration),
+            spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
             baseEnvironment: environment, shutdownGrace: configuration.shutdownGrace,
-            outboxWake: { outbox.wake() }, logger: logger)
+            outboxWake: { outbox.wake() }, cards: cards, logger: logger)
         let connections = ConnectionManager(
-            apps: configuration.apps, sink: Intake(spool: spool, logger: logger), board: board,
+            apps: configuration.apps, sink: Intake(spool: spool, cards: cards, logger: logger), board: board,
             environment: environment, userAgent: Self.userAgent, keepalive: keepalive, logger: logger)
         let status = StatusReporter(
             board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
@@ -83,8 +115,10 @@ public struct Daemon: Sendable {
             apply: { new in
                 status.reloading()
                 connections.apply(new.apps)
-                dispatcher.update(dispatchSettings(new))
-                outbox.update(makeDeliverer(new))
+                let clients = makeClients(new)
+                dispatcher.update(dispatchSettings(new, clients))
+                outbox.update(makeDeliverer(new, clients))
+                cards.update(timeout: new.cardTimeout)
             })
         let watchdog = WatchdogService(
             notifier: notifier,
@@ -94,7 +128,7 @@ public struct Daemon: Sendable {
             ],
             logger: logger)
         let services: [any Service] = [
-            SpoolService(spool: spool), outbox, dispatcher, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
+            SpoolService(spool: spool), outbox, dispatcher, cards, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
         ] + extraServices
         let group = ServiceGroup(
             configuration: .init(

@@ -12,6 +12,8 @@ struct DispatchSettings: Sendable {
     var handlerTimeout: Duration
     var maxAttempts: Int
     var retryBackoff = Backoff(base: .seconds(30), cap: .seconds(3600))
+    /// Downloads the files of bot messages before their handlers run; nil downloads nothing.
+    var attachments: AttachmentFetcher?
 }
 
 /// Takes committed entries from `new/`, runs the handlers for each (one conversation at a time,
@@ -26,7 +28,11 @@ final class Dispatcher: Service {
     private let baseEnvironment: [String: String]
     private let shutdownGrace: Duration
     private let outboxWake: @Sendable () -> Void
+    private let cards: CardResponder?
     private let logger: Logger
+    /// The handler refusals last logged, so that a file turning unsafe while the daemon runs is
+    /// reported once, not once per message.
+    private let loggedRefusals = Mutex<Set<String>>([])
     private let inFlight = Mutex<Set<EntryName>>([])
     private let failedCount = Atomic<Int>(0)
     /// Bumped whenever a handler run ends; the watchdog checks it moves while work is queued.
@@ -34,7 +40,8 @@ final class Dispatcher: Service {
 
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
-        shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, logger: Logger
+        shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
+        logger: Logger
     ) {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
@@ -44,6 +51,7 @@ final class Dispatcher: Service {
         self.baseEnvironment = baseEnvironment
         self.shutdownGrace = shutdownGrace
         self.outboxWake = outboxWake
+        self.cards = cards
         self.logger = logger
     }
 
@@ -54,8 +62,7 @@ final class Dispatcher: Service {
     var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
 
     func run() async throws {
-        let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
-        scan.log(to: logger)
+        logRefusals(HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners), force: true)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.scheduler.run() }
             // Graceful shutdown cancels the feed: the spool's stream only ends after the
@@ -88,8 +95,8 @@ final class Dispatcher: Service {
             return  // a retry not yet due; the spool's rescan offers it again
         }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        let conversation = Self.conversationKey(for: name, spool: spool)
-        let accepted = scheduler.submit(conversation: conversation) { [self] in
+        let (conversation, urgent) = Self.conversationKey(for: name, spool: spool)
+        let accepted = scheduler.submit(conversation: conversation, urgent: urgent) { [self] in
             await handle(name)
             _ = inFlight.withLock { $0.remove(name) }
         }
@@ -97,13 +104,24 @@ final class Dispatcher: Service {
     }
 
     /// One conversation's messages are handled in arrival order; without a conversation the
-    /// message is its own queue.
-    private static func conversationKey(for name: EntryName, spool: Spool) -> String {
-        guard let entry = try? spool.read(name, in: .new) else { return name.value }
+    /// message is its own queue. Card callbacks are urgent: their ack waits for the answer.
+    private static func conversationKey(for name: EntryName, spool: Spool) -> (String, urgent: Bool) {
+        guard let entry = try? spool.read(name, in: .new) else { return (name.value, false) }
         if let message = entry.botMessage, !message.conversationID.isEmpty {
-            return entry.app + "/" + message.conversationID
+            return (entry.app + "/" + message.conversationID, false)
         }
-        return name.value
+        return (name.value, entry.kind == .card)
+    }
+
+    /// Logs the scan's refusals when they differ from the last ones logged (or with `force`).
+    private func logRefusals(_ scan: HandlerScan, force: Bool = false) {
+        var current = Set(scan.entries.filter { !$0.isRunnable }.map { "\($0.path) \($0.status)" })
+        if let problem = scan.directoryProblem { current.insert("\(scan.directory) \(problem)") }
+        let changed = loggedRefusals.withLock { logged in
+            defer { logged = current }
+            return logged != current
+        }
+        if force || changed { scan.log(to: logger) }
     }
 
     private func handle(_ name: EntryName) async {
@@ -121,6 +139,8 @@ final class Dispatcher: Service {
         }
         let entry = claimed.entry
         log[metadataKey: "app"] = "\(entry.app)"
+        // Whatever happens below, a card callback's ack must not wait longer than this run.
+        defer { if entry.kind == .card { cards?.finished(name) } }
         let current = settings.withLock { $0 }
         let message = entry.botMessage
         if entry.kind == .bot, let app = current.apps[entry.app], !app.allows(staffID: message?.senderStaffID) {
@@ -129,10 +149,25 @@ final class Dispatcher: Service {
             finish { () throws(SpoolError) in try spool.complete(name, replies: nil) }
             return
         }
+        var attachmentsFolder: String?
+        if let fetcher = current.attachments {
+            let attempts = entry.attempts + 1
+            switch await fetcher.fetch(entry, spool: spool, finalAttempt: attempts >= current.maxAttempts, logger: log) {
+            case .ready(let folder):
+                attachmentsFolder = folder
+            case .retryLater(let reason):
+                let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
+                let due = Date().addingTimeInterval(Double(delay.components.seconds))
+                log.warning("attachments not downloaded (\(reason)); message tried again in \(delay) (attempt \(attempts) of \(current.maxAttempts))")
+                finish { () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                return
+            }
+        }
         let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
+        logRefusals(scan)
         let environment = HandlerEnvironment.make(
             app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path,
-            attachments: nil, base: baseEnvironment)
+            attachments: attachmentsFolder, base: baseEnvironment)
         var replies: [Data] = []
         for handler in scan.runnable {
             var handlerLog = log
@@ -143,6 +178,13 @@ final class Dispatcher: Service {
                 stderrTailBytes: 4096)
             progress.add(1, ordering: .relaxed)
             switch result.outcome {
+            case .done where entry.kind == .card:
+                // A card's answer is the ack's response, not a message: it has no conversation.
+                if let response = Self.cardResponse(result.stdout) {
+                    cards?.answer(name, response: response)
+                } else if !result.stdout.isEmpty {
+                    handlerLog.notice("card handler printed something that is not a JSON object; ignored (print a card update object, or nothing)")
+                }
             case .done:
                 if let reply = HandlerReply.parse(stdout: result.stdout) { replies.append(Self.webhookBody(reply)) }
             case .retryLater:
@@ -172,6 +214,15 @@ final class Dispatcher: Service {
         }
         finish { () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
         if !replies.isEmpty { outboxWake() }
+        // The handlers are through with the files; copies they want to keep are theirs to make.
+        if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
+    }
+
+    /// stdout of a card handler as the ack's `response`: a JSON object, else nil.
+    static func cardResponse(_ stdout: [UInt8]) -> String? {
+        let text = String(decoding: stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.hasPrefix("{"), JSON.object(text) != nil else { return nil }
+        return text
     }
 
     var failed: Int { failedCount.load(ordering: .relaxed) }

@@ -6,9 +6,11 @@ import StreamProtocol
 
 /// Where every frame of every socket goes: into the spool's group commit, and acked on its own
 /// socket once it is durable (or known as a duplicate). Runs on the socket's event loop and never
-/// blocks it; the ack is written from the spool's completion.
+/// blocks it; the ack is written from the spool's completion. A new card callback's ack waits
+/// in `cards` for its handlers' answer, at most `card_timeout`.
 struct Intake: FrameSink {
     let spool: Spool
+    var cards: CardResponder?
     let logger: Logger
 
     func receive(_ frame: StreamFrame, context: ConnectionContext) {
@@ -24,7 +26,11 @@ struct Intake: FrameSink {
         spool.submit(record) { [logger] outcome in
             switch outcome {
             case .stored(let name):
-                context.ack(kind == .event ? .event(frame) : .callback(frame))
+                if kind == .card, let cards {
+                    cards.committed(name) { response in context.ack(.callback(frame, response: response)) }
+                } else {
+                    context.ack(kind == .event ? .event(frame) : .callback(frame))
+                }
                 // msg.key is the spool name, as in every later line about this message.
                 logger.info(
                     "message committed (\(key.kind) \(key.id))",

@@ -1,0 +1,260 @@
+import DingStream
+import Foundation
+import Simulator
+import StreamProtocol
+import Testing
+
+/// The handler contract through the whole daemon: real sockets to the simulator, real spool,
+/// real handler processes. Handlers write what they saw into files under the harness root.
+@Suite("Handler contract through the daemon", .serialized)
+struct HandlerContractTests {
+    static let cardUpdate = #"{"cardUpdateOptions":{"updateCardDataByKey":true},"cardData":{"cardParamMap":{"status":"done"}}}"#
+
+    /// The text of the webhook reply to `message`, if one came.
+    static func reply(to message: InjectedMessage, in simulator: DingTalkSimulator) -> String? {
+        guard let record = simulator.webhookReplies(app: message.app).first(where: { $0.msgId == message.msgId }),
+            let body = JSON.object(record.body), let text = body["text"] as? [String: Any]
+        else { return nil }
+        return text["content"] as? String
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func attachmentsAreDownloadedForTheHandler() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        // Replies with one line per file in DINGSTREAM_ATTACHMENTS: its name and its bytes in hex
+        // (or the note of a file that could not be downloaded).
+        try harness.addHandler(
+            "10-files",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            [ -n "$DINGSTREAM_ATTACHMENTS" ] || { echo "no attachments"; exit 0; }
+            echo "dir $DINGSTREAM_ATTACHMENTS"
+            cd "$DINGSTREAM_ATTACHMENTS" || exit 1
+            for f in *; do
+              case "$f" in
+                *.missing) printf '%s note %s\\n' "$f" "$(cat "$f")" ;;
+                *) printf '%s %s\\n' "$f" "$(od -An -v -tx1 "$f" | tr -d ' \\n')" ;;
+              esac
+            done
+            """)
+        let report = Array("quarterly numbers\n".utf8)
+        let picture = (0..<256).map { UInt8($0) }
+        let first = Array("first picture".utf8)
+        let second = Array("second picture".utf8)
+        let passwd = Array("root:x:0:0:hostile\n".utf8)
+        let big = [UInt8](repeating: 0x41, count: 64 * 1024)
+        let voice = Array("voice bytes".utf8)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.maxAttachmentBytes = 16 * 1024
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                func inject(_ content: BotMessageSpec.Content, from sender: String) throws -> InjectedMessage {
+                    try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: content, senderStaffId: sender))
+                }
+                let file = try inject(.file(name: "report.txt", bytes: report), from: "u1")
+                let pic = try inject(.picture(bytes: picture), from: "u2")
+                let rich = try inject(.richText([.text("look"), .picture(bytes: first), .picture(bytes: second)]), from: "u3")
+                let hostile = try inject(.file(name: "../../etc/passwd", bytes: passwd), from: "u4")
+                let oversize = try inject(.file(name: "big.bin", bytes: big), from: "u5")
+                let audio = try inject(.audio(recognition: "hello", bytes: voice), from: "u7")
+                // A code that still resolves to a URL that has expired (404).
+                try simulator.registerFile(app: "helpdesk", downloadCode: "dc-gone", bytes: report)
+                simulator.expireFileURL(downloadCode: "dc-gone")
+                let gone = try inject(.raw(msgtype: "file", contentKey: "content", json: #"{"downloadCode":"dc-gone","fileName":"gone.txt"}"#), from: "u6")
+                let all = [file, pic, rich, hostile, oversize, gone, audio]
+                try await harness.waitFor("a reply to each message") {
+                    all.allSatisfy { Self.reply(to: $0, in: simulator) != nil }
+                }
+                let text = { (message: InjectedMessage) in Self.reply(to: message, in: simulator) ?? "" }
+                func files(_ message: InjectedMessage) -> [String] { text(message).split(separator: "\n").dropFirst().map(String.init) }
+
+                // The folder is the message's own, under the spool.
+                let dir = try #require(text(file).split(separator: "\n").first)
+                #expect(dir.hasPrefix("dir \(harness.spool)/attachments/"))
+                #expect(files(file) == ["report.txt \(Self.hex(report))"])
+                #expect(files(pic) == ["picture \(Self.hex(picture))"])
+                #expect(files(rich) == ["picture-1 \(Self.hex(first))", "picture-2 \(Self.hex(second))"])
+                #expect(files(audio) == ["audio \(Self.hex(voice))"])
+                // A hostile name keeps only its last component, inside the folder.
+                #expect(files(hostile) == ["passwd \(Self.hex(passwd))"])
+                #expect(!FileManager.default.fileExists(atPath: harness.spool + "/etc/passwd"))
+                #expect(!FileManager.default.fileExists(atPath: harness.root + "/etc/passwd"))
+                // Over max_attachment_bytes: not downloaded, the handler ran with a note.
+                let bigLines = files(oversize)
+                #expect(bigLines.count == 1)
+                #expect(bigLines.first?.hasPrefix("big.bin.missing note ") == true)
+                #expect(bigLines.first?.contains("max_attachment_bytes") == true)
+                #expect(!logs.lines(containing: "big.bin", "max_attachment_bytes").isEmpty)
+                // An expired URL (404) is permanent: a note and a log line, the handler still ran.
+                #expect(files(gone).first?.hasPrefix("gone.txt.missing note ") == true)
+                #expect(files(gone).first?.contains("HTTP 404") == true)
+                #expect(!logs.lines(containing: "gone.txt", "HTTP 404").isEmpty)
+                // The downloads went through messageFiles/download, and the folders are cleared
+                // once the handlers are through.
+                try await harness.waitFor("every entry done") { harness.entries(in: "done").count == all.count }
+                let left = (try? FileManager.default.contentsOfDirectory(atPath: harness.spool + "/attachments")) ?? []
+                #expect(left.isEmpty)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func cardCallbackAnswersInTheAckAndEventsReachHandlers() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler(
+            "10-card",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo "$DINGSTREAM_KIND $DINGSTREAM_TOPIC" >> \(harness.root)/kinds
+            [ "$DINGSTREAM_KIND" = card ] && printf '%s\\n' '\(Self.cardUpdate)'
+            exit 0
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.apps[0].subscriptions = [.bot, .events, .cards]
+            // Generous: this test is about the answer arriving in the ack, not about speed.
+            configuration.cardTimeout = .seconds(30)
+            try await harness.withDaemon(configuration, logs: LogCapture()) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                let response = try await simulator.injectCardCallback(
+                    app: "helpdesk", outTrackId: "track-1", actionIds: ["agree"], timeout: .seconds(40))
+                let object = try #require(response.flatMap { JSON.object($0) })
+                #expect(JSON.encode(object) == JSON.encode(try #require(JSON.object(Self.cardUpdate))))
+                // The recorded ack carries the same response.
+                let push = try #require(simulator.pushes(app: "helpdesk").first { $0.topic == "/v1.0/card/instances/callback" })
+                let ack = try #require(simulator.acks(app: "helpdesk").first { $0.messageId == push.messageId })
+                #expect(ack.code == 200)
+                #expect(ack.data?.contains("cardParamMap") == true)
+
+                try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
+                try await harness.waitFor("the event handled") { harness.lines(of: "kinds").count == 2 }
+                #expect(harness.lines(of: "kinds") == ["card /v1.0/card/instances/callback", "event *"])
+                // A card's JSON is its answer, not a reply message: nothing in the outbox or failed/.
+                try await harness.waitFor("both entries done") { harness.entries(in: "done").count == 2 }
+                #expect(harness.entries(in: "failed").isEmpty)
+                #expect(simulator.webhookReplies(app: "helpdesk").isEmpty)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func slowCardHandlerGetsNullAckAndRunsOnce() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        // Waits for the test's go-ahead, which comes only after the ack was seen: past the deadline.
+        try harness.addHandler(
+            "10-slow-card",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo started >> \(harness.root)/runs
+            while [ ! -e \(harness.root)/release ]; do sleep 0.05; done
+            echo finished >> \(harness.root)/runs
+            printf '%s\\n' '\(Self.cardUpdate)'
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.apps[0].subscriptions = [.bot, .cards]
+            configuration.cardTimeout = .seconds(1)
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                let response = try await simulator.injectCardCallback(app: "helpdesk", outTrackId: "track-slow", timeout: .seconds(40))
+                #expect(response == nil)
+                let push = try #require(simulator.pushes(app: "helpdesk").first { $0.topic == "/v1.0/card/instances/callback" })
+                let ack = try #require(simulator.acks(app: "helpdesk").first { $0.messageId == push.messageId })
+                #expect(ack.data == #"{"response":null}"#)
+                #expect(!logs.lines(containing: "card_timeout").isEmpty)
+                // The handler goes on, finishes, and the message is done, having run once.
+                FileManager.default.createFile(atPath: harness.root + "/release", contents: nil)
+                try await harness.waitFor("the handler finished and the entry is done") {
+                    harness.lines(of: "runs").contains("finished") && harness.entries(in: "done").count == 1
+                }
+                #expect(harness.lines(of: "runs") == ["started", "finished"])
+                #expect(harness.entries(in: "new").isEmpty && harness.entries(in: "cur").isEmpty)
+                #expect(simulator.acks(app: "helpdesk").filter { $0.messageId == push.messageId }.count == 1)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func allowedUsersBothWays() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler(
+            "10-hello",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo "$DINGSTREAM_APP $DINGSTREAM_SENDER" >> \(harness.root)/runs
+            printf 'hello %s' "$DINGSTREAM_SENDER"
+            """)
+        let apps = ["listed", "nobody", "everyone"].map { SimulatedApp(name: $0, clientId: "ding\($0)", clientSecret: "secret-\($0)") }
+        try await DingTalkSimulator.withRunning(SimulatorConfiguration(apps: apps)) { simulator in
+            var configuration = harness.configuration(for: simulator, connections: 1)
+            configuration.apps[0].allowedUsers = ["boss1"]
+            configuration.apps[1].allowedUsers = []
+            configuration.apps[2].allowedUsers = ["*"]
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { sim in
+                    apps.allSatisfy { !sim.liveSockets(app: $0.name).isEmpty }
+                }
+                let allowed = try simulator.injectText("hi", app: "listed", sender: "boss1")
+                let stranger = try simulator.injectText("hi", app: "listed", sender: "stranger7")
+                let denied = try simulator.injectText("hi", app: "nobody", sender: "boss1")
+                let anyone = try simulator.injectText("hi", app: "everyone", sender: "anyone9")
+                try await harness.waitFor("all four messages done") { harness.entries(in: "done").count == 4 }
+                #expect(Set(harness.lines(of: "runs")) == ["listed boss1", "everyone anyone9"])
+                #expect(Self.reply(to: allowed, in: simulator) == "hello boss1")
+                #expect(Self.reply(to: anyone, in: simulator) == "hello anyone9")
+                #expect(Self.reply(to: stranger, in: simulator) == nil)
+                #expect(Self.reply(to: denied, in: simulator) == nil)
+                #expect(simulator.webhookReplies().count == 2)
+                #expect(simulator.openAPISends().isEmpty)
+                // The admin learns which id to add, and where.
+                #expect(logs.lines(containing: "stranger7", "allowed_users", "listed").count == 1)
+                #expect(logs.lines(containing: "boss1", "allowed_users", "nobody").count == 1)
+                #expect(logs.lines(containing: "anyone9", "allowed_users").isEmpty)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func worldWritableHandlerIsRefused() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-unsafe", "#!/bin/sh\ncat >/dev/null\necho ran >> \(harness.root)/unsafe\n")
+        try harness.addHandler("20-safe", "#!/bin/sh\ncat >/dev/null\necho ran >> \(harness.root)/safe\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let logs = LogCapture()
+            try await harness.withDaemon(harness.configuration(for: simulator), logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                // Made unsafe while the daemon runs: the next message must notice it.
+                try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: harness.handlers + "/10-unsafe")
+                try simulator.injectText("first", app: "helpdesk")
+                try await harness.waitFor("the message done") { harness.entries(in: "done").count == 1 }
+                #expect(harness.lines(of: "safe") == ["ran"])
+                #expect(harness.lines(of: "unsafe").isEmpty)
+                let refusals = logs.lines(containing: "10-unsafe", "chmod go-w")
+                #expect(refusals.count == 1)
+                #expect(refusals.first?.hasPrefix("error") == true)
+                // Logged once, not once per message.
+                try simulator.injectText("second", app: "helpdesk")
+                try await harness.waitFor("the second message done") { harness.entries(in: "done").count == 2 }
+                #expect(logs.lines(containing: "10-unsafe", "chmod go-w").count == 1)
+                #expect(harness.lines(of: "unsafe").isEmpty)
+            }
+        }
+    }
+}

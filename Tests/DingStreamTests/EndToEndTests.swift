@@ -45,4 +45,25 @@ struct EndToEndTests {
             }
         }
     }
+
+    /// DingTalk pushes what waited for a socket as soon as it is up, often in the same TCP read
+    /// as the 101 answer. Those bytes must reach the frame decoder, not be dropped with the HTTP
+    /// decoder; redelivery is set far beyond the test so only the first push can count.
+    @Test(.timeLimit(.minutes(1)))
+    func messageWaitingAtConnectIsAckedOnTheFirstPush() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        var simulatorConfiguration = SimulatorConfiguration.single("helpdesk")
+        simulatorConfiguration.redeliveryTimeout = .seconds(600)
+        try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
+            let waiting = try (0..<30).map { try simulator.injectText("waiting \($0)", app: "helpdesk") }
+            let configuration = harness.configuration(for: simulator, connections: 1)
+            try await harness.withDaemon(configuration) {
+                try await simulator.waitUntil(timeout: .seconds(20), "acks of the messages that waited") { sim in
+                    waiting.allSatisfy { sim.isAcked(app: "helpdesk", businessId: $0.msgId) }
+                }
+            }
+            #expect(simulator.pushes(app: "helpdesk").filter(\.isRedelivery).isEmpty)
+        }
+    }
 }

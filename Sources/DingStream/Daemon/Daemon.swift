@@ -58,44 +58,19 @@ public struct Daemon: Sendable {
             return 73
         }
         let board = ConnectionBoard()
-<<<<<<< HEAD
-        let replyClients = ReplyClients(environment: environment, logger: logger)
-        let makeDeliverer: @Sendable (Configuration) -> ReplyDeliverer = { replyClients.deliverer(for: $0) }
-        let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration), logger: logger)
-        let dispatchSettings: @Sendable (Configuration) -> DispatchSettings = { configuration in
-            DispatchSettings(
-=======
-        let httpClients = Mutex<[HTTPClient]>([])
-        let environment = self.environment
-        // One HTTP client and token cache per app, shared by replies and attachment downloads.
-        let makeClients: @Sendable (Configuration) -> [(name: String, api: OpenAPIClient, http: HTTPClient)] = { configuration in
-            configuration.apps.compactMap { app in
-                let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
-                guard let client = try? network.makeHTTPClient(for: app.apiBase) else { return nil }
-                httpClients.withLock { $0.append(client) }
-                let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
-                let tokens = AccessTokenProvider(credentials: credentials, httpClient: client, logger: logger)
-                return (app.name, OpenAPIClient(credentials: credentials, httpClient: client, tokens: tokens, logger: logger), client)
-            }
+        let appClients = AppClients(environment: environment, logger: logger)
+        let makeDeliverer: @Sendable (Configuration, [String: AppClients.Client]) -> ReplyDeliverer = { configuration, clients in
+            AppClients.deliverer(configuration, clients: clients, logger: logger)
         }
-        let makeDeliverer: @Sendable (Configuration, [(name: String, api: OpenAPIClient, http: HTTPClient)]) -> ReplyDeliverer = {
+        let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {
             configuration, clients in
-            let webhook = SessionWebhookClient(httpClient: clients.first?.http ?? HTTPClient.shared, logger: logger)
-            return ReplyDeliverer(
-                clients: Dictionary(clients.map { ($0.name, $0.api) }, uniquingKeysWith: { a, _ in a }), webhook: webhook,
-                webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, logger: logger)
-        }
-        let dispatchSettings: @Sendable (Configuration, [(name: String, api: OpenAPIClient, http: HTTPClient)]) -> DispatchSettings = {
-            configuration, clients in
-            let sources = clients.map { ($0.name, AttachmentFetcher.AppSource(api: $0.api, http: $0.http)) }
+            let sources = clients.mapValues { AttachmentFetcher.AppSource(api: $0.openAPI, http: $0.http) }
             return DispatchSettings(
->>>>>>> handlers2
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
-                attachments: AttachmentFetcher(
-                    sources: Dictionary(sources, uniquingKeysWith: { a, _ in a }), maxBytes: configuration.maxAttachmentBytes))
+                attachments: AttachmentFetcher(sources: sources, maxBytes: configuration.maxAttachmentBytes))
         }
-        let clients = makeClients(configuration)
+        let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration, clients), logger: logger)
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
@@ -115,7 +90,7 @@ public struct Daemon: Sendable {
             apply: { new in
                 status.reloading()
                 connections.apply(new.apps)
-                let clients = makeClients(new)
+                let clients = appClients.clients(for: new)
                 dispatcher.update(dispatchSettings(new, clients))
                 outbox.update(makeDeliverer(new, clients))
                 cards.update(timeout: new.cardTimeout)
@@ -143,7 +118,7 @@ public struct Daemon: Sendable {
             logger.error("stopped with an error: \(error)")
             exitStatus = 1
         }
-        await replyClients.shutdown()
+        await appClients.shutdown()
         logger.notice("stopped")
         return exitStatus
     }

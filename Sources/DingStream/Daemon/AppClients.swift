@@ -4,12 +4,18 @@ import Replies
 import StreamClient
 import Synchronization
 
-/// The HTTP clients and OpenAPI clients of the reply path, one set per app.
+/// One HTTP client and OpenAPI client (with its token cache) per app, shared by replies and
+/// attachment downloads.
 ///
-/// A reload keeps the set of every app whose network identity did not change, so its access
-/// token cache survives and no client leaks; sets of removed or changed apps are shut down once
-/// deliveries that may still hold them have had time to finish.
-final class ReplyClients: Sendable {
+/// A reload keeps the clients of every app whose network identity did not change, so its access
+/// token cache survives and no client leaks; those of removed or changed apps are shut down once
+/// work that may still hold them has had time to finish.
+final class AppClients: Sendable {
+    struct Client: Sendable {
+        var openAPI: OpenAPIClient
+        var http: HTTPClient
+    }
+
     private struct Identity: Equatable {
         var clientID: String
         var clientSecret: String
@@ -43,8 +49,9 @@ final class ReplyClients: Sendable {
         self.retireAfter = retireAfter
     }
 
-    /// A deliverer for `configuration`, reusing the clients of unchanged apps.
-    func deliverer(for configuration: Configuration) -> ReplyDeliverer {
+    /// The clients for `configuration`, reusing those of unchanged apps. An app whose HTTPS setup
+    /// fails is logged and left out.
+    func clients(for configuration: Configuration) -> [String: Client] {
         var retired: [HTTPClient] = []
         let current: [String: Entry] = entries.withLock { entries in
             var next: [String: Entry] = [:]
@@ -66,10 +73,14 @@ final class ReplyClients: Sendable {
                 for client in retired { try? await client.shutdown() }
             }
         }
+        return current.mapValues { Client(openAPI: $0.openAPI, http: $0.http) }
+    }
+
+    static func deliverer(_ configuration: Configuration, clients: [String: Client], logger: Logger) -> ReplyDeliverer {
         // Session webhooks are plain HTTPS to DingTalk: any app's client (its proxy and CA) will do.
-        let webhookHTTP = configuration.apps.lazy.compactMap { current[$0.name]?.http }.first ?? HTTPClient.shared
+        let webhookHTTP = configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? HTTPClient.shared
         return ReplyDeliverer(
-            clients: current.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
+            clients: clients.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
             webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, logger: logger)
     }
 
@@ -89,7 +100,7 @@ final class ReplyClients: Sendable {
             http = try network.makeHTTPClient(for: app.apiBase)
         } catch {
             logger.error(
-                "app \(app.name): cannot set up HTTPS for replies (\(error)); check ca_file and proxy in its [[app]] section",
+                "app \(app.name): cannot set up HTTPS for replies and attachments (\(error)); check ca_file and proxy in its [[app]] section",
                 metadata: ["app": "\(app.name)"])
             return nil
         }

@@ -21,6 +21,7 @@ struct NetworkAndBoardTests {
         try await DingTalkSimulator.withRunning(configuration) { sim in
             #expect(sim.baseURL.hasPrefix("https://"))
             // Without the CA the server is not trusted: registration fails, and says where to look.
+            // (AsyncHTTPClient retries the handshake until the connect timeout, 5 s here.)
             let untrusted = CapturedLog()
             try await withSupervisor(settings(for: sim), logger: untrusted.logger) {
                 try await eventually("the TLS failure") { !untrusted.lines(containing: "registration at https://").isEmpty }

@@ -71,7 +71,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
-        .testTarget(name: "StreamClientTests", dependencies: ["StreamClient", "Simulator", log], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "StreamClientTests",
+            dependencies: [
+                "StreamClient", "StreamProtocol", "Simulator", log,
+                .product(name: "InMemoryLogging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", log], swiftSettings: swiftSettings),
         .testTarget(name: "HandlersTests", dependencies: ["Handlers", log], swiftSettings: swiftSettings),
         .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),

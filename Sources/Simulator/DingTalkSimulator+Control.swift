@@ -139,7 +139,7 @@ extension DingTalkSimulator {
 extension SimulatorFault {
     /// Reads the control API form:
     /// `{"kind":"disconnect","app","socket"?,"mode":"disconnectFrame"|"abruptClose"|"deaf"}`,
-    /// `{"kind":"registration","app"?,"failure":"unauthorized"|"unavailable"|"noAnswer","count"}`,
+    /// `{"kind":"registration","app"?,"failure":"unauthorized"|"unavailable"|"noAnswer"|"expiredTicket","count"}`,
     /// `{"kind":"http","endpoint","failure":"serverError"|"throttle"|"permissionDenied"|"delay","status"?,"delayMs"?,"count"}`,
     /// `{"kind":"expireTokens","app"}`, `{"kind":"expireWebhooks","app"?}`,
     /// `{"kind":"throttleWebhooks","on"}`, `{"kind":"rotation","ageMs"?}`.

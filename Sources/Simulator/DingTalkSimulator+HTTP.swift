@@ -84,7 +84,7 @@ extension DingTalkSimulator {
         case .unauthorized?: return errorAnswer(.unauthorized, "authFailed", "鉴权失败")
         case .unavailable?: return errorAnswer(.serviceUnavailable, "ServiceUnavailable", "simulated outage")
         case .noAnswer?: return .never
-        case nil: break
+        case .expiredTicket?, nil: break
         }
         guard let app, body["clientSecret"] as? String == app.clientSecret else {
             return errorAnswer(.unauthorized, "authFailed", "鉴权失败")
@@ -95,9 +95,11 @@ extension DingTalkSimulator {
             }
             let now = configuration.now()
             let lifetime = configuration.ticketLifetime.timeAmount
+            // `.expiredTicket` hands out a ticket that is already stale: the upgrade is refused.
+            let expires = fault == .expiredTicket ? NIODeadline.now() - .seconds(1) : .now() + lifetime
             let ticket = core.withLock { c -> String in
                 let ticket = c.rng.uuid()
-                c.tickets[ticket] = TicketEntry(app: app.name, expires: .now() + lifetime)
+                c.tickets[ticket] = TicketEntry(app: app.name, expires: expires)
                 c.registrations.append(RegistrationRecord(
                     app: app.name, ticket: ticket, subscriptions: subscriptions,
                     ua: body["ua"] as? String, localIp: body["localIp"] as? String,

@@ -103,11 +103,12 @@ extension DingTalkSimulator {
         core.withLock { $0.setSocketState(id, .closed, now: now) }
     }
 
-    /// Sends a SYSTEM ping on a live or deaf socket and remembers its opaque for the echo check.
+    /// Sends a SYSTEM ping on a live socket and remembers its opaque for the echo check. A deaf
+    /// socket gets none: silence is the only thing a client can notice about it.
     func sendPing(_ id: Int) {
         let now = configuration.now()
         let write = core.withLock { c -> PendingWrite? in
-            guard let s = c.sockets[id], s.state == .live || s.state == .deaf else { return nil }
+            guard let s = c.sockets[id], s.state == .live else { return nil }
             let opaque = c.rng.uuid()
             let messageId = c.rng.messageId()
             c.sockets[id]?.pings[messageId] = opaque

@@ -4,12 +4,14 @@ public enum DisconnectMode: String, Sendable, Codable {
     case disconnectFrame
     /// TCP reset without a close frame.
     case abruptClose
-    /// Keeps answering pings, never gets pushes again.
+    /// Still answers WebSocket pings, but sends nothing more: no pushes, no SYSTEM pings.
     case deaf
 }
 
 public enum RegistrationFailure: String, Sendable, Codable {
     case unauthorized, unavailable, noAnswer
+    /// Answers 200 with a ticket that has already expired, so the socket upgrade is refused (403).
+    case expiredTicket
 }
 
 /// What the next calls to one HTTP endpoint do instead of their normal answer.

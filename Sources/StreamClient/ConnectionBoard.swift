@@ -8,6 +8,8 @@ public final class ConnectionBoard: Sendable {
         public var connectionID: String
         public var openedAt: ContinuousClock.Instant
         public var openedAtWallClock: Double
+        /// Replaced and finishing what is on its way; no longer counted as up.
+        public var draining = false
     }
 
     public struct AppState: Sendable, Equatable {
@@ -15,7 +17,17 @@ public final class ConnectionBoard: Sendable {
         public var sockets: [Socket] = []
         public var rotations = 0
         public var lastError: String?
-        public var up: Int { sockets.count }
+        public var up: Int { sockets.count { !$0.draining } }
+    }
+
+    /// How many sockets an app has and how old they are, for log lines.
+    public struct Census: Sendable, Equatable {
+        public var up: Int
+        public var wanted: Int
+        /// Ages of the sockets that are up, oldest first.
+        public var ageList: [Duration]
+        public var ages: String { ageList.isEmpty ? "none" : ageList.map(\.formattedAge).joined(separator: ", ") }
+        public var summary: String { "\(up)/\(wanted) up for this app; ages \(ages)" }
     }
 
     private let state = Mutex<[String: AppState]>([:])
@@ -40,6 +52,22 @@ public final class ConnectionBoard: Sendable {
 
     func socketDown(app: String, connectionID: String) {
         state.withLock { $0[app]?.sockets.removeAll { $0.connectionID == connectionID } }
+    }
+
+    func socketDraining(app: String, connectionID: String) {
+        state.withLock { apps in
+            guard let index = apps[app]?.sockets.firstIndex(where: { $0.connectionID == connectionID }) else { return }
+            apps[app]?.sockets[index].draining = true
+        }
+    }
+
+    /// The app's live sockets and their ages at `now`.
+    public func census(app: String, now: ContinuousClock.Instant = .now) -> Census {
+        state.withLock { apps in
+            let state = apps[app]
+            let live = state?.sockets.filter { !$0.draining } ?? []
+            return Census(up: live.count, wanted: state?.wanted ?? 0, ageList: live.map { now - $0.openedAt }.sorted(by: >))
+        }
     }
 
     func rotated(app: String) {

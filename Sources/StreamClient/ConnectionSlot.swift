@@ -7,13 +7,21 @@ import StreamProtocol
 /// Time and randomness of the connection loops, injectable so tests run hours of reconnect
 /// cycles in milliseconds.
 public struct SlotEnvironment: Sendable {
+    /// Backoff waits and age limits; throws when cancelled.
     public var sleep: @Sendable (Duration) async throws -> Void
     /// Uniform in `0 ..< 1`.
     public var random: @Sendable () -> Double
+    /// The clock that ages tickets and decides when a socket has proven healthy; a test moves it
+    /// together with its `sleep`.
+    public var now: @Sendable () -> ContinuousClock.Instant
 
-    public init(sleep: @escaping @Sendable (Duration) async throws -> Void, random: @escaping @Sendable () -> Double) {
+    public init(
+        sleep: @escaping @Sendable (Duration) async throws -> Void, random: @escaping @Sendable () -> Double,
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
+    ) {
         self.sleep = sleep
         self.random = random
+        self.now = now
     }
 
     public static let live = SlotEnvironment(
@@ -85,40 +93,58 @@ struct ConnectionSlot: Sendable {
                     do { try await environment.sleep(delay) } catch { break }
                     continue
                 }
-                board.socketUp(app: settings.app, slot: index, connectionID: socket.id, openedAt: socket.openedAt, wallClock: Date().timeIntervalSince1970)
-                let up = board.snapshot()[settings.app]
-                logger.notice(
-                    "socket up (\(up?.up ?? 0)/\(up?.wanted ?? settings.connections) for this app)",
-                    metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketUp"])
+                let upSince = environment.now()
+                board.socketUp(app: settings.app, slot: index, connectionID: socket.id, openedAt: upSince, wallClock: Date().timeIntervalSince1970)
+                // However the socket ends, it leaves the board with it, also while we back off.
+                socket.channel.closeFuture.whenComplete { [board, app = settings.app, id = socket.id] _ in
+                    board.socketDown(app: app, connectionID: id)
+                }
                 if let old = current {
                     // The replacement is live: only now let the old socket go.
                     board.rotated(app: settings.app)
+                    board.socketDraining(app: settings.app, connectionID: old.id)
                     group.addTask { await drain(old, closeAfter: settings.drainTime) }
                 }
                 current = socket
+                let census = board.census(app: settings.app, now: upSince)
+                logger.notice(
+                    "socket up (\(census.up)/\(census.wanted) for this app; ages \(census.ages))",
+                    metadata: [
+                        "app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketUp",
+                        "app.sockets": "\(census.up)", "app.sockets.wanted": "\(census.wanted)", "app.sockets.ages": "\(census.ages)",
+                    ])
 
                 let ageLimit = ageLimit(first: firstSocket)
                 firstSocket = false
                 let wake = await waitForReplacementReason(socket, ageLimit: ageLimit)
-                if ContinuousClock.now - socket.openedAt >= settings.healthyAfter { failures = 0 }
+                let age = environment.now() - upSince
+                if age >= settings.healthyAfter { failures = 0 }
                 switch wake {
                 case .none:
                     break  // cancelled
                 case .event(.closed(let reason))?:
                     board.socketDown(app: settings.app, connectionID: socket.id)
                     current = nil
-                    logger.warning("socket closed: \(reason); reconnecting", metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)"])
-                    if ContinuousClock.now - socket.openedAt < settings.healthyAfter {
+                    logger.warning(
+                        "socket closed after \(age.formattedAge): \(reason); reconnecting; \(board.census(app: settings.app, now: environment.now()).summary)",
+                        metadata: replacedMetadata(socket, age: age))
+                    if age < settings.healthyAfter {
                         let delay = settings.backoff.delay(afterFailures: failures, unit: environment.random())
                         failures += 1
                         do { try await environment.sleep(delay) } catch { break }
                     }
                 case .event(.disconnectRequested(let reason))?:
-                    logger.notice("server rotates socket (\(reason)); opening its replacement first", metadata: replacedMetadata(socket))
+                    logger.notice(
+                        "server rotates socket after \(age.formattedAge) (\(reason)); opening its replacement first",
+                        metadata: replacedMetadata(socket, age: age))
                 case .event(.deaf(let reason))?:
-                    logger.warning("socket is deaf (\(reason)); opening its replacement first", metadata: replacedMetadata(socket))
+                    logger.warning(
+                        "socket is deaf after \(age.formattedAge) (\(reason)); opening its replacement first",
+                        metadata: replacedMetadata(socket, age: age))
                 case .ageLimit?:
-                    logger.info("socket reached its age limit; opening its replacement first", metadata: replacedMetadata(socket))
+                    logger.info(
+                        "socket reached its age limit at \(age.formattedAge); opening its replacement first",
+                        metadata: replacedMetadata(socket, age: age))
                 }
             }
             if let current {
@@ -128,22 +154,36 @@ struct ConnectionSlot: Sendable {
         }
     }
 
-    private func replacedMetadata(_ socket: StreamSocket) -> Logger.Metadata {
-        ["app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketReplaced"]
+    private func replacedMetadata(_ socket: StreamSocket, age: Duration) -> Logger.Metadata {
+        [
+            "app": "\(settings.app)", "conn.id": "\(socket.id)", "conn.slot": "\(index)", "message.id": "socketReplaced",
+            "conn.age.seconds": "\(age.components.seconds)",
+        ]
     }
 
-    /// Registers and connects, fetching a fresh ticket if the first went stale before use.
+    /// Registers and connects. A ticket that went stale before use (older than
+    /// `StreamTicket.usableFor` by our clock, or refused by the server at the upgrade, which is
+    /// how an expired or used ticket is answered) is thrown away and a fresh one fetched at once,
+    /// one time; a second failure goes to the caller's backoff.
     private func establish() async throws(StreamClientError) -> StreamSocket {
         var lastError: StreamClientError?
-        for _ in 0..<2 {
-            let ticket = try await settings.registration.register(using: httpClient, localIP: localIPAddress())
-            do {
+        for attempt in 0..<2 {
+            // The ticket's 90 s may start as soon as the gateway gets the request: count from there.
+            let requested = environment.now()
+            var ticket = try await settings.registration.register(using: httpClient, localIP: localIPAddress())
+            ticket.issuedAt = requested
+            do throws(StreamClientError) {
+                guard environment.now() - ticket.issuedAt < StreamTicket.usableFor else {
+                    throw StreamClientError(.ticketExpired, app: settings.app)
+                }
                 return try await StreamSocket.connect(
                     ticket: ticket, app: settings.app, settings: settings.network, keepalive: settings.keepalive,
                     sink: sink, logger: logger)
-            } catch where error.code == .ticketExpired {
+            } catch where error.code == .ticketExpired || error.code == .upgradeRefused {
                 lastError = error
-                continue
+                if attempt == 0 {
+                    logger.warning("\(error); registering again", metadata: ["app": "\(settings.app)", "conn.slot": "\(index)"])
+                }
             }
         }
         throw lastError ?? StreamClientError(.ticketExpired, app: settings.app)
@@ -161,7 +201,8 @@ struct ConnectionSlot: Sendable {
         await withTaskGroup(of: Wake?.self) { group in
             group.addTask {
                 for await event in socket.events { return .event(event) }
-                return .event(.closed(reason: "connection closed"))
+                // The stream also ends when we are cancelled; that is a shutdown, not a close.
+                return Task.isCancelled ? nil : .event(.closed(reason: "connection closed"))
             }
             group.addTask {
                 do { try await environment.sleep(ageLimit) } catch { return nil }
@@ -173,17 +214,20 @@ struct ConnectionSlot: Sendable {
         }
     }
 
-    /// Lets a replaced socket deliver what is already on its way, then closes it.
+    /// Lets a replaced socket deliver what is already on its way, then closes it: when the server
+    /// closes it, after `closeAfter`, or when the slot stops, whichever comes first. (Waiting for
+    /// the server alone would keep a deaf socket open for ever.)
     private func drain(_ socket: StreamSocket, closeAfter: Duration) async {
         let closed = socket.channel.closeFuture
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await closed.get() }
             group.addTask { try? await Task.sleep(for: closeAfter) }
             await group.next()
+            // Closing completes `closed`, so the group can end; a closed channel makes this a no-op.
+            if socket.channel.isActive { await socket.close() } else { try? await socket.channel.close().get() }
             group.cancelAll()
         }
         board.socketDown(app: settings.app, connectionID: socket.id)
-        if socket.channel.isActive { await socket.close() }
         logger.info("replaced socket closed", metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)"])
     }
 }
@@ -194,6 +238,14 @@ func localIPAddress() -> String {
 }
 
 extension Duration {
+    /// `41s`, `12m05s`, `3h12m`: ages of sockets in log lines.
+    public var formattedAge: String {
+        let total = max(components.seconds, 0)
+        if total < 60 { return "\(total)s" }
+        if total < 3600 { return String(format: "%dm%02ds", total / 60, total % 60) }
+        return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60)
+    }
+
     var formattedSeconds: String {
         let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
         return String(format: "%.1fs", seconds)

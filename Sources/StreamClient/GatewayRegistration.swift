@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import StreamProtocol
 
 /// What the gateway hands out: where to connect, and a single-use ticket good for 90 s.
@@ -67,7 +68,7 @@ public struct GatewayRegistration: Sendable {
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
             throw StreamClientError(.timeout, app: app, detail: "registration at \(apiBase)")
         } catch {
-            throw StreamClientError(.transport, app: app, detail: "registration at \(apiBase): \(error)")
+            throw StreamClientError.classify(error, app: app, fallback: .transport, detail: "registration at \(apiBase): \(error)")
         }
         let object = JSON.object(Data(bytes.readableBytesView))
         guard status == 200 else {

@@ -1,3 +1,5 @@
+import NIOSSL
+
 /// Failures of registration and sockets. Every one of them is retried with backoff by the
 /// connection slot; the description tells an operator what to check.
 public struct StreamClientError: Error, Sendable, CustomStringConvertible {
@@ -9,6 +11,8 @@ public struct StreamClientError: Error, Sendable, CustomStringConvertible {
         case badResponse
         case timeout
         case transport
+        /// The TLS handshake failed, most often because the server's certificate is not trusted.
+        case tls
         /// The gateway handed out an endpoint we refuse (plain ws:// to a non-loopback host).
         case insecureEndpoint
         case upgradeRefused
@@ -25,6 +29,12 @@ public struct StreamClientError: Error, Sendable, CustomStringConvertible {
         self.detail = detail
     }
 
+    /// `.tls` when `error` comes from the TLS layer (untrusted certificate, wrong host name), else `fallback`.
+    static func classify(_ error: any Error, app: String, fallback: Code, detail: String) -> StreamClientError {
+        let isTLS = error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError
+        return StreamClientError(isTLS ? .tls : fallback, app: app, detail: detail)
+    }
+
     public var description: String {
         let suffix = detail.isEmpty ? "" : " (\(detail))"
         switch code {
@@ -38,6 +48,8 @@ public struct StreamClientError: Error, Sendable, CustomStringConvertible {
             return "app \(app): timed out\(suffix); check network, proxy and firewall towards DingTalk"
         case .transport:
             return "app \(app): network error\(suffix); check DNS, proxy, CA file and firewall towards DingTalk"
+        case .tls:
+            return "app \(app): TLS handshake failed\(suffix); the server certificate is not trusted by the system store or ca_file: if a company proxy or private CA signs it, set ca_file to that CA's PEM file"
         case .insecureEndpoint:
             return "app \(app): the gateway offered an unencrypted endpoint to a non-loopback host\(suffix); refusing it"
         case .upgradeRefused:

@@ -70,10 +70,12 @@ final class StreamSocket: Sendable {
     /// Closes with a WebSocket close frame; frames already in flight are still read and handled.
     func close() async {
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xE8]))
-        try? await channel.writeAndFlush(frame).get()
-        // Give the server a moment to answer the close; then drop the TCP connection.
-        try? await channel.eventLoop.scheduleTask(in: .seconds(2)) {}.futureResult.get()
-        try? await channel.close().get()
+        let channel = self.channel
+        // The server answers the close frame and we close on its answer; give it 2 s, then drop TCP.
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        channel.writeAndFlush(frame).whenFailure { _ in channel.close(promise: nil) }
+        try? await channel.closeFuture.get()
+        deadline.cancel()
     }
 
     /// Opens the socket of `ticket` and hands its frames to `sink`.
@@ -139,12 +141,17 @@ final class StreamSocket: Sendable {
             throw StreamClientError(.transport, app: app, detail: "connecting to \(proxy.map { "proxy \($0.host):\($0.port)" } ?? "\(host):\(port)"): \(error)")
         }
         // One deadline for tunnel, TLS and upgrade: closing the channel fails whatever still waits.
+        let timedOut = NIOLockedValueBox(false)
+        let answerStatus = NIOLockedValueBox<UInt?>(nil)
         let handshakeDeadline = channel.eventLoop.scheduleTask(in: TimeAmount(settings.requestTimeout)) {
+            timedOut.withLockedValue { $0 = true }
             channel.close(promise: nil)
         }
         defer { handshakeDeadline.cancel() }
+        var tunnelUp = false
         do {
             try await tunnel.futureResult.get()
+            tunnelUp = true
             let upgraded = try await channel.eventLoop.flatSubmit { () -> EventLoopFuture<Bool> in
                 do {
                     if let tls {
@@ -173,23 +180,60 @@ final class StreamSocket: Sendable {
                     // The server may push a frame in the same read as its 101 answer; the
                     // default would drop those bytes and with them a message until redelivery.
                     pipeline.leftOverBytesStrategy = .forwardBytes
-                    return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipeline)
+                    let upgrading = try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipeline)
+                    let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPClientUpgradeHandler<Bool>.self)
+                    try channel.pipeline.syncOperations.addHandler(
+                        ResponseStatusPeek(status: answerStatus), position: .before(upgradeHandler))
+                    return upgrading
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }.get()
             guard upgraded else {
                 try? await channel.close().get()
-                throw StreamClientError(.upgradeRefused, app: app, detail: "HTTP answer without upgrade")
+                throw StreamClientError(.upgradeRefused, app: app, detail: "HTTP \(answerStatus.withLockedValue { $0 }.map(String.init) ?? "answer") without upgrade")
             }
         } catch let error as StreamClientError {
             throw error
         } catch {
             try? await channel.close().get()
-            let timedOut = !channel.isActive
-            throw StreamClientError(timedOut ? .timeout : .transport, app: app, detail: "handshake with \(host):\(port): \(error)")
+            // A server that answers the upgrade with an error and hangs up fails the upgrade
+            // future before NIO reports "not upgraded"; the status we saw tells what happened.
+            if let status = answerStatus.withLockedValue({ $0 }), status != 101 {
+                throw StreamClientError(.upgradeRefused, app: app, detail: "HTTP \(status) without upgrade")
+            }
+            let expired = timedOut.withLockedValue { $0 }
+            // Hung up on before answering the upgrade (how a refused ticket can look): refused too.
+            if !expired, tunnelUp, error is ChannelError {
+                throw StreamClientError(.upgradeRefused, app: app, detail: "the server closed the connection instead of upgrading: \(error)")
+            }
+            let fallback: StreamClientError.Code = expired ? .timeout : .transport
+            throw StreamClientError.classify(error, app: app, fallback: fallback, detail: "handshake with \(host):\(port): \(error)")
         }
         return StreamSocket(id: id, channel: channel, events: events)
+    }
+}
+
+/// Notes the status of the answer to the upgrade request, then leaves the pipeline before any
+/// WebSocket frame could reach it.
+final class ResponseStatusPeek: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = HTTPClientResponsePart
+
+    private let status: NIOLockedValueBox<UInt?>
+
+    init(status: NIOLockedValueBox<UInt?>) {
+        self.status = status
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = unwrapInboundIn(data) {
+            status.withLockedValue { $0 = head.status.code }
+            context.fireChannelRead(data)
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
     }
 }
 

@@ -92,7 +92,7 @@ final class StatusReporter: Service {
                 "sockets": state.sockets.map { socket in
                     [
                         "slot": socket.slot, "id": socket.connectionID,
-                        "ageSeconds": Int((now - socket.openedAt).components.seconds),
+                        "ageSeconds": Int((now - socket.openedAt).components.seconds), "draining": socket.draining,
                     ] as [String: Any]
                 },
             ] as [String: Any]

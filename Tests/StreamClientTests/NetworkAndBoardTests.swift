@@ -1,0 +1,111 @@
+import Foundation
+import InMemoryLogging
+import Logging
+import Simulator
+import StreamClient
+import StreamProtocol
+import Testing
+
+/// Company networks (a private CA, a CONNECT proxy) and what operators see about sockets.
+@Suite("TLS, proxy, socket census", .serialized)
+struct NetworkAndBoardTests {
+    static let app = "helpdesk"
+
+    @Test(.timeLimit(.minutes(1)))
+    func tlsWithATestCAKeepsVerificationOn() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var configuration = SimulatorConfiguration.single(Self.app)
+        configuration.tlsCertificatePath = pki.serverCertificate
+        configuration.tlsPrivateKeyPath = pki.serverKey
+        try await DingTalkSimulator.withRunning(configuration) { sim in
+            #expect(sim.baseURL.hasPrefix("https://"))
+            // Without the CA the server is not trusted: registration fails, and says where to look.
+            // (AsyncHTTPClient retries the handshake until the connect timeout, 5 s here.)
+            let untrusted = CapturedLog()
+            try await withSupervisor(settings(for: sim), logger: untrusted.logger) {
+                try await eventually("the TLS failure") { !untrusted.lines(containing: "registration at https://").isEmpty }
+            }
+            let failure = try #require(untrusted.lines(containing: "registration at https://").first)
+            #expect(failure.contains("certificate"), "\(failure)")
+            #expect(failure.contains("ca_file"), "\(failure)")
+            #expect(sim.registrations().isEmpty && sim.sockets(app: Self.app).isEmpty)
+
+            // With ca_file: registration over https, the socket over wss, frames acked.
+            let log = CapturedLog()
+            let board = ConnectionBoard()
+            let network = NetworkSettings(caFile: pki.caCertificate, connectTimeout: .seconds(5), requestTimeout: .seconds(10))
+            try await withSupervisor(settings(for: sim, network: network), board: board, logger: log.logger) {
+                try await eventually("a wss socket") { board.census(app: Self.app).up == 1 }
+                let message = try sim.injectText("over tls", app: Self.app)
+                try await eventually("the ack") { sim.isAcked(app: Self.app, businessId: message.msgId) }
+            }
+            #expect(sim.registrations(app: Self.app).count == 1)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func registrationAndSocketGoThroughAConnectProxy() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var configuration = SimulatorConfiguration.single(Self.app)
+        configuration.tlsCertificatePath = pki.serverCertificate
+        configuration.tlsPrivateKeyPath = pki.serverKey
+        try await DingTalkSimulator.withRunning(configuration) { sim in
+            try await ConnectProxy.withRunning { proxy in
+                // The proxy comes from the environment given to the daemon, as `https_proxy`.
+                var network = NetworkSettings.resolve(
+                    proxy: nil, caFile: pki.caCertificate, environment: ["https_proxy": "http://127.0.0.1:\(proxy.port)"])
+                network.connectTimeout = .seconds(5)
+                network.requestTimeout = .seconds(10)
+                let log = CapturedLog()
+                let board = ConnectionBoard()
+                try await withSupervisor(settings(for: sim, network: network), board: board, logger: log.logger) {
+                    try await eventually("a socket through the proxy") { board.census(app: Self.app).up == 1 }
+                    let message = try sim.injectText("via proxy", app: Self.app)
+                    try await eventually("the ack") { sim.isAcked(app: Self.app, businessId: message.msgId) }
+                }
+                let target = "127.0.0.1:\(sim.port)"
+                // One CONNECT for the registration's HTTPS call, one for the socket.
+                #expect(proxy.connectTargets.filter { $0 == target }.count >= 2, "\(proxy.connectTargets)")
+                #expect(proxy.connectTargets.allSatisfy { $0 == target })
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func socketCountsAndAgesAreLoggedAndOnTheBoard() async throws {
+        var configuration = SimulatorConfiguration.single(Self.app)
+        configuration.disconnectGrace = .milliseconds(500)
+        try await DingTalkSimulator.withRunning(configuration) { sim in
+            let log = CapturedLog()
+            let board = ConnectionBoard()
+            try await withSupervisor(settings(for: sim, connections: 2), board: board, logger: log.logger) {
+                try await eventually("two sockets") { board.census(app: Self.app).up == 2 }
+                let census = board.census(app: Self.app)
+                #expect(census.wanted == 2 && census.ageList.count == 2)
+                #expect(log.lines.contains { $0.contains("socket up (2/2 for this app; ages ") })
+                let up = log.entries(messageID: "socketUp")
+                #expect(up.count == 2)
+                #expect(up.last?.metadata["app.sockets"] == "2")
+                #expect(up.allSatisfy { $0.metadata["app.sockets.ages"] != nil })
+
+                // A rotation logs the replaced socket's age; the board counts it and shows the
+                // old socket as draining (not up) until it is gone.
+                let first = try #require(sim.liveSockets(app: Self.app).first)
+                try sim.disconnect(socket: first.id, mode: .disconnectFrame)
+                try await eventually("the rotation") { board.snapshot()[Self.app]?.rotations == 1 }
+                let replaced = try #require(log.entries(messageID: "socketReplaced").first)
+                #expect("\(replaced.message)".contains("server rotates socket after "))
+                #expect(replaced.metadata["conn.age.seconds"] != nil)
+                #expect(board.census(app: Self.app).up == 2)
+                try await eventually("the drained socket gone from the board") {
+                    let sockets = board.snapshot()[Self.app]?.sockets ?? []
+                    return sockets.count == 2 && sockets.allSatisfy { !$0.draining }
+                }
+                #expect(log.lines.contains { $0.contains("socket up (2/2 for this app; ages ") })
+            }
+            #expect(board.snapshot()[Self.app] == nil, "a stopped app leaves the board")
+        }
+    }
+}

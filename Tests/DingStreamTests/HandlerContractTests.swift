@@ -117,6 +117,8 @@ struct HandlerContractTests {
             cat >/dev/null
             echo "$DINGSTREAM_KIND $DINGSTREAM_TOPIC" >> \(harness.root)/kinds
             [ "$DINGSTREAM_KIND" = card ] && printf '%s\\n' '\(Self.cardUpdate)'
+            # Output of an event handler has nowhere to go: ignored, not a failure.
+            [ "$DINGSTREAM_KIND" = event ] && echo "event noted"
             exit 0
             """)
         try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
@@ -139,7 +141,8 @@ struct HandlerContractTests {
                 try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
                 try await harness.waitFor("the event handled") { harness.lines(of: "kinds").count == 2 }
                 #expect(harness.lines(of: "kinds") == ["card /v1.0/card/instances/callback", "event *"])
-                // A card's JSON is its answer, not a reply message: nothing in the outbox or failed/.
+                // A card's JSON is its answer, an event's output is ignored: nothing in the outbox
+                // or failed/.
                 try await harness.waitFor("both entries done") { harness.entries(in: "done").count == 2 }
                 #expect(harness.entries(in: "failed").isEmpty)
                 #expect(simulator.webhookReplies(app: "helpdesk").isEmpty)

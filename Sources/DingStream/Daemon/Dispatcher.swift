@@ -185,6 +185,12 @@ final class Dispatcher: Service {
                 } else if !result.stdout.isEmpty {
                     handlerLog.notice("card handler printed something that is not a JSON object; ignored (print a card update object, or nothing)")
                 }
+            case .done where entry.kind == .event:
+                // An event has no conversation to answer in; a handler that wants to tell someone
+                // uses `dingstream send`.
+                if !result.stdout.isEmpty {
+                    handlerLog.notice("event handler printed output; events have no conversation to reply to, so it is ignored (use dingstream send)")
+                }
             case .done:
                 if let reply = HandlerReply.parse(stdout: result.stdout) { replies.append(Self.webhookBody(reply)) }
             case .retryLater:

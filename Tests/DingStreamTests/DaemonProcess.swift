@@ -10,6 +10,8 @@ final class DaemonProcess {
     let configPath: String
     let logPath: String
     private var process: Process?
+    /// Every pid this daemon ran as, in order.
+    private(set) var pids: [String] = []
 
     /// The binary beside the test bundle (`swift build --build-tests` builds both into the same
     /// folder), else `.build/debug/dingstream` of this package.
@@ -74,6 +76,7 @@ final class DaemonProcess {
         child.standardError = log
         try child.run()
         process = child
+        pids.append(String(child.processIdentifier))
     }
 
     var isRunning: Bool { process?.isRunning ?? false }
@@ -143,41 +146,49 @@ struct SpoolSnapshot {
     func count(in state: String) -> Int { entries.filter { $0.state == state }.count }
 }
 
-/// Lines of a handler's run log (`<text> <run token>` per run).
-func handlerRuns(_ path: String) -> [(text: String, token: String)] {
+/// One run of `loggingHandler`: the message text, a token unique to the run, and the pid of the
+/// daemon process that started it.
+struct HandlerRun {
+    var text: String
+    var token: String
+    var daemon: String
+}
+
+func handlerRuns(_ path: String) -> [HandlerRun] {
     let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
     return text.split(separator: "\n").compactMap { line in
-        let parts = line.split(separator: " ")
-        return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
+        let parts = line.split(separator: " ").map(String.init)
+        return parts.count == 3 ? HandlerRun(text: parts[0], token: parts[1], daemon: parts[2]) : nil
     }
 }
 
-/// A handler that appends `<text> <run token>` to `log` (O_APPEND, one short write, so lines of
-/// concurrent runs never mix) before anything else, then replies `reply <text> <run token>`.
-/// The token tells apart two runs for the same message.
+/// A handler that appends `<text> <run token> <daemon pid>` to `log` (O_APPEND, one short write,
+/// so lines of concurrent runs never mix) before anything else, then replies
+/// `reply <text> <run token>`. `$PPID` is fixed at the shell's start, so a run orphaned by a kill
+/// still names the daemon that started it (unless the kill came before the shell started).
 func loggingHandler(log: String) -> String {
     """
     #!/bin/sh
     token="$$.$(date +%s%N)"
-    printf '%s %s\\n' "$DINGSTREAM_TEXT" "$token" >> '\(log)'
+    printf '%s %s %s\\n' "$DINGSTREAM_TEXT" "$token" "$PPID" >> '\(log)'
     printf 'reply %s %s' "$DINGSTREAM_TEXT" "$token"
 
     """
 }
 
-/// Replies the simulator accepted, as `(msgId or nil, content)`: webhook answers with errcode 0
-/// and OpenAPI sends (batchSend, groupMessages).
-func deliveredReplies(_ simulator: DingTalkSimulator, app: String) -> [(msgId: String?, content: String)] {
-    var result: [(String?, String)] = []
+/// Replies the simulator accepted, in arrival order: webhook answers with errcode 0 and OpenAPI
+/// sends (batchSend, groupMessages). `msgId` is known for webhook replies only.
+func deliveredReplies(_ simulator: DingTalkSimulator, app: String) -> [(msgId: String?, content: String, time: Date)] {
+    var result: [(msgId: String?, content: String, time: Date)] = []
     for reply in simulator.webhookReplies(app: app) where reply.errcode == 0 {
         let object = (try? JSONSerialization.jsonObject(with: Data(reply.body.utf8))) as? [String: Any]
         let content = (object?["text"] as? [String: Any])?["content"] as? String ?? reply.body
-        result.append((reply.msgId, content))
+        result.append((reply.msgId, content, reply.time))
     }
     for send in simulator.openAPISends(app: app) where send.endpoint == .batchSend || send.endpoint == .groupMessages {
         let object = (try? JSONSerialization.jsonObject(with: Data(send.body.utf8))) as? [String: Any]
         let param = (object?["msgParam"] as? String).flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any]
-        result.append((nil, param?["content"] as? String ?? send.body))
+        result.append((nil, param?["content"] as? String ?? send.body, send.time))
     }
-    return result
+    return result.sorted { $0.time < $1.time }
 }

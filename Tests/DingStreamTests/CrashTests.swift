@@ -28,9 +28,9 @@ struct CrashTests {
                 try daemon.start()
                 try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
                 let message = try simulator.injectText("outage", app: "helpdesk")
-                try await simulator.waitUntil(timeout: .seconds(30), "the reply waiting in outbox/ after failed attempts on both paths") { sim in
+                try await poll(timeout: .seconds(30), "the reply waiting in outbox/ after failed attempts on both paths") {
                     SpoolSnapshot(spool: harness.spool).count(in: "outbox") == 1
-                        && sim.faultedCalls(.webhook) >= 1 && sim.faultedCalls(.batchSend) >= 1
+                        && simulator.faultedCalls(.webhook) >= 1 && simulator.faultedCalls(.batchSend) >= 1
                 }
                 #expect(simulator.isAcked(app: "helpdesk", businessId: message.msgId))
                 try await daemon.kill()
@@ -43,7 +43,7 @@ struct CrashTests {
                 try await simulator.waitUntil(timeout: .seconds(30), "the reply after the restart") { sim in
                     !deliveredReplies(sim, app: "helpdesk").isEmpty
                 }
-                try await simulator.waitUntil(timeout: .seconds(30), "the entry in done/") { _ in
+                try await poll(timeout: .seconds(30), "the entry in done/") {
                     SpoolSnapshot(spool: harness.spool).count(in: "done") == 1
                 }
                 // A graceful stop ends every delivery attempt: the counts below are final.
@@ -112,11 +112,12 @@ struct CrashTests {
                 }
                 try #require(injected.count >= 50, "only \(injected.count) messages injected")
 
-                try await simulator.waitUntil(timeout: .seconds(40), "every message acked, handled and answered") { sim in
+                try await poll(timeout: .seconds(40), "every message acked, handled and answered") {
+                    guard injected.allSatisfy({ simulator.isAcked(app: "helpdesk", businessId: $0.msgId) }),
+                        Set(deliveredReplies(simulator, app: "helpdesk").map(\.msgId)).count >= injected.count
+                    else { return false }
                     let spool = SpoolSnapshot(spool: harness.spool)
-                    return injected.allSatisfy { sim.isAcked(app: "helpdesk", businessId: $0.msgId) }
-                        && spool.count(in: "new") + spool.count(in: "cur") + spool.count(in: "outbox") == 0
-                        && Set(deliveredReplies(sim, app: "helpdesk").map(\.msgId)).count >= injected.count
+                    return spool.count(in: "new") + spool.count(in: "cur") + spool.count(in: "outbox") == 0
                 }
                 // A graceful stop ends every delivery attempt and handler run: what follows is final.
                 try await daemon.terminate()

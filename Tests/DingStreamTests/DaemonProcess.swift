@@ -125,6 +125,18 @@ struct DaemonProcessError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
+/// Polls `condition` every 50 ms: conditions that read the spool cost CPU the daemon needs on a
+/// shared 2-core machine, so they are not checked as often as `waitUntil` does.
+/// - Throws: `DaemonProcessError` naming `what` when it still fails after `timeout`.
+func poll(timeout: Duration, _ what: String, _ condition: () -> Bool) async throws {
+    let clock = ContinuousClock()
+    let end = clock.now + timeout
+    while !condition() {
+        if clock.now >= end { throw DaemonProcessError(message: "after \(timeout) still waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
 /// What a spool holds, read from its folders the way an operator would with `ls` and `cat`.
 struct SpoolSnapshot {
     /// One row per entry file: the state (folder) and the bot message's msgId.

@@ -179,7 +179,13 @@ struct CrashTests {
                     reruns += max(messageRuns.count - 1, 0)
                     duplicateReplies += max(delivered.count - 1, 0)
                 }
+                // The test did what it claims: copies went to the other socket too, and kills
+                // left frames unacked that the simulator then pushed again.
+                let socketsPerMessage = Dictionary(grouping: simulator.pushes(app: "helpdesk"), by: \.businessId)
+                    .mapValues { Set($0.map(\.socketId)).count }
+                #expect(socketsPerMessage.values.contains { $0 > 1 }, "no message was pushed on two sockets")
                 let stats = simulator.stats(app: "helpdesk")
+                #expect(stats.redeliveries > explicitRedeliveries, "no frame was left unacked by a kill")
                 print(
                     "crash test (seed \(seed)): \(injected.count) messages, \(kills) kills, \(explicitRedeliveries) redeliveries on purpose, "
                         + "\(stats.redeliveries - explicitRedeliveries) after missing acks, \(reruns) handler re-runs, \(duplicateReplies) replies twice, "

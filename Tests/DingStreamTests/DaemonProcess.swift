@@ -4,7 +4,7 @@ import Testing
 
 /// The `dingstream` binary run as a child process with a TOML configuration pointing at a
 /// simulator, so that a test can SIGKILL it (an in-process daemon cannot die without the test).
-/// Its stderr goes to `daemon.log` in the test's folder, kept across restarts for post-mortems.
+/// Its stderr from every start goes to `daemon.log`, which a failing test attaches to its issues.
 final class DaemonProcess {
     let root: String
     let configPath: String
@@ -54,7 +54,7 @@ final class DaemonProcess {
                 """
         }
         try Data(toml.utf8).write(to: URL(fileURLWithPath: configPath))
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     }
 
     /// Starts `dingstream run` with a minimal environment (no NOTIFY_SOCKET, no JOURNAL_STREAM:

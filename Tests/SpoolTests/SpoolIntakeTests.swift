@@ -80,7 +80,7 @@ import Testing
             try spool.open()
             // tmp/ as a plain file: every write fails (ENOTDIR), even for root.
             try FileManager.default.removeItem(atPath: root + "/tmp")
-            FileManager.default.createFile(atPath: root + "/tmp", contents: nil)
+            try #require(FileManager.default.createFile(atPath: root + "/tmp", contents: nil))
             let first = Task { await spool.store(botRecord(msgID: "dup", millis: 1_700_000_000_000, connection: "a")) }
             let copy = Task { await spool.store(botRecord(msgID: "dup", millis: 1_700_000_000_500, connection: "b")) }
             try await Task.sleep(for: .milliseconds(50))

@@ -65,7 +65,8 @@ struct CrashTests {
     }
 
     /// Issue #4: messages stream in at a steady rate, some pushed again on purpose (same msgId,
-    /// new messageId, any socket), while the daemon is SIGKILLed at random moments and restarted.
+    /// new messageId, any socket), while the daemon is SIGKILLed at random moments (once during
+    /// start-up, once frozen with a frame in flight) and restarted.
     /// The simulator pushes every frame not acked before a kill again after its redelivery
     /// timeout, so in the end every message must be acked, stored exactly once, handled, and
     /// answered by the run that ran last.
@@ -99,6 +100,15 @@ struct CrashTests {
                                 sim.liveSockets(app: "helpdesk").contains { $0.id > before }
                             }
                             try await Task.sleep(for: .milliseconds(Int.random(in: 50...1500, using: &random)))
+                        }
+                        if round == 3 {
+                            // Frozen until a frame was pushed to it: this kill certainly leaves
+                            // a frame unacked, which only the simulator's redelivery brings back.
+                            let pushed = simulator.pushes(app: "helpdesk").count
+                            daemon.freeze()
+                            try await simulator.waitUntil(timeout: .seconds(10), "a frame pushed to the frozen daemon") { sim in
+                                sim.pushes(app: "helpdesk").dropFirst(pushed).contains { $0.socketId > before }
+                            }
                         }
                         try await daemon.kill()
                         deaths.withLock { $0.append(Date()) }

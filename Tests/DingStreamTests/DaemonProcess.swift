@@ -87,6 +87,11 @@ final class DaemonProcess {
         try await stop(signal: SIGKILL)
     }
 
+    /// SIGSTOP: the daemon freezes wherever it is, its sockets stay open but nothing is acked.
+    func freeze() {
+        if let process { Foundation.kill(process.processIdentifier, SIGSTOP) }
+    }
+
     /// SIGTERM and waits for the graceful stop; SIGKILL if it takes longer than 20 s.
     func terminate() async throws {
         try await stop(signal: SIGTERM)

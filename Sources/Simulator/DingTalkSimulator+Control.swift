@@ -141,7 +141,7 @@ extension SimulatorFault {
     /// `{"kind":"disconnect","app","socket"?,"mode":"disconnectFrame"|"abruptClose"|"deaf"}`,
     /// `{"kind":"registration","app"?,"failure":"unauthorized"|"unavailable"|"noAnswer"|"expiredTicket","count"}`,
     /// `{"kind":"http","endpoint","failure":"serverError"|"throttle"|"permissionDenied"|"delay","status"?,"delayMs"?,"count"}`,
-    /// `{"kind":"expireTokens","app"}`, `{"kind":"expireWebhooks","app"?}`,
+    /// `{"kind":"clearHTTPFaults","endpoint"?}`, `{"kind":"expireTokens","app"}`, `{"kind":"expireWebhooks","app"?}`,
     /// `{"kind":"throttleWebhooks","on"}`, `{"kind":"rotation","ageMs"?}`.
     /// - Throws: `SimulatorError.invalidRequest` naming the bad field.
     public init(json: [String: Any]) throws {
@@ -167,6 +167,13 @@ extension SimulatorFault {
             default: throw bad("unknown http failure")
             }
             self = .http(endpoint: endpoint, failure: failure, count: count)
+        case "clearHTTPFaults":
+            var endpoint: OpenAPIEndpoint?
+            if let name = json["endpoint"] as? String {
+                guard let known = OpenAPIEndpoint(rawValue: name) else { throw bad("unknown endpoint") }
+                endpoint = known
+            }
+            self = .clearHTTPFaults(endpoint: endpoint)
         case "expireTokens":
             guard let app else { throw bad("expireTokens needs app") }
             self = .expireTokens(app: app)

@@ -33,6 +33,7 @@ extension DingTalkSimulator {
             list[0].remaining -= 1
             if list[0].remaining <= 0 { list.removeFirst() }
             c.httpFaults[endpoint] = list
+            if case .delay = failure {} else { c.faultedCalls[endpoint, default: 0] += 1 }
             return failure
         }
     }

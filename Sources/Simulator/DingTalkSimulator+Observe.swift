@@ -70,6 +70,12 @@ extension DingTalkSimulator {
         }
     }
 
+    /// How many calls to `endpoint` got a fault's answer instead of the normal one (delays not
+    /// counted): proof that a client tried while an outage stood.
+    public func faultedCalls(_ endpoint: OpenAPIEndpoint) -> Int {
+        core.withLock { $0.faultedCalls[endpoint, default: 0] }
+    }
+
     /// Frames from clients that were not JSON with `headers.messageId`.
     public var malformedFrames: Int { core.withLock { $0.malformedFrames } }
 
@@ -101,6 +107,10 @@ extension DingTalkSimulator {
             core.withLock { $0.registrationFaults.append(CountedRegistrationFault(app: app, failure: failure, remaining: count)) }
         case .http(let endpoint, let failure, let count):
             core.withLock { $0.httpFaults[endpoint, default: []].append(CountedHTTPFault(failure: failure, remaining: count)) }
+        case .clearHTTPFaults(let endpoint):
+            core.withLock { c in
+                if let endpoint { c.httpFaults[endpoint] = nil } else { c.httpFaults = [:] }
+            }
         case .expireTokens(let app):
             _ = try self.app(named: app)
             let past = Date(timeIntervalSince1970: 0)

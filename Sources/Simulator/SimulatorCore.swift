@@ -86,6 +86,7 @@ struct SimulatorCore {
     var registrations: [RegistrationRecord] = []
     var registrationFaults: [CountedRegistrationFault] = []
     var httpFaults: [OpenAPIEndpoint: [CountedHTTPFault]] = [:]
+    var faultedCalls: [OpenAPIEndpoint: Int] = [:]
     var rotationAge: Duration?
     var webhookThrottle = false
 

@@ -34,6 +34,8 @@ public enum SimulatorFault: Sendable {
     case registration(app: String?, failure: RegistrationFailure, count: Int)
     /// The next `count` calls to `endpoint` fail this way.
     case http(endpoint: OpenAPIEndpoint, failure: HTTPFailure, count: Int)
+    /// Drops the queued faults of `endpoint` (every endpoint when nil): an outage ends.
+    case clearHTTPFaults(endpoint: OpenAPIEndpoint?)
     /// Every access token of the app is expired from now on.
     case expireTokens(app: String)
     /// Every session webhook (of `app`, or all when nil) answers 300001 from now on.

@@ -144,14 +144,19 @@ extension Spool {
     /// one directory sync, then complete every frame.
     func commit(_ batch: [Pending]) {
         var duplicates: [Pending] = []
+        // Copies of a frame written by this very batch: they may be acked only once that write
+        // is durable, else an ack of the copy loses the message if the write fails or we crash.
+        var copies: [Substring: [Pending]] = [:]
         var writes: [(name: EntryName, pending: Pending)] = []
         loop.withLock { state in
-            var seen: Set<Substring> = []
             for pending in batch {
                 let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
-                if state.index[String(name.dedupKey)] != nil || !seen.insert(name.dedupKey).inserted {
+                if state.index[String(name.dedupKey)] != nil {
                     duplicates.append(pending)
+                } else if copies[name.dedupKey] != nil {
+                    copies[name.dedupKey, default: []].append(pending)
                 } else {
+                    copies[name.dedupKey] = []
                     writes.append((name, pending))
                 }
             }
@@ -227,12 +232,16 @@ extension Spool {
         }
 
         for item in committed { entriesContinuation.yield(item.name) }
-        for (pending, error) in failures { pending.completion(.failed(error)) }
+        for (pending, error) in failures {
+            pending.completion(.failed(error))
+            let key = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key).dedupKey
+            for copy in copies[key] ?? [] { copy.completion(.failed(error)) }
+        }
         for item in committed {
-            if let directoryFailure {
-                item.pending.completion(.failed(directoryFailure))
-            } else {
-                item.pending.completion(.stored(item.name))
+            let outcome: IntakeOutcome = directoryFailure.map { .failed($0) } ?? .stored(item.name)
+            item.pending.completion(outcome)
+            for copy in copies[item.name.dedupKey] ?? [] {
+                copy.completion(directoryFailure.map { .failed($0) } ?? .duplicate)
             }
         }
     }

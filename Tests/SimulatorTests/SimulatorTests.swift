@@ -247,6 +247,24 @@ struct SimulatorTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func outageEndsWhenItsFaultsAreClearedAndFaultedCallsAreCounted() async throws {
+        try await DingTalkSimulator.test { sim in
+            try sim.apply(.http(endpoint: .accessToken, failure: .serverError(status: 503), count: 1000))
+            let tokenBody = #"{"appKey":"dinghelpdesk","appSecret":"secret-helpdesk"}"#
+            for _ in 0..<2 {
+                #expect(try await TestHTTP.request(port: sim.port, path: "/v1.0/oauth2/accessToken", json: tokenBody).status == 503)
+            }
+            #expect(sim.faultedCalls(.accessToken) == 2)
+            let unknown = try await TestHTTP.request(port: sim.port, path: "/_sim/faults", json: #"{"kind":"clearHTTPFaults","endpoint":"nope"}"#)
+            #expect(unknown.status != 200)
+            let clear = try await TestHTTP.request(port: sim.port, path: "/_sim/faults", json: #"{"kind":"clearHTTPFaults","endpoint":"accessToken"}"#)
+            #expect(clear.status == 200)
+            #expect(try await TestHTTP.request(port: sim.port, path: "/v1.0/oauth2/accessToken", json: tokenBody).status == 200)
+            #expect(sim.faultedCalls(.accessToken) == 2)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func gapRecordStaysEmptyAcrossMakeBeforeBreakAndCountsAbruptLoss() async throws {
         try await DingTalkSimulator.test({ $0.disconnectGrace = .milliseconds(100) }) { sim in
             let first = try await TestSocket.open(sim)

@@ -72,6 +72,29 @@ import Testing
         }
     }
 
+    /// A copy of a frame in the same batch as its first is acked only once the first is stored:
+    /// when that write fails, acking the copy would lose the message.
+    @Test(.timeLimit(.minutes(1))) func copyInTheSameBatchIsNotAckedWhenTheWriteFails() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            // tmp/ as a plain file: every write fails (ENOTDIR), even for root.
+            try FileManager.default.removeItem(atPath: root + "/tmp")
+            try #require(FileManager.default.createFile(atPath: root + "/tmp", contents: nil))
+            let first = Task { await spool.store(botRecord(msgID: "dup", millis: 1_700_000_000_000, connection: "a")) }
+            let copy = Task { await spool.store(botRecord(msgID: "dup", millis: 1_700_000_000_500, connection: "b")) }
+            try await Task.sleep(for: .milliseconds(50))
+            let outcomes = try await withRunning(spool) { [await first.value, await copy.value] }
+            for outcome in outcomes {
+                guard case .failed = outcome else {
+                    Issue.record("nothing was stored, so nothing may be acked; got \(outcomes)")
+                    return
+                }
+            }
+            #expect(files(root + "/new").isEmpty)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func duplicateAcrossRestartInAnyState() async throws {
         try await withTemporaryDirectory { root in
             let first = Spool(directory: root, logger: LogSink().logger)

@@ -83,7 +83,10 @@ final class OutboxSender: Service {
         let attempts = entry.deliveryAttempts + 1
         let outcome = await deliverer.deliver(
             parts, to: target, firstAttemptAt: entry.receivedMillis, alreadyDelivered: entry.delivered
-        ) { delivered in
+        ) { [total = parts.count] delivered in
+            // After the last part the rename into done/ below is the record. Rewriting the entry
+            // first (write, fsync, rename) only widens the window in which a kill sends it twice.
+            guard delivered < total else { return }
             try? spool.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts)
         }
         switch outcome {

@@ -120,8 +120,10 @@ fi
 
 # --- JournalLogHandler against this journald ---------------------------------------------------
 if [[ -n $tests_bundle ]]; then
+    # Copied in: the checkout may live under the host's /tmp, which the namespace hides.
+    put /usr/local/libexec/dingstream-systest/tests.xctest 0755 < "$tests_bundle"
     if out=$(ns timeout 120 systemd-run --quiet --wait --pipe --collect -p Type=exec \
-            "$tests_bundle" --testing-library swift-testing --filter JournalRoundTripTests 2>&1) \
+            /usr/local/libexec/dingstream-systest/tests.xctest --testing-library swift-testing --filter JournalRoundTripTests 2>&1) \
         && grep -q 'entryArrivesWithStructuredFields() passed' <<< "$out"; then
         pass "JournalLogHandler entry read back from journald with its fields (JournalRoundTripTests)"
     else

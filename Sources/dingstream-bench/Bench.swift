@@ -37,8 +37,8 @@ struct Bench {
         simulatorLogger.logLevel = .error
         simulatorConfiguration.logger = simulatorLogger
 
-        print("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(loadAverage()) at start")
+        say("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
+        say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(loadAverage()) at start")
         let (ours, peer) = try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
             let ours = try await measureDaemon(simulator, options)
             var peer: LoadResult?
@@ -46,18 +46,18 @@ struct Bench {
                 do {
                     peer = try await measurePeer(simulator, command: command, options)
                 } catch {
-                    print("peer: not measured: \(error)")
+                    say("peer: not measured: \(error)")
                 }
             }
             return (ours, peer)
         }
-        print("")
+        say("")
         printTable(ours: ours, peer: peer, peerName: options.peerName)
-        print("")
+        say("")
         let throughputMet = ours.throughput >= 20_000
         let latencyMet = ours.p99 < 0.005
-        print("target >= 20000 acked msgs/s: \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s: \(latencyMet ? "met" : "missed")")
-        print("load average at end: \(loadAverage()) (other work on this machine shows in these numbers)")
+        say("target >= 20000 acked msgs/s: \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s: \(latencyMet ? "met" : "missed")")
+        say("load average at end: \(loadAverage()) (other work on this machine shows in these numbers)")
     }
 
     // MARK: the two subjects
@@ -89,7 +89,15 @@ struct Bench {
             try await simulator.waitUntil(timeout: .seconds(20), "two live daemon sockets") {
                 $0.liveSockets(app: "bench").count == 2
             }
-            var result = try await measure(simulator, app: "bench", options)
+            // The dispatcher (no handlers here: each entry goes new/ → cur/ → done/) works off what
+            // the previous phase left in new/ before the next phase starts.
+            let newFolder = root + "/spool/new"
+            var result = try await measure(simulator, app: "bench", options) {
+                let deadline = Date().addingTimeInterval(120)
+                while Date() < deadline, ((try? FileManager.default.contentsOfDirectory(atPath: newFolder)) ?? []).contains(where: { $0.hasSuffix(".json") }) {
+                    usleep(50_000)
+                }
+            }
             result.storedEntries = countEntries(root + "/spool")
             group.cancelAll()
             while try await group.next() != nil {}
@@ -108,8 +116,9 @@ struct Bench {
         process.environment = environment
         try process.run()
         defer {
+            // SIGKILL: the daemon's signal handling leaves SIGTERM ignored, and children inherit that.
             if process.isRunning {
-                process.terminate()
+                kill(process.processIdentifier, SIGKILL)
                 process.waitUntilExit()
             }
         }
@@ -119,15 +128,22 @@ struct Bench {
 
     // MARK: the load
 
-    /// Warm-up, a windowed burst for throughput, then a paced run for latency.
-    static func measure(_ simulator: DingTalkSimulator, app: String, _ options: BenchOptions) async throws -> LoadResult {
+    /// Warm-up, a paced run for latency, then a windowed burst for throughput. `settle` runs
+    /// before each measured phase, so that one phase's backlog does not land in the next.
+    static func measure(
+        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, settle: @escaping @Sendable () -> Void = {}
+    ) async throws -> LoadResult {
         let driver = LoadDriver(simulator: simulator, app: app)
+        say("\(app): warm-up")
         _ = try await onOwnThread { try driver.burst(count: options.warmup, window: options.window, timeout: 60) }
+        try await onOwnThread { settle() }
         _ = simulator.takeAckLatencies()
-        let burst = try await onOwnThread { try driver.burst(count: options.messages, window: options.window, timeout: options.timeout) }
-        _ = simulator.takeAckLatencies()
+        say("\(app): \(options.rate) msgs/s for \(options.seconds) s")
         try await onOwnThread { try driver.paced(rate: options.rate, seconds: options.seconds, timeout: 60) }
         let latencies = simulator.takeAckLatencies().map { Double($0.components.attoseconds) / 1e18 + Double($0.components.seconds) }.sorted()
+        try await onOwnThread { settle() }
+        say("\(app): burst of \(options.messages)")
+        let burst = try await onOwnThread { try driver.burst(count: options.messages, window: options.window, timeout: options.timeout) }
         var result = LoadResult(acked: burst.acked, offered: options.messages, elapsed: burst.elapsed)
         result.p50 = percentile(latencies, 0.50)
         result.p99 = percentile(latencies, 0.99)
@@ -188,13 +204,13 @@ struct Bench {
         }
         let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
         for line in lines {
-            print(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
-        print("dingstream acks after the entry is durable (written, syncfs, renamed, directory fsynced);")
-        print("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
-        print("dingstream: \(ours.acked) of \(ours.offered) burst messages acked in \(number(ours.elapsed, 2)) s; \(ours.samples) latency samples; \(ours.storedEntries ?? 0) entries in the spool")
+        say("dingstream acks after the entry is durable (written, syncfs, renamed, directory fsynced);")
+        say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
+        say("dingstream: \(ours.acked) of \(ours.offered) burst messages acked in \(number(ours.elapsed, 2)) s; \(ours.samples) latency samples; \(ours.storedEntries ?? 0) entries in the spool")
         if let peer {
-            print("\(peerName): \(peer.acked) of \(peer.offered) burst messages acked in \(number(peer.elapsed, 2)) s; \(peer.samples) latency samples")
+            say("\(peerName): \(peer.acked) of \(peer.offered) burst messages acked in \(number(peer.elapsed, 2)) s; \(peer.samples) latency samples")
         }
     }
 }
@@ -210,4 +226,9 @@ struct LoadResult: Sendable {
     var storedEntries: Int?
 
     var throughput: Double { elapsed > 0 ? Double(acked) / elapsed : .nan }
+}
+
+/// One line to stdout at once, unbuffered: progress shows up as it happens, also through a pipe.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -9,7 +9,11 @@ import Testing
     @Test(.timeLimit(.minutes(1))) func listShowRetryPurgeWhileTheSpoolRuns() async throws {
         try await withTemporaryDirectory { root in
             let clock = TestClock()
-            let spool = Spool(directory: root, rescanInterval: .milliseconds(20), logger: LogSink().logger, now: clock.closure)
+            // The same dedup window as the purge below: the clock jumps 8 days, and the running
+            // spool's own prune (due on its next rescan) must not forget m0 either.
+            let spool = Spool(
+                directory: root, dedupWindow: .seconds(30 * 86400), rescanInterval: .milliseconds(20),
+                logger: LogSink().logger, now: clock.closure)
             try spool.open()
             let start = millis(clock.now)
             try await withRunning(spool) {

@@ -43,9 +43,22 @@ run: build
 say:
 	$(BIN) sandbox say "$(or $(TEXT),hello)"
 
+# Durable ingest against the simulator, side by side with the official Python SDK when python3
+# and PyPI are there (the SDK goes into a venv under .build; without it the peer column stays empty).
+BENCH_VENV := .build/bench-venv
 bench: deps
 	$(SWIFT) build -c release --product dingstream-bench
-	.build/release/dingstream-bench
+	@peer=; \
+	if ! command -v python3 >/dev/null 2>&1; then \
+	  echo "bench: no peer comparison: python3 not found"; \
+	elif $(BENCH_VENV)/bin/python -c 'import dingtalk_stream' >/dev/null 2>&1; then peer=yes; \
+	elif python3 -m venv $(BENCH_VENV) >/dev/null 2>&1 && \
+	     $(BENCH_VENV)/bin/pip install -q --timeout 20 dingtalk-stream >/dev/null 2>&1; then peer=yes; \
+	else echo "bench: no peer comparison: could not install dingtalk-stream from PyPI into $(BENCH_VENV)"; fi; \
+	if [ -n "$$peer" ]; then \
+	  .build/release/dingstream-bench --peer "$(BENCH_VENV)/bin/python Benchmarks/python_sdk_peer.py" \
+	    --peer-name "python sdk $$($(BENCH_VENV)/bin/python -c 'from dingtalk_stream.version import VERSION_STRING as v; print(v)')"; \
+	else .build/release/dingstream-bench; fi
 
 clean:
 	rm -rf .build

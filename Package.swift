@@ -19,7 +19,8 @@ let package = Package(
     name: "dingstream",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "dingstream", targets: ["dingstream"])
+        .executable(name: "dingstream", targets: ["dingstream"]),
+        .executable(name: "dingstream-bench", targets: ["dingstream-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -70,6 +71,9 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `make bench`: durable ingest against the simulator over loopback (not a test).
+        .executableTarget(
+            name: "dingstream-bench", dependencies: ["DingStream", "Simulator", log], swiftSettings: swiftSettings),
         .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .testTarget(
             name: "StreamClientTests",

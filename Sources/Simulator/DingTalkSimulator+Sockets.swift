@@ -121,6 +121,7 @@ extension DingTalkSimulator {
 
     /// Handles one text frame from a client: an ack (of a ping or a push), or junk (counted).
     func receiveText(socketId: Int, text: ByteBuffer) {
+        let receivedAt = configuration.recordAckLatencies ? NIODeadline.now() : nil
         guard let object = JSONText.object(text.readableBytesView),
               let headers = object["headers"] as? [String: Any],
               let messageId = headers["messageId"] as? String
@@ -133,7 +134,8 @@ extension DingTalkSimulator {
         if let s = object["data"] as? String { data = s } else if let o = object["data"], !(o is NSNull) { data = JSONText.encode(o) } else { data = nil }
         let now = configuration.now()
         let outcome = core.withLock {
-            $0.receiveAck(socketId: socketId, code: code, messageId: messageId, data: data, now: now, recordDetails: configuration.recordDetails, acceptOtherSockets: configuration.acceptAcksFromOtherSockets)
+            $0.receiveAck(socketId: socketId, code: code, messageId: messageId, data: data, now: now, recordDetails: configuration.recordDetails, acceptOtherSockets: configuration.acceptAcksFromOtherSockets,
+                receivedAt: receivedAt)
         }
         if case .card(let continuation, let response) = outcome {
             continuation.resume(returning: response)

@@ -37,6 +37,8 @@ public struct SimulatorConfiguration: Sendable {
     public var acceptAcksFromOtherSockets: Bool = false
     /// Benchmarks turn this off: counters stay exact, per-push/per-ack records are not kept.
     public var recordDetails: Bool = true
+    /// Benchmarks turn this on: every accepted ack's push-to-ack time is kept (`takeAckLatencies`).
+    public var recordAckLatencies: Bool = false
     /// Certificate chain and private key (PEM); when both are set everything is HTTPS and wss.
     public var tlsCertificatePath: String? = nil
     public var tlsPrivateKeyPath: String? = nil

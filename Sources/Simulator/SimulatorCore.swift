@@ -26,6 +26,8 @@ struct Delivery {
 struct PendingPush {
     var deliveryId: Int
     var socketId: Int
+    /// When the frame was built for writing: the start of its ack latency.
+    var pushedAt: NIODeadline
 }
 
 struct SocketEntry {
@@ -109,6 +111,8 @@ struct SimulatorCore {
 
     var pushes: [PushRecord] = []
     var acks: [AckRecord] = []
+    /// Push-to-ack times of accepted acks, when `SimulatorConfiguration.recordAckLatencies` is on.
+    var ackLatencies: [TimeAmount] = []
     var pingEchoes: [PingEchoRecord] = []
     var webhookReplies: [WebhookReplyRecord] = []
     var openAPISends: [OpenAPISendRecord] = []
@@ -186,8 +190,9 @@ struct SimulatorCore {
             deliveryByBusinessKey[Self.businessKey(app: delivery.app, id: messageId)] = id
         }
         deliveries[id] = delivery
-        pending[messageId] = PendingPush(deliveryId: id, socketId: socketId)
-        timeouts.append((NIODeadline.now() + redeliveryTimeout, messageId))
+        let pushedAt = NIODeadline.now()
+        pending[messageId] = PendingPush(deliveryId: id, socketId: socketId, pushedAt: pushedAt)
+        timeouts.append((pushedAt + redeliveryTimeout, messageId))
         var appStats = stats[delivery.app, default: AppStats()]
         appStats.pushes += 1
         if isRedelivery { appStats.redeliveries += 1 }
@@ -239,7 +244,10 @@ struct SimulatorCore {
         case card(CheckedContinuation<String?, any Error>, String?)
     }
 
-    mutating func receiveAck(socketId: Int, code: Int, messageId: String, data: String?, now: Date, recordDetails: Bool, acceptOtherSockets: Bool) -> AckOutcome {
+    mutating func receiveAck(
+        socketId: Int, code: Int, messageId: String, data: String?, now: Date, recordDetails: Bool, acceptOtherSockets: Bool,
+        receivedAt: NIODeadline? = nil
+    ) -> AckOutcome {
         guard let socket = sockets[socketId] else { return .none }
         let app = socket.app
         if let opaque = socket.pings[messageId] {
@@ -281,6 +289,7 @@ struct SimulatorCore {
             }
         }
         pending[messageId] = nil
+        if let receivedAt { ackLatencies.append(receivedAt - push.pushedAt) }
         appStats.unacked -= 1
         stats[app] = appStats
         delivery.settled = true

@@ -4,100 +4,54 @@ import StreamProtocol
 import Synchronization
 
 extension Spool {
-    /// Queues `record` for the next group commit and returns at once (no I/O, no task).
-    /// `completion` is called exactly once from the spool's run loop: `.stored` after the entry is
-    /// durable, `.duplicate` without writing, `.failed` when it could not be stored (do not ack).
-    /// After `run` has ended it is called at once with `.failed(.closed)`.
+    /// Queues `record` for the next group commit and returns at once (no I/O, no task; the entry
+    /// is encoded on the caller's thread). `completion` is called exactly once, from the spool's
+    /// commit thread: `.stored` after the entry is durable, `.duplicate` without writing,
+    /// `.failed` when it could not be stored (do not ack). After `run` has ended it is called at
+    /// once, on the caller's thread, with `.failed(.closed)`.
     public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
-        let (accepted, waiter) = intake.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard !state.closed else { return (false, nil) }
-            state.pending.append(Pending(record: record, completion: completion))
-            return (true, Self.signal(&state))
-        }
-        waiter?.resume()
-        if !accepted { completion(.failed(SpoolError(.closed, path: directory))) }
+        let item = Pending(record: record, bytes: record.encoded(), completion: completion)
+        if !queue.append(item) { completion(.failed(SpoolError(.closed, path: directory))) }
     }
 
-    /// Takes the waiting run loop, or leaves a signal for it.
-    static func signal(_ state: inout IntakeState) -> CheckedContinuation<Void, Never>? {
-        if let waiter = state.waiter {
-            state.waiter = nil
-            return waiter
-        }
-        state.signalled = true
-        return nil
-    }
-
-    /// The intake run loop: commits queued frames in groups, announces entries on `entries`,
-    /// rescans `new/` every `rescanInterval` and prunes every `pruneInterval`. Call `open` first.
+    /// The intake: commits queued frames in groups, announces entries on `entries`, rescans `new/`
+    /// every `rescanInterval` and prunes every `pruneInterval`, all on a dedicated thread so that
+    /// writes and syncs never block a cooperative thread. Call `open` first.
     /// Returns when its task is cancelled, after committing what was already queued; later
     /// submits fail with `.closed`. Write failures never end it: they fail the frames concerned.
     public func run() async {
-        rescan()
-        await withDiscardingTaskGroup { group in
-            let interval = rescanInterval
-            group.addTask { [self] in
-                while (try? await Task.sleep(for: interval)) != nil {
-                    let waiter = intake.withLock { state in
-                        state.tick = true
-                        return Self.signal(&state)
-                    }
-                    waiter?.resume()
-                }
-            }
-            while !Task.isCancelled {
-                await waitForWork()
-                let (batch, tick) = takeBatch()
-                if !batch.isEmpty { commit(batch) }
-                if tick { maintain() }
-            }
-            group.cancelAll()
-        }
-        // Shutting down: store what is queued, refuse the rest.
-        let rest = intake.withLock { state in
-            state.closed = true
-            defer { state.pending = [] }
-            return state.pending
-        }
-        if !rest.isEmpty { commit(rest) }
-        entriesContinuation.finish()
-    }
-
-    private func takeBatch() -> ([Pending], Bool) {
-        intake.withLock { state in
-            let tick = state.tick
-            state.tick = false
-            if state.pending.count <= Self.maximumBatch {
-                defer { state.pending = [] }
-                return (state.pending, tick)
-            }
-            let batch = Array(state.pending.prefix(Self.maximumBatch))
-            state.pending.removeFirst(Self.maximumBatch)
-            state.signalled = true
-            return (batch, tick)
-        }
-    }
-
-    private func waitForWork() async {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = intake.withLock { state in
-                    if state.signalled || Task.isCancelled {
-                        state.signalled = false
-                        return true
-                    }
-                    state.waiter = continuation
-                    return false
+            await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
+                let thread = Thread { [self] in
+                    commitLoop()
+                    finished.resume()
                 }
-                if ready { continuation.resume() }
+                thread.name = "dingstream-spool"
+                thread.start()
             }
         } onCancel: {
-            let waiter = intake.withLock { state in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
+            queue.requestStop()
         }
+    }
+
+    /// The body of the commit thread.
+    private func commitLoop() {
+        rescan()
+        let interval = Double(Self.millis(rescanInterval)) / 1000
+        var nextMaintenance = Date().addingTimeInterval(interval)
+        while true {
+            let (batch, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
+            if !batch.isEmpty { commit(batch) }
+            if stopping { break }
+            if Date() >= nextMaintenance {
+                maintain()
+                nextMaintenance = Date().addingTimeInterval(interval)
+            }
+        }
+        // Shutting down: store what is queued, refuse the rest.
+        let rest = queue.close()
+        if !rest.isEmpty { commit(rest) }
+        entriesContinuation.finish()
     }
 
     private func maintain() {
@@ -170,7 +124,7 @@ extension Spool {
         for item in writes {
             let temporary = "\(tmpFolder)/\(item.name.fileName)"
             do {
-                try FileIO.writeFile(temporary, item.pending.record.encoded(), exclusive: true, sync: !groupSync)
+                try FileIO.writeFile(temporary, item.pending.bytes, exclusive: true, sync: !groupSync)
                 written.append(item)
             } catch {
                 failures.append((item.pending, error))

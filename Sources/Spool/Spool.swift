@@ -15,9 +15,9 @@ public enum IntakeOutcome: Sendable, Equatable {
 
 /// The durable spool: one JSON file per message, its state the folder it is in (maildir style).
 ///
-/// The intake side (`submit` + `run`) group-commits: one run loop writes everything queued, makes
-/// it durable with one filesystem sync and one directory sync, then completes every frame. The
-/// dispatcher side (`claim`, `complete`, `retryLater`, `deadLetter`, outbox calls) does blocking
+/// The intake side (`submit` + `run`) group-commits: one thread of the spool's own writes everything
+/// queued, makes it durable with one filesystem sync and one directory sync, then completes every
+/// frame; no cooperative thread ever waits for the disk on its behalf. The dispatcher side (`claim`, `complete`, `retryLater`, `deadLetter`, outbox calls) does blocking
 /// file I/O on the caller's task, one name at a time; a name must have one owner at a time.
 public final class Spool: Sendable {
     /// How a group commit makes its files durable.
@@ -48,15 +48,9 @@ public final class Spool: Sendable {
 
     struct Pending {
         var record: IntakeRecord
+        /// The entry file, encoded by the submitting thread so the commit thread only does I/O.
+        var bytes: [UInt8]
         var completion: @Sendable (IntakeOutcome) -> Void
-    }
-
-    struct IntakeState {
-        var pending: [Pending] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var signalled = false
-        var tick = false
-        var closed = false
     }
 
     struct LoopState {
@@ -69,7 +63,7 @@ public final class Spool: Sendable {
         var lastPrune: Date = .distantPast
     }
 
-    let intake = Mutex(IntakeState())
+    let queue = CommitQueue()
     let loop = Mutex(LoopState())
 
     /// The largest batch one commit takes; the rest waits for the next round.

@@ -115,8 +115,9 @@ public struct SpoolEntry: Sendable {
         }
         let dataJSON: String
         switch object["data"] {
-        case let string as String: dataJSON = JSON.encodeFragment(string)
-        case let value? where JSONSerialization.isValidJSONObject(value): dataJSON = JSON.encode(value)
+        // The stored text itself: cutting it out costs far less than encoding the parsed value again.
+        case .some where object["data"] is NSNull: dataJSON = "{}"
+        case .some: dataJSON = JSONText.memberText("data", in: raw) ?? "{}"
         default: dataJSON = "{}"
         }
         var headers: [String: String] = [:]
@@ -183,6 +184,65 @@ enum JSONText {
             let last = utf8.last(where: { !isSpace($0) }), last == UInt8(ascii: "}")
         else { return false }
         return JSON.object(text) != nil
+    }
+
+    /// The text of the value of top-level member `key` of the JSON object in `raw`, exactly as
+    /// stored; nil when there is no such member. `raw` must already be known to be valid JSON.
+    static func memberText(_ key: String, in raw: Data) -> String? {
+        raw.withUnsafeBytes { buffer -> String? in
+            let bytes = buffer.bindMemory(to: UInt8.self)
+            let wanted = Array(key.utf8)
+            var index = 0
+            func skipSpace() { while index < bytes.count, isSpace(bytes[index]) { index += 1 } }
+            /// Moves past the string starting at `index` (its opening quote).
+            func skipString() {
+                index += 1
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\"") {
+                    index += bytes[index] == UInt8(ascii: "\\") ? 2 : 1
+                }
+                index += 1
+            }
+            func skipValue() {
+                var depth = 0
+                repeat {
+                    guard index < bytes.count else { return }
+                    switch bytes[index] {
+                    case UInt8(ascii: "\""): skipString(); continue
+                    case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
+                    case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+                    case UInt8(ascii: ","), 0x20, 0x0A, 0x0D, 0x09: if depth == 0 { return }
+                    default: break
+                    }
+                    index += 1
+                } while depth > 0 || (index < bytes.count && !isDelimiter(bytes[index]))
+            }
+            skipSpace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { return nil }
+            index += 1
+            while true {
+                skipSpace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return nil }
+                let nameStart = index + 1
+                skipString()
+                let name = bytes[nameStart..<max(nameStart, index - 1)]
+                skipSpace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { return nil }
+                index += 1
+                skipSpace()
+                let valueStart = index
+                skipValue()
+                if name.elementsEqual(wanted) {
+                    return String(decoding: UnsafeBufferPointer(rebasing: bytes[valueStart..<min(index, bytes.count)]), as: UTF8.self)
+                }
+                skipSpace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ",") else { return nil }
+                index += 1
+            }
+        }
+    }
+
+    private static func isDelimiter(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") || isSpace(byte)
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool {

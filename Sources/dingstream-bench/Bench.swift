@@ -1,0 +1,234 @@
+import DingStream
+import Foundation
+import Logging
+import Simulator
+
+/// Durable ingest over real loopback, measured from the simulator's side: the daemon (in process,
+/// spool in a temporary folder on the real filesystem) and optionally a peer client in another
+/// process get the same load, one after the other, from the same simulator.
+@main
+struct Bench {
+    static func main() async {
+        let options: BenchOptions
+        do {
+            options = try BenchOptions(CommandLine.arguments.dropFirst())
+        } catch {
+            FileHandle.standardError.write(Data("dingstream-bench: \(error)\n\(BenchOptions.usage)\n".utf8))
+            exit(64)
+        }
+        do {
+            try await run(options)
+        } catch {
+            FileHandle.standardError.write(Data("dingstream-bench: \(error)\n".utf8))
+            exit(1)
+        }
+    }
+
+    static func run(_ options: BenchOptions) async throws {
+        var simulatorConfiguration = SimulatorConfiguration(apps: [
+            SimulatedApp(name: "bench", clientId: "dingbench", clientSecret: "secret-bench"),
+            SimulatedApp(name: "peer", clientId: "dingpeer", clientSecret: "secret-peer"),
+        ])
+        simulatorConfiguration.recordDetails = false
+        simulatorConfiguration.recordAckLatencies = true
+        // Nothing here is meant to be pushed twice; a redelivery would blur the numbers.
+        simulatorConfiguration.redeliveryTimeout = .seconds(600)
+        var simulatorLogger = Logger(label: "bench.simulator")
+        simulatorLogger.logLevel = .error
+        simulatorConfiguration.logger = simulatorLogger
+
+        say("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
+        say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(loadAverage()) at start")
+        let (ours, peer) = try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
+            let ours = try await measureDaemon(simulator, options)
+            var peer: LoadResult?
+            if let command = options.peerCommand {
+                do {
+                    peer = try await measurePeer(simulator, command: command, options)
+                } catch {
+                    say("peer: not measured: \(error)")
+                }
+            }
+            return (ours, peer)
+        }
+        say("")
+        printTable(ours: ours, peer: peer, peerName: options.peerName)
+        say("")
+        let throughputMet = ours.throughput >= 20_000
+        let latencyMet = ours.p99 < 0.005
+        say("target >= 20000 acked msgs/s: \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s: \(latencyMet ? "met" : "missed")")
+        say("load average at end: \(loadAverage()) (other work on this machine shows in these numbers)")
+    }
+
+    // MARK: the two subjects
+
+    static func measureDaemon(_ simulator: DingTalkSimulator, _ options: BenchOptions) async throws -> LoadResult {
+        let root = (options.spoolParent ?? NSTemporaryDirectory()) + "/dingstream-bench-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+
+        var configuration = Configuration()
+        configuration.spoolDirectory = root + "/spool"
+        configuration.runtimeDirectory = root + "/run"
+        configuration.shutdownGrace = .seconds(2)
+        configuration.readyTimeout = .seconds(5)
+        // The per-message info and warning lines (commit, no handler) would measure the terminal.
+        configuration.logLevel = "error"
+        var app = Configuration.App(name: "bench", clientID: "dingbench", clientSecret: "secret-bench")
+        app.apiBase = simulator.baseURL
+        app.allowedUsers = ["*"]
+        configuration.apps = [app]
+        let settings = configuration
+        let daemon = Daemon(configurationPath: "(bench)", environment: ["PATH": "/usr/bin:/bin", "HOME": root])
+
+        return try await withThrowingTaskGroup(of: LoadResult?.self) { group in
+            group.addTask {
+                _ = await daemon.run(configuration: settings, logger: Logger(label: "bench.daemon"))
+                return nil
+            }
+            try await simulator.waitUntil(timeout: .seconds(20), "two live daemon sockets") {
+                $0.liveSockets(app: "bench").count == 2
+            }
+            // The dispatcher (no handlers here: each entry goes new/ → cur/ → done/) works off what
+            // the previous phase left in new/ before the next phase starts.
+            let newFolder = root + "/spool/new"
+            var result = try await measure(simulator, app: "bench", options) {
+                let deadline = Date().addingTimeInterval(120)
+                while Date() < deadline, ((try? FileManager.default.contentsOfDirectory(atPath: newFolder)) ?? []).contains(where: { $0.hasSuffix(".json") }) {
+                    usleep(50_000)
+                }
+            }
+            result.storedEntries = countEntries(root + "/spool")
+            group.cancelAll()
+            while try await group.next() != nil {}
+            return result
+        }
+    }
+
+    static func measurePeer(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) async throws -> LoadResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "exec " + command]
+        var environment = ProcessInfo.processInfo.environment
+        environment["DINGTALK_OPENAPI_ENDPOINT"] = simulator.baseURL
+        environment["BENCH_CLIENT_ID"] = "dingpeer"
+        environment["BENCH_CLIENT_SECRET"] = "secret-peer"
+        process.environment = environment
+        try process.run()
+        defer {
+            // SIGKILL: the daemon's signal handling leaves SIGTERM ignored, and children inherit that.
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
+        return try await measure(simulator, app: "peer", options)
+    }
+
+    // MARK: the load
+
+    /// Warm-up, a paced run for latency, then a windowed burst for throughput. `settle` runs
+    /// before each measured phase, so that one phase's backlog does not land in the next.
+    static func measure(
+        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, settle: @escaping @Sendable () -> Void = {}
+    ) async throws -> LoadResult {
+        let driver = LoadDriver(simulator: simulator, app: app)
+        say("\(app): warm-up")
+        _ = try await onOwnThread { try driver.burst(count: options.warmup, window: options.window, timeout: 60) }
+        try await onOwnThread { settle() }
+        _ = simulator.takeAckLatencies()
+        say("\(app): \(options.rate) msgs/s for \(options.seconds) s")
+        try await onOwnThread { try driver.paced(rate: options.rate, seconds: options.seconds, timeout: 60) }
+        let latencies = simulator.takeAckLatencies().map { Double($0.components.attoseconds) / 1e18 + Double($0.components.seconds) }.sorted()
+        try await onOwnThread { settle() }
+        say("\(app): burst of \(options.messages)")
+        let burst = try await onOwnThread { try driver.burst(count: options.messages, window: options.window, timeout: options.timeout) }
+        var result = LoadResult(acked: burst.acked, offered: options.messages, elapsed: burst.elapsed)
+        result.p50 = percentile(latencies, 0.50)
+        result.p99 = percentile(latencies, 0.99)
+        result.maximum = latencies.last ?? .nan
+        result.samples = latencies.count
+        return result
+    }
+
+    /// Runs blocking driver code on a thread of its own, away from the cooperative pool (which the
+    /// daemon's dispatcher may keep busy) so that pacing and polling stay on time.
+    static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(with: Result { try body() })
+            }
+            thread.name = "bench-driver"
+            thread.start()
+        }
+    }
+
+    static func percentile(_ sorted: [Double], _ q: Double) -> Double {
+        guard !sorted.isEmpty else { return .nan }
+        let rank = Int((q * Double(sorted.count)).rounded(.up)) - 1
+        return sorted[min(max(rank, 0), sorted.count - 1)]
+    }
+
+    static func countEntries(_ spool: String) -> Int {
+        ["new", "cur", "outbox", "done", "failed"].reduce(0) { total, folder in
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
+            return total + names.filter { $0.hasSuffix(".json") }.count
+        }
+    }
+
+    static func loadAverage() -> String {
+        ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
+    // MARK: report
+
+    static func printTable(ours: LoadResult, peer: LoadResult?, peerName: String) {
+        func number(_ value: Double, _ digits: Int) -> String {
+            value.isFinite ? String(format: "%.\(digits)f", value) : "-"
+        }
+        func ratio(_ a: Double, _ b: Double?) -> String {
+            guard let b, a.isFinite, b.isFinite, b > 0 else { return "-" }
+            return String(format: "%.2fx", a / b)
+        }
+        let rows: [(String, Double, Double?, Int)] = [
+            ("acked msgs/s, \(ours.offered) in a burst", ours.throughput, peer?.throughput, 0),
+            ("ack latency p50 (ms), paced", ours.p50 * 1000, peer.map { $0.p50 * 1000 }, 2),
+            ("ack latency p99 (ms), paced", ours.p99 * 1000, peer.map { $0.p99 * 1000 }, 2),
+            ("ack latency max (ms), paced", ours.maximum * 1000, peer.map { $0.maximum * 1000 }, 2),
+        ]
+        let header = ["metric", "dingstream", peer == nil ? "peer (not run)" : peerName, "ratio dingstream/peer"]
+        var lines = [header]
+        for (name, value, peerValue, digits) in rows {
+            lines.append([name, number(value, digits), peerValue.map { number($0, digits) } ?? "-", ratio(value, peerValue)])
+        }
+        let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
+        for line in lines {
+            say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        }
+        say("dingstream acks after the entry is durable (written, syncfs, renamed, directory fsynced);")
+        say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
+        say("dingstream: \(ours.acked) of \(ours.offered) burst messages acked in \(number(ours.elapsed, 2)) s; \(ours.samples) latency samples; \(ours.storedEntries ?? 0) entries in the spool")
+        if let peer {
+            say("\(peerName): \(peer.acked) of \(peer.offered) burst messages acked in \(number(peer.elapsed, 2)) s; \(peer.samples) latency samples")
+        }
+    }
+}
+
+struct LoadResult: Sendable {
+    var acked: Int
+    var offered: Int
+    var elapsed: Double
+    var p50 = Double.nan
+    var p99 = Double.nan
+    var maximum = Double.nan
+    var samples = 0
+    var storedEntries: Int?
+
+    var throughput: Double { elapsed > 0 ? Double(acked) / elapsed : .nan }
+}
+
+/// One line to stdout at once, unbuffered: progress shows up as it happens, also through a pipe.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,53 @@
+import Foundation
+
+/// Command line of `dingstream-bench`; every option has a default that fits `make bench`.
+struct BenchOptions: Sendable {
+    var messages = 100_000
+    var window = 4000
+    var warmup = 5000
+    var rate = 1000
+    var seconds = 10.0
+    /// Seconds the burst may take before it is reported as it stands.
+    var timeout = 60.0
+    /// A shell command that starts a peer client against `DINGTALK_OPENAPI_ENDPOINT`.
+    var peerCommand: String?
+    var peerName = "python sdk"
+    /// Where the temporary spool goes (default: the temporary folder). Put it on the filesystem you mean to measure.
+    var spoolParent: String?
+
+    static let usage = """
+        usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
+                                [--spool-parent DIR] [--peer COMMAND] [--peer-name NAME]
+        """
+
+    struct Invalid: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    init(_ arguments: some Sequence<String>) throws {
+        var iterator = arguments.makeIterator()
+        while let option = iterator.next() {
+            guard let value = iterator.next() else { throw Invalid(description: "\(option) needs a value") }
+            func integer() throws -> Int {
+                guard let number = Int(value), number > 0 else { throw Invalid(description: "\(option) wants a positive integer, not \(value)") }
+                return number
+            }
+            func real() throws -> Double {
+                guard let number = Double(value), number > 0 else { throw Invalid(description: "\(option) wants a positive number, not \(value)") }
+                return number
+            }
+            switch option {
+            case "--messages": messages = try integer()
+            case "--window": window = try integer()
+            case "--warmup": warmup = try integer()
+            case "--rate": rate = try integer()
+            case "--seconds": seconds = try real()
+            case "--timeout": timeout = try real()
+            case "--spool-parent": spoolParent = value
+            case "--peer": peerCommand = value
+            case "--peer-name": peerName = value
+            default: throw Invalid(description: "unknown option \(option)")
+            }
+        }
+    }
+}

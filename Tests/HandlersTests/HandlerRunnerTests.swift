@@ -17,6 +17,32 @@ import Testing
             timeout: timeout, outputLimit: outputLimit, stderrTailBytes: stderrTail, killGrace: .milliseconds(500))
     }
 
+    /// The daemon ignores SIGTERM/SIGHUP/SIGPIPE to handle them itself, and ignored signals
+    /// survive exec: a handler must start with every signal at its default and none blocked, or
+    /// `kill` and `timeout` in user scripts silently stop working.
+    @Test(.timeLimit(.minutes(1)))
+    func startsWithDefaultSignalsWhateverTheDaemonIgnores() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let previous = [SIGTERM, SIGHUP, SIGPIPE].map { ($0, signal($0, SIG_IGN)) }
+        defer { for (number, handler) in previous { signal(number, handler) } }
+        // Builtins only: the shell reads its own status, with no fork in between to race.
+        let result = try await run(
+            dir, "while IFS= read -r line; do case $line in SigBlk:*|SigIgn:*) echo \"$line\";; esac; done < /proc/self/status\n")
+        #expect(result.outcome == .done)
+        var masks: [String: UInt64] = [:]
+        for line in String(decoding: result.stdout, as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: ":").map { $0.trimmingCharacters(in: .whitespaces) }
+            if fields.count == 2 { masks[fields[0]] = UInt64(fields[1], radix: 16) }
+        }
+        #expect(masks["SigBlk"] == 0)
+        // Bit n-1 stands for signal n. (glibc's internal signals 32 and 33 are not ours to reset.)
+        let ignored = try #require(masks["SigIgn"])
+        for number in [SIGTERM, SIGHUP, SIGPIPE, SIGINT] {
+            #expect(ignored & (1 << UInt64(number - 1)) == 0, "signal \(number) is ignored in the handler")
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func seesExactlyTheContractEnvironmentAndStdin() async throws {
         let dir = try TempDir()

@@ -103,11 +103,12 @@ enum JSONText {
     }
 }
 
-/// Deterministic random numbers, so a seeded simulator picks the same sockets and ids every run.
-struct SplitMix64: RandomNumberGenerator {
+/// Deterministic random numbers, so a seeded simulator picks the same sockets and ids every run
+/// (and tests can replay what a printed seed chose).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

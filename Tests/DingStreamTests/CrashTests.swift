@@ -75,7 +75,7 @@ struct CrashTests {
         let kills = 5
         let workers = 2
         let seed = UInt64.random(in: 0...UInt64.max)
-        var random = SeededRandom(seed: seed)
+        var random = SplitMix64(seed: seed)
         let harness = try DaemonHarness()
         defer { harness.remove() }
         let runLog = harness.root + "/runs.log"
@@ -214,12 +214,12 @@ struct CrashTests {
 final class MessageProducer: Sendable {
     let simulator: DingTalkSimulator
     let app: String
-    private let state: Mutex<(random: SeededRandom, injected: [InjectedMessage], redeliveries: Int, stopped: Bool)>
+    private let state: Mutex<(random: SplitMix64, injected: [InjectedMessage], redeliveries: Int, stopped: Bool)>
 
     init(simulator: DingTalkSimulator, app: String, seed: UInt64) {
         self.simulator = simulator
         self.app = app
-        state = Mutex((SeededRandom(seed: seed ^ 0x5eed), [], 0, false))
+        state = Mutex((SplitMix64(seed: seed ^ 0x5eed), [], 0, false))
     }
 
     func run() async throws {
@@ -248,18 +248,5 @@ final class MessageProducer: Sendable {
             let text = (object["text"] as? [String: Any])?["content"] as? String
         else { return "" }
         return text
-    }
-}
-
-/// SplitMix64: reproducible kill moments for a printed seed.
-struct SeededRandom: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

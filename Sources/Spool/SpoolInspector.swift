@@ -239,7 +239,18 @@ public struct SpoolInspector: Sendable {
         if !records.isEmpty { try FileIO.appendLines("\(directory)/dedup.log", records, sync: true) }
         for name in old {
             try FileIO.remove(path(of: name, in: state))
-            if state == .failed { try FileIO.remove("\(folder(.failed))/\(name.value).reason") }
+            if state == .failed {
+                try FileIO.remove("\(folder(.failed))/\(name.value).reason")
+                // Dead letters keep their downloaded attachments for a retry; a purge ends that.
+                let attachments = "\(directory)/attachments/\(name.value)"
+                if FileManager.default.fileExists(atPath: attachments) {
+                    do {
+                        try FileManager.default.removeItem(atPath: attachments)
+                    } catch {
+                        throw SpoolError(.io, path: attachments, detail: "removing the attachments of a purged entry: \(error)")
+                    }
+                }
+            }
         }
         if !old.isEmpty { try FileIO.syncDirectory(folder(state)) }
         return old.count

@@ -101,18 +101,29 @@ struct SpoolCommand: AsyncParsableCommand {
     }
 
     struct Purge: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete done/ entries older than an age.")
+        static let configuration = CommandConfiguration(
+            abstract: "Delete done/ or failed/ entries older than an age.",
+            discussion: "Their keys stay duplicates for dedup_window, so a late redelivery is still recognised.")
         @OptionGroup var options: ConfigOption
-        @Option(help: "Age such as 7d, 12h.") var doneOlderThan: String
+        @Option(help: "Age such as 7d, 12h.") var doneOlderThan: String?
+        @Option(help: "Age such as 30d; dead letters with their reasons and attachments.") var failedOlderThan: String?
+
+        func validate() throws {
+            if doneOlderThan == nil && failedOlderThan == nil {
+                throw ValidationError("say what to purge: --done-older-than 7d and/or --failed-older-than 30d")
+            }
+        }
 
         func run() throws {
-            guard let age = SpoolInspector.parseDuration(doneOlderThan) else {
-                throw ValidationError("--done-older-than \(doneOlderThan): write e.g. 7d or 12h")
-            }
-            let inspector = try SpoolCommand.inspector(options)
-            try reportingSpoolErrors {
-                let count = try inspector.purge(.done, olderThan: age)
-                print("\(count) entr\(count == 1 ? "y" : "ies") purged from done/")
+            let configuration = try loadConfiguration(options)
+            let inspector = SpoolInspector(directory: configuration.spoolDirectory)
+            for (state, text, flag) in [(EntryState.done, doneOlderThan, "--done-older-than"), (.failed, failedOlderThan, "--failed-older-than")] {
+                guard let text else { continue }
+                guard let age = SpoolInspector.parseDuration(text) else { throw ValidationError("\(flag) \(text): write e.g. 7d or 12h") }
+                try reportingSpoolErrors {
+                    let count = try inspector.purge(state, olderThan: age, dedupWindow: configuration.dedupWindow)
+                    print("\(count) entr\(count == 1 ? "y" : "ies") purged from \(state.rawValue)/")
+                }
             }
         }
     }

@@ -108,6 +108,32 @@ import Testing
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func purgingADeadLetterTakesItsReasonAndAttachmentsAndKeepsItADuplicate() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            let spool = Spool(directory: root, logger: LogSink().logger, now: clock.closure)
+            try spool.open()
+            let name = try await withRunning(spool) { () -> EntryName? in
+                guard case .stored(let name) = await spool.store(botRecord(msgID: "dead", millis: millis(clock.now))) else { return nil }
+                return name
+            }
+            let dead = try #require(name)
+            _ = try spool.claim(dead)
+            try spool.deadLetter(dead, reason: "exit 3")
+            let attachments = root + "/attachments/" + dead.value
+            try FileManager.default.createDirectory(atPath: attachments, withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: attachments + "/picture", contents: Data([1, 2, 3]))
+
+            let inspector = SpoolInspector(directory: root, now: clock.closure)
+            #expect(try inspector.purge(.failed, olderThan: .seconds(3600)) == 0)
+            clock.advance(2 * 3600)
+            #expect(try inspector.purge(.failed, olderThan: .seconds(3600)) == 1)
+            #expect(files(root + "/failed").isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: attachments))
+            #expect(try String(contentsOfFile: root + "/dedup.log", encoding: .utf8).contains(String(dead.dedupKey)))
+        }
+    }
+
     @Test func durationsParse() {
         #expect(SpoolInspector.parseDuration("7d") == .seconds(7 * 86400))
         #expect(SpoolInspector.parseDuration("90s") == .seconds(90))

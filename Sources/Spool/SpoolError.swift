@@ -17,6 +17,8 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case ambiguous
         /// The spool's run loop has ended; nothing more is accepted.
         case closed
+        /// The spool directory itself does not exist.
+        case noSpool
     }
 
     public var code: Code
@@ -56,6 +58,8 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
             return "spool: permission denied\(doing) \(path)\(cause); the spool must be owned and writable by the service user (directories 0750, files 0640)"
         case .io:
             return "spool: I/O error\(doing) \(path)\(cause); check the filesystem (dmesg) and the spool directory"
+        case .noSpool:
+            return "spool: there is no spool at \(path); check spool_dir in the configuration, or start the daemon once to create it"
         case .notFound:
             return "spool: no entry \(path)\(doing); list entries with `dingstream spool ls`"
         case .corrupt:

@@ -41,8 +41,14 @@ public struct SpoolInspector: Sendable {
     func folder(_ state: EntryState) -> String { "\(directory)/\(state.rawValue)" }
     func path(of name: EntryName, in state: EntryState) -> String { "\(folder(state))/\(name.fileName)" }
 
+    /// A state folder the daemon has not made yet is empty; a missing spool is an error that says
+    /// where it looked.
     func names(in state: EntryState) throws(SpoolError) -> [EntryName] {
-        try FileIO.list(folder(state)).compactMap { $0.hasSuffix(".json") ? EntryName($0) : nil }
+        guard FileIO.exists(directory) else {
+            throw SpoolError(.noSpool, path: directory)
+        }
+        guard FileIO.exists(folder(state)) else { return [] }
+        return try FileIO.list(folder(state)).compactMap { $0.hasSuffix(".json") ? EntryName($0) : nil }
     }
 
     /// Entries per state, newest first. An entry that moves or vanishes while listing is skipped;

@@ -4,7 +4,7 @@ BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
 APT_PACKAGES := libsystemd-dev pkg-config openssl systemd procps util-linux curl
 
-.PHONY: all deps build build-tests test unit-test system-test run say bench clean
+.PHONY: all deps build build-tests test unit-test system-test run say bench install clean
 
 all: build
 
@@ -59,6 +59,30 @@ bench: deps
 	  .build/release/dingstream-bench --peer "$(BENCH_VENV)/bin/python Benchmarks/python_sdk_peer.py" \
 	    --peer-name "python sdk $$($(BENCH_VENV)/bin/python -c 'from dingtalk_stream.version import VERSION_STRING as v; print(v)')"; \
 	else .build/release/dingstream-bench; fi
+
+# A release build installed as a package would: `sudo make install`, then see docs/systemd.md.
+# DESTDIR stages it elsewhere; an existing /etc/dingstream/dingstream.toml is never overwritten.
+PREFIX ?= /usr
+DESTDIR ?=
+install: deps
+	$(SWIFT) build -c release --product dingstream $(BUILD_FLAGS)
+	install -D -m 0755 .build/release/dingstream $(DESTDIR)$(PREFIX)/bin/dingstream
+	install -D -m 0644 systemd/dingstream.service $(DESTDIR)$(PREFIX)/lib/systemd/system/dingstream.service
+	install -D -m 0644 systemd/dingstream.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/dingstream.conf
+	install -D -m 0644 systemd/dingstream.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/dingstream.conf
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers
+	install -m 0644 etc/handlers/* $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers/
+	install -m 0644 README.md docs/systemd.md $(DESTDIR)$(PREFIX)/share/doc/dingstream/
+	@if [ -e $(DESTDIR)/etc/dingstream/dingstream.toml ]; then \
+	  echo "kept the existing $(DESTDIR)/etc/dingstream/dingstream.toml"; \
+	else \
+	  install -D -m 0640 etc/dingstream/dingstream.toml $(DESTDIR)/etc/dingstream/dingstream.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers dingstream.conf && systemd-tmpfiles --create dingstream.conf && \
+	  chgrp dingstream /etc/dingstream/dingstream.toml && (systemctl daemon-reload 2>/dev/null || true); \
+	  echo "installed; next: put the credentials in /etc/dingstream/dingstream.toml (see docs/systemd.md), then systemctl enable --now dingstream"; \
+	fi
 
 clean:
 	rm -rf .build

@@ -14,6 +14,8 @@ public struct IntakeRecord: Sendable {
     public var connection: String
     /// Epoch milliseconds of arrival; the entry name sorts by it.
     public var receivedMillis: Int64
+    /// Whether `data` is a JSON object (stored as is) rather than other text (stored as a string).
+    var dataIsObject: Bool
 
     public init(
         app: String, key: MessageKey, kind: MessageKind, topic: String?, headers: [String: String],
@@ -27,14 +29,23 @@ public struct IntakeRecord: Sendable {
         self.data = data
         self.connection = connection
         self.receivedMillis = receivedMillis
+        self.dataIsObject = JSONText.isObject(data)
     }
 
     /// The record of a non-SYSTEM frame, or nil when it carries no usable id.
+    /// `data` is parsed once here, for the key and for the entry's validity, and not again.
     public init?(app: String, frame: StreamFrame, connection: String, receivedMillis: Int64) {
-        guard let key = MessageKey(app: app, frame: frame) else { return nil }
-        self.init(
-            app: app, key: key, kind: key.kind, topic: frame.topic, headers: frame.headers, data: frame.data,
-            connection: connection, receivedMillis: receivedMillis)
+        let object = JSONText.hasObjectShape(frame.data) ? frame.dataObject() : nil
+        guard let key = MessageKey(app: app, frame: frame, data: object) else { return nil }
+        self.app = app
+        self.key = key
+        self.kind = key.kind
+        self.topic = frame.topic
+        self.headers = frame.headers
+        self.data = frame.data
+        self.connection = connection
+        self.receivedMillis = receivedMillis
+        self.dataIsObject = object != nil
     }
 
     /// The entry file: `{app, kind, topic, key, headers, data, receivedAt, connection, attempts}`.
@@ -59,7 +70,7 @@ public struct IntakeRecord: Sendable {
             JSONText.appendString(value, to: &out)
         }
         out += "},\"data\":"
-        if JSONText.isObject(data) {
+        if dataIsObject {
             out += data
         } else {
             // Not an object: keep the text as a string so that the entry stays valid JSON.
@@ -179,11 +190,16 @@ enum JSONText {
     /// True when `text` parses as a JSON object. A cheap shape check runs first; the full parse
     /// guards the entry against garbage that merely starts with a brace.
     static func isObject(_ text: String) -> Bool {
+        hasObjectShape(text) && JSON.object(text) != nil
+    }
+
+    /// Starts with `{` and ends with `}` (ignoring white space): worth a full parse.
+    static func hasObjectShape(_ text: String) -> Bool {
         let utf8 = text.utf8
         guard let first = utf8.first(where: { !isSpace($0) }), first == UInt8(ascii: "{"),
             let last = utf8.last(where: { !isSpace($0) }), last == UInt8(ascii: "}")
         else { return false }
-        return JSON.object(text) != nil
+        return true
     }
 
     /// The text of the value of top-level member `key` of the JSON object in `raw`, exactly as

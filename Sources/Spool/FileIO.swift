@@ -87,6 +87,30 @@ enum FileIO {
         }
     }
 
+    /// The file's bytes and its modification time, from one descriptor.
+    static func readFileAndModified(_ path: String) throws(SpoolError) -> (Data, Date) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .posix(errno, path: path, doing: "reading") }
+        let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
+        var result = Data(count: Int(info.st_size))
+        var filled = 0
+        while true {
+            if filled == result.count { result.append(contentsOf: [UInt8](repeating: 0, count: 4096)) }
+            let count = result.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .posix(errno, path: path, doing: "reading")
+            }
+            if count == 0 { break }
+            filled += count
+        }
+        result.removeSubrange(filled...)
+        return (result, modified)
+    }
+
     static func rename(_ from: String, _ to: String) throws(SpoolError) {
         if Foundation.rename(from, to) != 0 { throw .posix(errno, path: to, doing: "moving \(from) to") }
     }

@@ -64,6 +64,7 @@ public final class Spool: Sendable {
     }
 
     let queue = CommitQueue()
+    let io = SpoolIOQueue()
     let loop = Mutex(LoopState())
 
     /// The largest batch one commit takes; the rest waits for the next round.

@@ -1,0 +1,106 @@
+import Dispatch
+import Foundation
+import Synchronization
+
+/// Runs the dispatcher's blocking spool calls (peek, claim, complete, retryLater, deadLetter) in
+/// order on one serial dispatch queue, off Swift's cooperative threads, and batches their
+/// directory syncs: every job taken in one round runs, the folders they changed are synced once,
+/// and only then is each job told how it ended. A state change is thus still durable before its
+/// caller goes on, at one directory fsync per round rather than two per message.
+final class SpoolIOQueue: Sendable {
+    /// Runs on the queue; returns what to do once the round's directory syncs are done (given the
+    /// first sync failure, if any).
+    typealias Job = @Sendable () -> @Sendable (SpoolError?) -> Void
+
+    /// Folders whose sync the current round owes; touched only on the queue.
+    final class Round: @unchecked Sendable {
+        var folders: Set<String> = []
+    }
+
+    private struct State {
+        var jobs: [Job] = []
+        var draining = false
+    }
+
+    private static let roundKey = DispatchSpecificKey<Round>()
+    private let queue = DispatchQueue(label: "dingstream-spool-io")
+    private let round = Round()
+    private let state = Mutex(State())
+
+    init() {
+        queue.setSpecific(key: Self.roundKey, value: round)
+    }
+
+    /// The round being run when called from a job of this queue, else nil (sync at once).
+    static var currentRound: Round? { DispatchQueue.getSpecific(key: roundKey) }
+
+    func enqueue(_ job: @escaping Job) {
+        let start = state.withLock { state in
+            state.jobs.append(job)
+            defer { state.draining = true }
+            return !state.draining
+        }
+        if start { queue.async { self.drain() } }
+    }
+
+    private func drain() {
+        while true {
+            let jobs = state.withLock { state in
+                defer { state.jobs = [] }
+                if state.jobs.isEmpty { state.draining = false }
+                return state.jobs
+            }
+            if jobs.isEmpty { return }
+            let finishes = jobs.map { $0() }
+            var failure: SpoolError?
+            for folder in round.folders.sorted() {
+                do {
+                    try FileIO.syncDirectory(folder)
+                } catch {
+                    failure = failure ?? error
+                }
+            }
+            round.folders.removeAll(keepingCapacity: true)
+            for finish in finishes { finish(failure) }
+        }
+    }
+}
+
+extension Spool {
+    /// Runs `body` on the spool's I/O queue (see `SpoolIOQueue`); state changes made there have
+    /// their directories synced, batched with other calls, before this returns.
+    /// - Throws: what `body` throws, or the failed directory sync (the change is then made but
+    ///   maybe not durable, as when a synchronous call fails at its sync).
+    public func onIOQueue<T: Sendable>(_ body: @escaping @Sendable () throws(SpoolError) -> T) async throws(SpoolError) -> T {
+        let result: Result<T, SpoolError> = await withCheckedContinuation { continuation in
+            io.enqueue {
+                let result = Result { () throws(SpoolError) -> T in try body() }
+                return { syncFailure in
+                    if case .success = result, let syncFailure {
+                        continuation.resume(returning: .failure(syncFailure))
+                    } else {
+                        continuation.resume(returning: result)
+                    }
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// Runs `body` on the spool's I/O queue, in order with the other calls there, and returns at once.
+    public func onIOQueue(_ body: @escaping @Sendable () -> Void) {
+        io.enqueue {
+            body()
+            return { _ in }
+        }
+    }
+
+    /// Syncs `folder` now, or, on the I/O queue, once at the end of the current round.
+    func syncDirectorySoon(_ folder: String) throws(SpoolError) {
+        if let round = SpoolIOQueue.currentRound {
+            round.folders.insert(folder)
+        } else {
+            try FileIO.syncDirectory(folder)
+        }
+    }
+}

@@ -141,11 +141,13 @@ extension Spool {
         }
     }
 
-    /// One rename, then both directories synced so the new state survives a crash.
+    /// One rename, then the target directory synced so the new state survives a crash. Every
+    /// move goes to a state of higher precedence, so the source needs no sync of its own: should
+    /// the old name come back after a crash, `open` keeps the new one.
     func move(_ name: EntryName, from: EntryState, to: EntryState) throws(SpoolError) {
+        assert(to.precedence > from.precedence, "spool: a move must raise the state's precedence")
         try FileIO.rename(path(of: name, in: from), path(of: name, in: to))
         try syncDirectorySoon(folder(to))
-        try syncDirectorySoon(folder(from))
     }
 
     /// Rewrites an entry through tmp/: write, sync, rename into `to/`, sync, then unlink `from/`.

@@ -110,8 +110,9 @@ public struct SpoolEntry: Sendable {
     /// `data` parsed, or nil when it is not an object.
     public func dataObject() -> [String: Any]? { JSON.object(dataJSON) }
 
-    /// The typed view of a bot message's data.
-    public var botMessage: BotMessage? { dataObject().flatMap { BotMessage(data: $0) } }
+    /// The typed view of a bot message's data, taken when the entry is parsed (the dispatcher
+    /// and the outbox ask for it several times per entry).
+    public var botMessage: BotMessage?
 
     /// Parses the bytes of an entry file.
     /// - Throws: `SpoolError(.corrupt)` naming `path` when they are not a spool entry.
@@ -145,7 +146,8 @@ public struct SpoolEntry: Sendable {
             replies: object["replies"] as? [String] ?? [],
             delivered: (object["delivered"] as? NSNumber)?.intValue ?? 0,
             deliveryAttempts: (object["deliveryAttempts"] as? NSNumber)?.intValue ?? 0,
-            raw: raw)
+            raw: raw,
+            botMessage: (object["data"] as? [String: Any]).flatMap { BotMessage(data: $0) })
     }
 }
 

@@ -36,12 +36,13 @@ extension Spool {
 
     /// The body of the commit thread.
     private func commitLoop() {
+        queue.markRunning()
         rescan()
         let interval = Double(Self.millis(rescanInterval)) / 1000
         var nextMaintenance = Date().addingTimeInterval(interval)
         while true {
-            let (batch, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
-            if !batch.isEmpty { commit(batch) }
+            let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
+            if !batch.isEmpty || !syncs.isEmpty { commit(batch, syncs: syncs) }
             if stopping { break }
             if Date() >= nextMaintenance {
                 maintain()
@@ -50,8 +51,25 @@ extension Spool {
         }
         // Shutting down: store what is queued, refuse the rest.
         let rest = queue.close()
-        if !rest.isEmpty { commit(rest) }
+        if !rest.batch.isEmpty || !rest.syncs.isEmpty { commit(rest.batch, syncs: rest.syncs) }
         entriesContinuation.finish()
+    }
+
+    /// Makes the state moves behind `syncs` durable: the batch's syncfs already did (their
+    /// renames came before it), else their folders are synced here, once each.
+    private func finishSyncs(_ syncs: [CommitQueue.SyncRequest], coveredBySync: Bool) {
+        guard !syncs.isEmpty else { return }
+        var failure: SpoolError?
+        if !coveredBySync {
+            for folder in syncs.reduce(into: Set<String>(), { $0.formUnion($1.folders) }).sorted() {
+                do {
+                    try FileIO.syncDirectory(folder)
+                } catch {
+                    failure = failure ?? error
+                }
+            }
+        }
+        for request in syncs { request.completion(failure) }
     }
 
     private func maintain() {
@@ -96,7 +114,9 @@ extension Spool {
 
     /// One group commit: dedup, write every new entry to tmp/, one sync, rename into new/,
     /// one directory sync, then complete every frame.
-    func commit(_ batch: [Pending]) {
+    func commit(_ batch: [Pending], syncs: [CommitQueue.SyncRequest] = []) {
+        var syncsCovered = false
+        defer { finishSyncs(syncs, coveredBySync: syncsCovered) }
         var duplicates: [Pending] = []
         // Copies of a frame written by this very batch: they may be acked only once that write
         // is durable, else an ack of the copy loses the message if the write fails or we crash.
@@ -132,7 +152,7 @@ extension Spool {
         }
         if groupSync, !written.isEmpty {
             do {
-                _ = try FileIO.syncFilesystem(tmpFolder)
+                syncsCovered = try FileIO.syncFilesystem(tmpFolder)
             } catch {
                 for item in written {
                     try? FileIO.remove("\(tmpFolder)/\(item.name.fileName)")

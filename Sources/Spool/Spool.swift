@@ -64,7 +64,7 @@ public final class Spool: Sendable {
     }
 
     let queue = CommitQueue()
-    let io = SpoolIOQueue()
+    let io: SpoolIOQueue
     let loop = Mutex(LoopState())
 
     /// The largest batch one commit takes; the rest waits for the next round.
@@ -89,6 +89,7 @@ public final class Spool: Sendable {
         self.logger = logger
         self.now = now
         (entries, entriesContinuation) = AsyncStream.makeStream(of: EntryName.self)
+        io = SpoolIOQueue(commits: queue)
     }
 
     // MARK: Paths

@@ -6,7 +6,9 @@ import Synchronization
 /// order on one serial dispatch queue, off Swift's cooperative threads, and batches their
 /// directory syncs: every job taken in one round runs, the folders they changed are synced once,
 /// and only then is each job told how it ended. A state change is thus still durable before its
-/// caller goes on, at one directory fsync per round rather than two per message.
+/// caller goes on, at one directory fsync per round rather than two per message. While the
+/// spool's commit thread runs, the round's syncs go to it: its next filesystem sync covers them,
+/// so that the dispatcher adds no journal commits of its own to those of the intake.
 final class SpoolIOQueue: Sendable {
     /// Runs on the queue; returns what to do once the round's directory syncs are done (given the
     /// first sync failure, if any).
@@ -26,8 +28,10 @@ final class SpoolIOQueue: Sendable {
     private let queue = DispatchQueue(label: "dingstream-spool-io")
     private let round = Round()
     private let state = Mutex(State())
+    private let commits: CommitQueue
 
-    init() {
+    init(commits: CommitQueue) {
+        self.commits = commits
         queue.setSpecific(key: Self.roundKey, value: round)
     }
 
@@ -52,16 +56,22 @@ final class SpoolIOQueue: Sendable {
             }
             if jobs.isEmpty { return }
             let finishes = jobs.map { $0() }
+            let folders = round.folders
+            round.folders.removeAll(keepingCapacity: true)
+            let finishAll: @Sendable (SpoolError?) -> Void = { failure in for finish in finishes { finish(failure) } }
+            if folders.isEmpty || commits.appendSync(CommitQueue.SyncRequest(folders: folders, completion: finishAll)) {
+                if folders.isEmpty { finishAll(nil) }
+                continue
+            }
             var failure: SpoolError?
-            for folder in round.folders.sorted() {
+            for folder in folders.sorted() {
                 do {
                     try FileIO.syncDirectory(folder)
                 } catch {
                     failure = failure ?? error
                 }
             }
-            round.folders.removeAll(keepingCapacity: true)
-            for finish in finishes { finish(failure) }
+            finishAll(failure)
         }
     }
 }

@@ -60,7 +60,11 @@ extension Spool {
 
     /// Reads an entry of `new/` with its due time (mtime), from one open file.
     /// - Throws: `.notFound` when it is not in `new/`, `.corrupt` when it does not parse.
+    /// An entry committed by this process moments ago comes from memory (due at once).
     public func peek(_ name: EntryName) throws(SpoolError) -> PeekedEntry {
+        if let entry = loop.withLock({ $0.committed.removeValue(forKey: name) }) {
+            return PeekedEntry(entry: entry, notBefore: Date(timeIntervalSince1970: Double(name.receivedMillis) / 1000))
+        }
         let file = path(of: name, in: .new)
         let (raw, modified) = try FileIO.readFileAndModified(file)
         return PeekedEntry(entry: try SpoolEntry.parse(raw, name: name, path: file), notBefore: modified)
@@ -75,7 +79,10 @@ extension Spool {
         let target = path(of: name, in: .cur)
         try FileIO.rename(path(of: name, in: .new), target)
         // Once out of new/, a later return (retry, `dingstream spool retry`) is announced afresh.
-        loop.withLock { _ = $0.announced.remove(name) }
+        loop.withLock { state in
+            _ = state.announced.remove(name)
+            _ = state.committed.removeValue(forKey: name)
+        }
         if let entry { return ClaimedEntry(entry: entry, path: target) }
         return ClaimedEntry(entry: try read(name, in: .cur), path: target)
     }

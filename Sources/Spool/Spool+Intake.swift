@@ -187,6 +187,9 @@ extension Spool {
             for item in committed {
                 state.index[String(item.name.dedupKey)] = item.name.receivedMillis
                 state.announced.insert(item.name)
+                if state.committed.count < Self.committedCacheLimit {
+                    state.committed[item.name] = item.pending.record.entry(name: item.name, bytes: item.pending.bytes)
+                }
             }
             let firstFailure = directoryFailure ?? failures.first?.1
             if let firstFailure {

@@ -11,6 +11,7 @@ struct DedicatedFilesystem: Sendable {
     static let sizeMiB = 2048
     let image: String
     let mountPoint: String
+    var device = ""
 
     struct Unavailable: Error, CustomStringConvertible {
         var description: String
@@ -19,7 +20,7 @@ struct DedicatedFilesystem: Sendable {
     static func make() -> Result<DedicatedFilesystem, Unavailable> {
         guard geteuid() == 0 else { return .failure(Unavailable(description: "not root, cannot mount")) }
         let base = NSTemporaryDirectory() + "/dingstream-bench-fs-\(UUID().uuidString.prefix(8))"
-        let filesystem = DedicatedFilesystem(image: base + ".img", mountPoint: base)
+        var filesystem = DedicatedFilesystem(image: base + ".img", mountPoint: base)
         do {
             try FileManager.default.createDirectory(atPath: filesystem.mountPoint, withIntermediateDirectories: true)
             guard FileManager.default.createFile(atPath: filesystem.image, contents: nil),
@@ -27,7 +28,11 @@ struct DedicatedFilesystem: Sendable {
             else { throw Unavailable(description: "cannot create \(filesystem.image)") }
             // One inode per 4 KiB: an entry is one small file, and a run leaves ~150,000 of them.
             try run("/sbin/mkfs.ext4", ["-q", "-F", "-i", "4096", filesystem.image])
-            try run("/bin/mount", ["-o", "loop", filesystem.image, filesystem.mountPoint])
+            // Direct I/O: the image's blocks are not cached a second time in the page cache of
+            // the filesystem that holds it.
+            filesystem.device = try run("/sbin/losetup", ["--direct-io=on", "--find", "--show", filesystem.image])
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try run("/bin/mount", [filesystem.device, filesystem.mountPoint])
         } catch {
             filesystem.remove()
             return .failure(error as? Unavailable ?? Unavailable(description: "\(error)"))
@@ -37,20 +42,26 @@ struct DedicatedFilesystem: Sendable {
 
     func remove() {
         _ = try? Self.run("/bin/umount", [mountPoint])
+        if !device.isEmpty { _ = try? Self.run("/sbin/losetup", ["-d", device]) }
         try? FileManager.default.removeItem(atPath: image)
         try? FileManager.default.removeItem(atPath: mountPoint)
     }
 
-    private static func run(_ tool: String, _ arguments: [String]) throws {
+    /// Runs `tool` and returns its standard output.
+    @discardableResult
+    private static func run(_ tool: String, _ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool)
         process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
+        let output = Pipe()
+        process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
+        let bytes = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
             throw Unavailable(description: "\(tool) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
         }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }

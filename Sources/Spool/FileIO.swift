@@ -36,7 +36,8 @@ enum FileIO {
         let fd = open(path, flags, fileMode)
         guard fd >= 0 else { throw .posix(errno, path: path, doing: "creating") }
         var failure: SpoolError?
-        if fchmod(fd, fileMode) != 0 { failure = .posix(errno, path: path, doing: "setting mode of") }
+        // A file just created exclusively already has the mode, unless the umask took bits away.
+        if !(exclusive && umaskKeepsFileMode), fchmod(fd, fileMode) != 0 { failure = .posix(errno, path: path, doing: "setting mode of") }
         if failure == nil {
             failure = bytes.withContiguousStorageIfAvailable { buffer in writeAll(fd, buffer, path: path) }
                 ?? Array(bytes).withUnsafeBufferPointer { buffer in writeAll(fd, buffer, path: path) }
@@ -55,6 +56,16 @@ enum FileIO {
             throw failure
         }
     }
+
+    /// Whether the process umask leaves 0640 as it is (022, 027, …), so that open() alone gives
+    /// entries their mode; read once from /proc, as umask() can only be read by changing it.
+    static let umaskKeepsFileMode: Bool = {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+            let mask = mode_t(line.dropFirst("Umask:".count).trimmingCharacters(in: .whitespaces), radix: 8)
+        else { return false }
+        return mask & fileMode == 0
+    }()
 
     private static func writeAll(_ fd: Int32, _ buffer: UnsafeBufferPointer<UInt8>, path: String) -> SpoolError? {
         var offset = 0

@@ -62,7 +62,8 @@ extension Spool {
     /// - Throws: `.notFound` when it is not in `new/`, `.corrupt` when it does not parse.
     /// An entry committed by this process moments ago comes from memory (due at once).
     public func peek(_ name: EntryName) throws(SpoolError) -> PeekedEntry {
-        if let entry = loop.withLock({ $0.committed.removeValue(forKey: name) }) {
+        if let committed = loop.withLock({ $0.committed.removeValue(forKey: name) }) {
+            let entry = committed.record.entry(name: name, bytes: committed.bytes)
             return PeekedEntry(entry: entry, notBefore: Date(timeIntervalSince1970: Double(name.receivedMillis) / 1000))
         }
         let file = path(of: name, in: .new)

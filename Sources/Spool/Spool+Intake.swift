@@ -188,7 +188,7 @@ extension Spool {
                 state.index[String(item.name.dedupKey)] = item.name.receivedMillis
                 state.announced.insert(item.name)
                 if state.committed.count < Self.committedCacheLimit {
-                    state.committed[item.name] = item.pending.record.entry(name: item.name, bytes: item.pending.bytes)
+                    state.committed[item.name] = (item.pending.record, item.pending.bytes)
                 }
             }
             let firstFailure = directoryFailure ?? failures.first?.1

@@ -63,7 +63,7 @@ public final class Spool: Sendable {
         var lastPrune: Date = .distantPast
         /// Entries just committed, as `peek` would read them back, so that the dispatcher need
         /// not read and parse the file it was announced. Bounded: without a consumer it stays small.
-        var committed: [EntryName: SpoolEntry] = [:]
+        var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
     }
 
     /// At most this many committed entries wait in memory for `peek`; beyond, `peek` reads files.

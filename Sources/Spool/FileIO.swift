@@ -57,6 +57,58 @@ enum FileIO {
         }
     }
 
+    /// An open directory, for the group commit's many files in one folder: names are resolved
+    /// relative to its descriptor instead of walking the whole path for every call.
+    final class Directory {
+        let path: String
+        let fd: Int32
+
+        /// - Throws: `SpoolError` when the directory cannot be opened.
+        init(_ path: String) throws(SpoolError) {
+            let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
+            self.path = path
+            self.fd = fd
+        }
+
+        deinit { close(fd) }
+
+        /// As `FileIO.writeFile(_:_:exclusive: true, sync:)` for `name` in this directory.
+        func createFile(_ name: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+            let descriptor = openat(fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, fileMode)
+            guard descriptor >= 0 else { throw .posix(errno, path: path + "/" + name, doing: "creating") }
+            var failure: SpoolError?
+            if !umaskKeepsFileMode, fchmod(descriptor, fileMode) != 0 {
+                failure = .posix(errno, path: path + "/" + name, doing: "setting mode of")
+            }
+            if failure == nil {
+                failure = bytes.withUnsafeBufferPointer { writeAll(descriptor, $0, path: path + "/" + name) }
+            }
+            if failure == nil, sync, fdatasync(descriptor) != 0 { failure = .posix(errno, path: path + "/" + name, doing: "syncing") }
+            if close(descriptor) != 0, failure == nil { failure = .posix(errno, path: path + "/" + name, doing: "closing") }
+            if let failure {
+                unlinkat(fd, name, 0)
+                throw failure
+            }
+        }
+
+        func rename(_ name: String, to target: Directory) throws(SpoolError) {
+            if renameat(fd, name, target.fd, name) != 0 {
+                throw .posix(errno, path: target.path + "/" + name, doing: "moving \(path)/\(name) to")
+            }
+        }
+
+        /// Removes `name`; a missing file is not an error.
+        func remove(_ name: String) throws(SpoolError) {
+            if unlinkat(fd, name, 0) != 0, errno != ENOENT { throw .posix(errno, path: path + "/" + name, doing: "removing") }
+        }
+
+        /// Makes the directory's entries durable.
+        func sync() throws(SpoolError) {
+            if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
+        }
+    }
+
     /// Whether the process umask leaves 0640 as it is (022, 027, …), so that open() alone gives
     /// entries their mode; read once from /proc, as umask() can only be read by changing it.
     static let umaskKeepsFileMode: Bool = {

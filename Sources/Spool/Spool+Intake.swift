@@ -140,45 +140,52 @@ extension Spool {
 
         let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
         var failures: [(Pending, SpoolError)] = []
-        var written: [(name: EntryName, pending: Pending)] = []
-        for item in writes {
-            let temporary = "\(tmpFolder)/\(item.name.fileName)"
-            do {
-                try FileIO.writeFile(temporary, item.pending.bytes, exclusive: true, sync: !groupSync)
-                written.append(item)
-            } catch {
-                failures.append((item.pending, error))
-            }
-        }
-        if groupSync, !written.isEmpty {
-            do {
-                syncsCovered = try FileIO.syncFilesystem(tmpFolder)
-            } catch {
-                for item in written {
-                    try? FileIO.remove("\(tmpFolder)/\(item.name.fileName)")
+        var committed: [(name: EntryName, pending: Pending)] = []
+        var directoryFailure: SpoolError?
+        do {
+            // Descriptors of tmp/ and new/: every name below is resolved relative to them.
+            let temporaries = try FileIO.Directory(tmpFolder)
+            let destination = try FileIO.Directory(folder(.new))
+            var written: [(name: EntryName, file: String, pending: Pending)] = []
+            for item in writes {
+                let file = item.name.fileName
+                do {
+                    try temporaries.createFile(file, item.pending.bytes, sync: !groupSync)
+                    written.append((item.name, file, item.pending))
+                } catch {
                     failures.append((item.pending, error))
                 }
-                written = []
             }
-        }
-        var committed: [(name: EntryName, pending: Pending)] = []
-        for item in written {
-            let temporary = "\(tmpFolder)/\(item.name.fileName)"
-            do {
-                try FileIO.rename(temporary, path(of: item.name, in: .new))
-                committed.append(item)
-            } catch {
-                try? FileIO.remove(temporary)
-                failures.append((item.pending, error))
+            if groupSync, !written.isEmpty {
+                do {
+                    syncsCovered = try FileIO.syncFilesystem(tmpFolder)
+                } catch {
+                    for item in written {
+                        try? temporaries.remove(item.file)
+                        failures.append((item.pending, error))
+                    }
+                    written = []
+                }
             }
-        }
-        var directoryFailure: SpoolError?
-        if !committed.isEmpty {
-            do {
-                try FileIO.syncDirectory(folder(.new))
-            } catch {
-                directoryFailure = error
+            for item in written {
+                do {
+                    try temporaries.rename(item.file, to: destination)
+                    committed.append((item.name, item.pending))
+                } catch {
+                    try? temporaries.remove(item.file)
+                    failures.append((item.pending, error))
+                }
             }
+            if !committed.isEmpty {
+                do {
+                    try destination.sync()
+                } catch {
+                    directoryFailure = error
+                }
+            }
+        } catch {
+            // tmp/ or new/ cannot be opened: nothing of this batch is written.
+            failures = writes.map { ($0.pending, error) }
         }
 
         // Entries in new/ are indexed and announced even if the directory sync failed: they may

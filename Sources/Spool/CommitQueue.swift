@@ -10,6 +10,8 @@ final class CommitQueue: @unchecked Sendable {
     private let condition = NSCondition()
     private var pending: [Spool.Pending] = []
     private var syncs: [SyncRequest] = []
+    /// When the oldest waiting sync request came in.
+    private var syncsSince: Date?
     private var running = false
     private var stopping = false
     private var closed = false
@@ -26,6 +28,9 @@ final class CommitQueue: @unchecked Sendable {
         return true
     }
 
+    /// How long sync requests wait for frames to share a filesystem sync with.
+    static let syncDelay: TimeInterval = 0.01
+
     /// Directories whose changes (made before the request) must become durable, and who to tell.
     struct SyncRequest {
         var folders: Set<String>
@@ -38,6 +43,7 @@ final class CommitQueue: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard running, !closed else { return false }
+        if syncs.isEmpty { syncsSince = Date() }
         syncs.append(request)
         if sleeping { condition.signal() }
         return true
@@ -60,17 +66,22 @@ final class CommitQueue: @unchecked Sendable {
 
     /// Waits until something is queued, a stop is requested or `deadline` passes, then takes up
     /// to `limit` items in arrival order (the rest waits for the next call).
-    /// Sync requests are all taken each time.
+    /// Sync requests are all taken each time; alone, they wait up to `syncDelay` for frames, whose
+    /// filesystem sync then covers them too, so that a quiet moment's directory fsync does not hold
+    /// up the frames arriving just after it.
     func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], syncs: [SyncRequest], stopping: Bool) {
         condition.lock()
         defer { condition.unlock() }
-        while pending.isEmpty && syncs.isEmpty && !stopping && Date() < deadline {
+        while pending.isEmpty && !stopping {
+            let wake = syncsSince.map { min(deadline, $0.addingTimeInterval(Self.syncDelay)) } ?? deadline
+            guard Date() < wake else { break }
             sleeping = true
-            _ = condition.wait(until: deadline)
+            _ = condition.wait(until: wake)
             sleeping = false
         }
         let requests = syncs
         syncs = []
+        syncsSince = nil
         if pending.count <= limit {
             defer { pending = [] }
             return (pending, requests, stopping)
@@ -88,6 +99,7 @@ final class CommitQueue: @unchecked Sendable {
         defer {
             pending = []
             syncs = []
+            syncsSince = nil
         }
         return (pending, syncs)
     }

@@ -1,59 +1,78 @@
-import Dispatch
 import Foundation
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Runs the dispatcher's blocking spool calls (peek, claim, complete, retryLater, deadLetter) in
-/// order on one serial dispatch queue, off Swift's cooperative threads, and batches their
-/// directory syncs: every job taken in one round runs, the folders they changed are synced once,
-/// and only then is each job told how it ended. A state change is thus still durable before its
-/// caller goes on, at one directory fsync per round rather than two per message. While the
-/// spool's commit thread runs, the round's syncs go to it: its next filesystem sync covers them,
-/// so that the dispatcher adds no journal commits of its own to those of the intake.
+/// order on a thread of its own, off Swift's cooperative threads, and batches their directory
+/// syncs: every job taken in one round runs, the folders they changed are synced once, and only
+/// then is each job told how it ended. A state change is thus still durable before its caller
+/// goes on, at one directory fsync per round rather than two per message. While the spool's
+/// commit thread runs, the round's syncs go to it: its next filesystem sync covers them, so that
+/// the dispatcher adds no journal commits of its own to those of the intake.
+///
+/// The thread runs at a lower priority (nice +5) than the intake: when the CPU is short, acks
+/// (which DingTalk redelivers if late, adding load) go first and handling catches up after. It
+/// ends after a second without work and is started again by the next job.
 final class SpoolIOQueue: Sendable {
     /// Runs on the queue; returns what to do once the round's directory syncs are done (given the
     /// first sync failure, if any).
     typealias Job = @Sendable () -> @Sendable (SpoolError?) -> Void
 
-    /// Folders whose sync the current round owes; touched only on the queue.
+    /// Folders whose sync the current round owes; touched only on the queue's thread.
     final class Round: @unchecked Sendable {
         var folders: Set<String> = []
     }
 
     private struct State {
         var jobs: [Job] = []
-        var draining = false
+        var threadRunning = false
     }
 
-    private static let roundKey = DispatchSpecificKey<Round>()
-    private let queue = DispatchQueue(label: "dingstream-spool-io")
+    private static let roundKey = "dingstream.spool.round"
+    static let niceness: Int32 = 5
     private let round = Round()
-    private let state = Mutex(State())
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    nonisolated(unsafe) private var state = State()
     private let commits: CommitQueue
 
     init(commits: CommitQueue) {
         self.commits = commits
-        queue.setSpecific(key: Self.roundKey, value: round)
     }
 
     /// The round being run when called from a job of this queue, else nil (sync at once).
-    static var currentRound: Round? { DispatchQueue.getSpecific(key: roundKey) }
+    static var currentRound: Round? { Thread.current.threadDictionary[roundKey] as? Round }
 
     func enqueue(_ job: @escaping Job) {
-        let start = state.withLock { state in
-            state.jobs.append(job)
-            defer { state.draining = true }
-            return !state.draining
+        condition.lock()
+        state.jobs.append(job)
+        let start = !state.threadRunning
+        state.threadRunning = true
+        condition.signal()
+        condition.unlock()
+        guard start else { return }
+        let thread = Thread { [self] in
+            // On Linux the nice value is per thread, and 0 names the calling one.
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceness)
+            Thread.current.threadDictionary[Self.roundKey] = round
+            drain()
         }
-        if start { queue.async { self.drain() } }
+        thread.name = "dingstream-spool-io"
+        thread.start()
     }
 
     private func drain() {
         while true {
-            let jobs = state.withLock { state in
-                defer { state.jobs = [] }
-                if state.jobs.isEmpty { state.draining = false }
-                return state.jobs
-            }
+            condition.lock()
+            let idleUntil = Date().addingTimeInterval(1)
+            while state.jobs.isEmpty && Date() < idleUntil { _ = condition.wait(until: idleUntil) }
+            let jobs = state.jobs
+            state.jobs = []
+            if jobs.isEmpty { state.threadRunning = false }
+            condition.unlock()
             if jobs.isEmpty { return }
             let finishes = jobs.map { $0() }
             let folders = round.folders

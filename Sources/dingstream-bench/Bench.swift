@@ -95,8 +95,9 @@ struct Bench {
         configuration.runtimeDirectory = root + "/run"
         configuration.shutdownGrace = .seconds(2)
         configuration.readyTimeout = .seconds(5)
-        // The per-message info and warning lines (commit, no handler) would measure the terminal.
-        configuration.logLevel = "error"
+        // The per-message info and warning lines (commit, no handler) would measure the terminal;
+        // `--daemon-log-level info 2>/dev/null` measures what they cost.
+        configuration.logLevel = options.daemonLogLevel
         var app = Configuration.App(name: "bench", clientID: "dingbench", clientSecret: "secret-bench")
         app.apiBase = simulator.baseURL
         app.allowedUsers = ["*"]

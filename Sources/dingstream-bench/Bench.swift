@@ -194,11 +194,15 @@ struct Bench {
         return sorted[min(max(rank, 0), sorted.count - 1)]
     }
 
+    /// Distinct entry names: the dispatcher may move a file between two listings, and it then
+    /// shows up in both.
     static func countEntries(_ spool: String) -> Int {
-        ["new", "cur", "outbox", "done", "failed"].reduce(0) { total, folder in
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
-            return total + names.filter { $0.hasSuffix(".json") }.count
+        var names = Set<String>()
+        for folder in ["new", "cur", "outbox", "done", "failed"] {
+            let listed = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
+            names.formUnion(listed.filter { $0.hasSuffix(".json") })
         }
+        return names.count
     }
 
     static func loadAverage() -> String {

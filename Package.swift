@@ -51,7 +51,7 @@ let package = Package(
         // the daemon on purpose, so each is a check on the other's reading of the protocol.
         .target(
             name: "Simulator",
-            dependencies: [log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL],
+            dependencies: ["StreamProtocol", log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -36,7 +36,8 @@ enum FileIO {
         let fd = open(path, flags, fileMode)
         guard fd >= 0 else { throw .posix(errno, path: path, doing: "creating") }
         var failure: SpoolError?
-        if fchmod(fd, fileMode) != 0 { failure = .posix(errno, path: path, doing: "setting mode of") }
+        // A file just created exclusively already has the mode, unless the umask took bits away.
+        if !(exclusive && umaskKeepsFileMode), fchmod(fd, fileMode) != 0 { failure = .posix(errno, path: path, doing: "setting mode of") }
         if failure == nil {
             failure = bytes.withContiguousStorageIfAvailable { buffer in writeAll(fd, buffer, path: path) }
                 ?? Array(bytes).withUnsafeBufferPointer { buffer in writeAll(fd, buffer, path: path) }
@@ -55,6 +56,68 @@ enum FileIO {
             throw failure
         }
     }
+
+    /// An open directory, for the group commit's many files in one folder: names are resolved
+    /// relative to its descriptor instead of walking the whole path for every call.
+    final class Directory {
+        let path: String
+        let fd: Int32
+
+        /// - Throws: `SpoolError` when the directory cannot be opened.
+        init(_ path: String) throws(SpoolError) {
+            let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
+            self.path = path
+            self.fd = fd
+        }
+
+        deinit { close(fd) }
+
+        /// As `FileIO.writeFile(_:_:exclusive: true, sync:)` for `name` in this directory.
+        func createFile(_ name: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+            let descriptor = openat(fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, fileMode)
+            guard descriptor >= 0 else { throw .posix(errno, path: path + "/" + name, doing: "creating") }
+            var failure: SpoolError?
+            if !umaskKeepsFileMode, fchmod(descriptor, fileMode) != 0 {
+                failure = .posix(errno, path: path + "/" + name, doing: "setting mode of")
+            }
+            if failure == nil {
+                failure = bytes.withUnsafeBufferPointer { writeAll(descriptor, $0, path: path + "/" + name) }
+            }
+            if failure == nil, sync, fdatasync(descriptor) != 0 { failure = .posix(errno, path: path + "/" + name, doing: "syncing") }
+            if close(descriptor) != 0, failure == nil { failure = .posix(errno, path: path + "/" + name, doing: "closing") }
+            if let failure {
+                unlinkat(fd, name, 0)
+                throw failure
+            }
+        }
+
+        func rename(_ name: String, to target: Directory) throws(SpoolError) {
+            if renameat(fd, name, target.fd, name) != 0 {
+                throw .posix(errno, path: target.path + "/" + name, doing: "moving \(path)/\(name) to")
+            }
+        }
+
+        /// Removes `name`; a missing file is not an error.
+        func remove(_ name: String) throws(SpoolError) {
+            if unlinkat(fd, name, 0) != 0, errno != ENOENT { throw .posix(errno, path: path + "/" + name, doing: "removing") }
+        }
+
+        /// Makes the directory's entries durable.
+        func sync() throws(SpoolError) {
+            if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
+        }
+    }
+
+    /// Whether the process umask leaves 0640 as it is (022, 027, …), so that open() alone gives
+    /// entries their mode; read once from /proc, as umask() can only be read by changing it.
+    static let umaskKeepsFileMode: Bool = {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+            let mask = mode_t(line.dropFirst("Umask:".count).trimmingCharacters(in: .whitespaces), radix: 8)
+        else { return false }
+        return mask & fileMode == 0
+    }()
 
     private static func writeAll(_ fd: Int32, _ buffer: UnsafeBufferPointer<UInt8>, path: String) -> SpoolError? {
         var offset = 0
@@ -85,6 +148,30 @@ enum FileIO {
             if count == 0 { return result }
             result.append(contentsOf: chunk[0..<count])
         }
+    }
+
+    /// The file's bytes and its modification time, from one descriptor.
+    static func readFileAndModified(_ path: String) throws(SpoolError) -> (Data, Date) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .posix(errno, path: path, doing: "reading") }
+        let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
+        var result = Data(count: Int(info.st_size))
+        var filled = 0
+        while true {
+            if filled == result.count { result.append(contentsOf: [UInt8](repeating: 0, count: 4096)) }
+            let count = result.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .posix(errno, path: path, doing: "reading")
+            }
+            if count == 0 { break }
+            filled += count
+        }
+        result.removeSubrange(filled...)
+        return (result, modified)
     }
 
     static func rename(_ from: String, _ to: String) throws(SpoolError) {

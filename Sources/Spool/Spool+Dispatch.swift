@@ -10,6 +10,12 @@ public struct ClaimedEntry: Sendable {
     public var path: String
 }
 
+/// An entry read from `new/` and when it may run (its mtime).
+public struct PeekedEntry: Sendable {
+    public var entry: SpoolEntry
+    public var notBefore: Date
+}
+
 /// An entry of `new/` and when it may run (its mtime; a retry's due time).
 public struct PendingEntry: Sendable, Equatable {
     public var name: EntryName
@@ -52,14 +58,33 @@ extension Spool {
         return try SpoolEntry.parse(try FileIO.readFile(file), name: name, path: file)
     }
 
-    /// Moves `name` from `new/` to `cur/` and reads it. Not synced: a crash puts `cur/` back to `new/`.
+    /// Reads an entry of `new/` with its due time (mtime), from one open file.
+    /// - Throws: `.notFound` when it is not in `new/`, `.corrupt` when it does not parse.
+    /// An entry committed by this process moments ago comes from memory (due at once).
+    public func peek(_ name: EntryName) throws(SpoolError) -> PeekedEntry {
+        if let committed = loop.withLock({ $0.committed.removeValue(forKey: name) }) {
+            let entry = committed.record.entry(name: name, bytes: committed.bytes)
+            return PeekedEntry(entry: entry, notBefore: Date(timeIntervalSince1970: Double(name.receivedMillis) / 1000))
+        }
+        let file = path(of: name, in: .new)
+        let (raw, modified) = try FileIO.readFileAndModified(file)
+        return PeekedEntry(entry: try SpoolEntry.parse(raw, name: name, path: file), notBefore: modified)
+    }
+
+    /// Moves `name` from `new/` to `cur/` and reads it (unless `entry`, from `peek`, is given: a
+    /// file in `new/` is not rewritten while its one owner holds it). Not synced: a crash puts
+    /// `cur/` back to `new/`.
     /// - Throws: `.notFound` when it is no longer in `new/` (claimed already; ignore it).
     ///   `.corrupt` when its file does not parse: it is then in `cur/`, dead-letter it.
-    public func claim(_ name: EntryName) throws(SpoolError) -> ClaimedEntry {
+    public func claim(_ name: EntryName, entry: SpoolEntry? = nil) throws(SpoolError) -> ClaimedEntry {
         let target = path(of: name, in: .cur)
         try FileIO.rename(path(of: name, in: .new), target)
         // Once out of new/, a later return (retry, `dingstream spool retry`) is announced afresh.
-        loop.withLock { _ = $0.announced.remove(name) }
+        loop.withLock { state in
+            _ = state.announced.remove(name)
+            _ = state.committed.removeValue(forKey: name)
+        }
+        if let entry { return ClaimedEntry(entry: entry, path: target) }
         return ClaimedEntry(entry: try read(name, in: .cur), path: target)
     }
 
@@ -124,11 +149,13 @@ extension Spool {
         }
     }
 
-    /// One rename, then both directories synced so the new state survives a crash.
+    /// One rename, then the target directory synced so the new state survives a crash. Every
+    /// move goes to a state of higher precedence, so the source needs no sync of its own: should
+    /// the old name come back after a crash, `open` keeps the new one.
     func move(_ name: EntryName, from: EntryState, to: EntryState) throws(SpoolError) {
+        assert(to.precedence > from.precedence, "spool: a move must raise the state's precedence")
         try FileIO.rename(path(of: name, in: from), path(of: name, in: to))
-        try FileIO.syncDirectory(folder(to))
-        try FileIO.syncDirectory(folder(from))
+        try syncDirectorySoon(folder(to))
     }
 
     /// Rewrites an entry through tmp/: write, sync, rename into `to/`, sync, then unlink `from/`.
@@ -151,10 +178,11 @@ extension Spool {
             try? FileIO.remove(temporary)
             throw error
         }
+        // Synced before the unlink, so that a crash never loses both copies.
         try FileIO.syncDirectory(folder(to))
         if from != to {
             try FileIO.remove(source)
-            try FileIO.syncDirectory(folder(from))
+            try syncDirectorySoon(folder(from))
         }
     }
 }

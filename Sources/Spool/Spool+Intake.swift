@@ -36,12 +36,13 @@ extension Spool {
 
     /// The body of the commit thread.
     private func commitLoop() {
+        queue.markRunning()
         rescan()
         let interval = Double(Self.millis(rescanInterval)) / 1000
         var nextMaintenance = Date().addingTimeInterval(interval)
         while true {
-            let (batch, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
-            if !batch.isEmpty { commit(batch) }
+            let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
+            if !batch.isEmpty || !syncs.isEmpty { commit(batch, syncs: syncs) }
             if stopping { break }
             if Date() >= nextMaintenance {
                 maintain()
@@ -50,8 +51,25 @@ extension Spool {
         }
         // Shutting down: store what is queued, refuse the rest.
         let rest = queue.close()
-        if !rest.isEmpty { commit(rest) }
+        if !rest.batch.isEmpty || !rest.syncs.isEmpty { commit(rest.batch, syncs: rest.syncs) }
         entriesContinuation.finish()
+    }
+
+    /// Makes the state moves behind `syncs` durable: the batch's syncfs already did (their
+    /// renames came before it), else their folders are synced here, once each.
+    private func finishSyncs(_ syncs: [CommitQueue.SyncRequest], coveredBySync: Bool) {
+        guard !syncs.isEmpty else { return }
+        var failure: SpoolError?
+        if !coveredBySync {
+            for folder in syncs.reduce(into: Set<String>(), { $0.formUnion($1.folders) }).sorted() {
+                do {
+                    try FileIO.syncDirectory(folder)
+                } catch {
+                    failure = failure ?? error
+                }
+            }
+        }
+        for request in syncs { request.completion(failure) }
     }
 
     private func maintain() {
@@ -96,7 +114,9 @@ extension Spool {
 
     /// One group commit: dedup, write every new entry to tmp/, one sync, rename into new/,
     /// one directory sync, then complete every frame.
-    func commit(_ batch: [Pending]) {
+    func commit(_ batch: [Pending], syncs: [CommitQueue.SyncRequest] = []) {
+        var syncsCovered = false
+        defer { finishSyncs(syncs, coveredBySync: syncsCovered) }
         var duplicates: [Pending] = []
         // Copies of a frame written by this very batch: they may be acked only once that write
         // is durable, else an ack of the copy loses the message if the write fails or we crash.
@@ -120,45 +140,52 @@ extension Spool {
 
         let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
         var failures: [(Pending, SpoolError)] = []
-        var written: [(name: EntryName, pending: Pending)] = []
-        for item in writes {
-            let temporary = "\(tmpFolder)/\(item.name.fileName)"
-            do {
-                try FileIO.writeFile(temporary, item.pending.bytes, exclusive: true, sync: !groupSync)
-                written.append(item)
-            } catch {
-                failures.append((item.pending, error))
-            }
-        }
-        if groupSync, !written.isEmpty {
-            do {
-                _ = try FileIO.syncFilesystem(tmpFolder)
-            } catch {
-                for item in written {
-                    try? FileIO.remove("\(tmpFolder)/\(item.name.fileName)")
+        var committed: [(name: EntryName, pending: Pending)] = []
+        var directoryFailure: SpoolError?
+        do {
+            // Descriptors of tmp/ and new/: every name below is resolved relative to them.
+            let temporaries = try FileIO.Directory(tmpFolder)
+            let destination = try FileIO.Directory(folder(.new))
+            var written: [(name: EntryName, file: String, pending: Pending)] = []
+            for item in writes {
+                let file = item.name.fileName
+                do {
+                    try temporaries.createFile(file, item.pending.bytes, sync: !groupSync)
+                    written.append((item.name, file, item.pending))
+                } catch {
                     failures.append((item.pending, error))
                 }
-                written = []
             }
-        }
-        var committed: [(name: EntryName, pending: Pending)] = []
-        for item in written {
-            let temporary = "\(tmpFolder)/\(item.name.fileName)"
-            do {
-                try FileIO.rename(temporary, path(of: item.name, in: .new))
-                committed.append(item)
-            } catch {
-                try? FileIO.remove(temporary)
-                failures.append((item.pending, error))
+            if groupSync, !written.isEmpty {
+                do {
+                    syncsCovered = try FileIO.syncFilesystem(tmpFolder)
+                } catch {
+                    for item in written {
+                        try? temporaries.remove(item.file)
+                        failures.append((item.pending, error))
+                    }
+                    written = []
+                }
             }
-        }
-        var directoryFailure: SpoolError?
-        if !committed.isEmpty {
-            do {
-                try FileIO.syncDirectory(folder(.new))
-            } catch {
-                directoryFailure = error
+            for item in written {
+                do {
+                    try temporaries.rename(item.file, to: destination)
+                    committed.append((item.name, item.pending))
+                } catch {
+                    try? temporaries.remove(item.file)
+                    failures.append((item.pending, error))
+                }
             }
+            if !committed.isEmpty {
+                do {
+                    try destination.sync()
+                } catch {
+                    directoryFailure = error
+                }
+            }
+        } catch {
+            // tmp/ or new/ cannot be opened: nothing of this batch is written.
+            failures = writes.map { ($0.pending, error) }
         }
 
         // Entries in new/ are indexed and announced even if the directory sync failed: they may
@@ -167,6 +194,9 @@ extension Spool {
             for item in committed {
                 state.index[String(item.name.dedupKey)] = item.name.receivedMillis
                 state.announced.insert(item.name)
+                if state.committed.count < Self.committedCacheLimit {
+                    state.committed[item.name] = (item.pending.record, item.pending.bytes)
+                }
             }
             let firstFailure = directoryFailure ?? failures.first?.1
             if let firstFailure {

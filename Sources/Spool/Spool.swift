@@ -61,9 +61,16 @@ public final class Spool: Sendable {
         /// The intake failure already logged, so it is logged once rather than per frame.
         var fault: SpoolError?
         var lastPrune: Date = .distantPast
+        /// Entries just committed, as `peek` would read them back, so that the dispatcher need
+        /// not read and parse the file it was announced. Bounded: without a consumer it stays small.
+        var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
     }
 
+    /// At most this many committed entries wait in memory for `peek`; beyond, `peek` reads files.
+    static let committedCacheLimit = 8192
+
     let queue = CommitQueue()
+    let io: SpoolIOQueue
     let loop = Mutex(LoopState())
 
     /// The largest batch one commit takes; the rest waits for the next round.
@@ -88,6 +95,7 @@ public final class Spool: Sendable {
         self.logger = logger
         self.now = now
         (entries, entriesContinuation) = AsyncStream.makeStream(of: EntryName.self)
+        io = SpoolIOQueue(commits: queue)
     }
 
     // MARK: Paths

@@ -14,6 +14,10 @@ public struct IntakeRecord: Sendable {
     public var connection: String
     /// Epoch milliseconds of arrival; the entry name sorts by it.
     public var receivedMillis: Int64
+    /// Whether `data` is a JSON object (stored as is) rather than other text (stored as a string).
+    var dataIsObject: Bool
+    /// The typed view of a bot message, from the intake's one parse of `data`.
+    var botMessage: BotMessage?
 
     public init(
         app: String, key: MessageKey, kind: MessageKind, topic: String?, headers: [String: String],
@@ -27,48 +31,78 @@ public struct IntakeRecord: Sendable {
         self.data = data
         self.connection = connection
         self.receivedMillis = receivedMillis
+        self.dataIsObject = JSONText.isObject(data)
+        self.botMessage = kind == .bot ? JSON.object(data).flatMap { BotMessage(data: $0) } : nil
     }
 
     /// The record of a non-SYSTEM frame, or nil when it carries no usable id.
+    /// `data` is parsed once here, for the key and for the entry's validity, and not again.
     public init?(app: String, frame: StreamFrame, connection: String, receivedMillis: Int64) {
-        guard let key = MessageKey(app: app, frame: frame) else { return nil }
-        self.init(
-            app: app, key: key, kind: key.kind, topic: frame.topic, headers: frame.headers, data: frame.data,
-            connection: connection, receivedMillis: receivedMillis)
+        let object = JSONText.hasObjectShape(frame.data) ? frame.dataObject() : nil
+        guard let key = MessageKey(app: app, frame: frame, data: object) else { return nil }
+        self.app = app
+        self.key = key
+        self.kind = key.kind
+        self.topic = frame.topic
+        self.headers = frame.headers
+        self.data = frame.data
+        self.connection = connection
+        self.receivedMillis = receivedMillis
+        self.dataIsObject = object != nil
+        self.botMessage = object.flatMap { BotMessage(data: $0) }
     }
 
     /// The entry file: `{app, kind, topic, key, headers, data, receivedAt, connection, attempts}`.
-    /// Built by hand (fixed key order, no dictionary round trip) because it is on the ack path.
+    /// Built by hand as bytes (fixed key order, no dictionary round trip) because it is on the ack path.
     func encoded() -> [UInt8] {
-        var out = "{\"app\":"
+        var out: [UInt8] = []
         out.reserveCapacity(data.utf8.count + 512)
+        func raw(_ text: StaticString) {
+            text.withUTF8Buffer { out.append(contentsOf: $0) }
+        }
+        raw("{\"app\":")
         JSONText.appendString(app, to: &out)
-        out += ",\"kind\":"
+        raw(",\"kind\":")
         JSONText.appendString(kind.rawValue, to: &out)
-        out += ",\"topic\":"
-        if let topic { JSONText.appendString(topic, to: &out) } else { out += "null" }
-        out += ",\"key\":"
+        raw(",\"topic\":")
+        if let topic { JSONText.appendString(topic, to: &out) } else { raw("null") }
+        raw(",\"key\":")
         JSONText.appendString(key.id, to: &out)
-        out += ",\"headers\":{"
+        raw(",\"headers\":{")
         var first = true
         for (name, value) in headers.sorted(by: { $0.key < $1.key }) {
-            if !first { out += "," }
+            if !first { out.append(UInt8(ascii: ",")) }
             first = false
             JSONText.appendString(name, to: &out)
-            out += ":"
+            out.append(UInt8(ascii: ":"))
             JSONText.appendString(value, to: &out)
         }
-        out += "},\"data\":"
-        if JSONText.isObject(data) {
-            out += data
+        raw("},\"data\":")
+        if dataIsObject {
+            out.append(contentsOf: data.utf8)
         } else {
             // Not an object: keep the text as a string so that the entry stays valid JSON.
             JSONText.appendString(data, to: &out)
         }
-        out += ",\"receivedAt\":\(receivedMillis),\"connection\":"
+        raw(",\"receivedAt\":")
+        out.append(contentsOf: String(receivedMillis).utf8)
+        raw(",\"connection\":")
         JSONText.appendString(connection, to: &out)
-        out += ",\"attempts\":0}\n"
-        return Array(out.utf8)
+        raw(",\"attempts\":0}\n")
+        return out
+    }
+
+    /// The entry as `SpoolEntry.parse` would read `bytes` (this record's `encoded()`) back.
+    func entry(name: EntryName, bytes: [UInt8]) -> SpoolEntry {
+        var dataJSON = data
+        if !dataIsObject {
+            dataJSON = ""
+            JSONText.appendString(data, to: &dataJSON)
+        }
+        return SpoolEntry(
+            name: name, app: app, kind: kind, topic: topic, key: key.id, headers: headers, dataJSON: dataJSON,
+            receivedMillis: receivedMillis, connection: connection, attempts: 0, replies: [], delivered: 0,
+            deliveryAttempts: 0, raw: Data(bytes), botMessage: botMessage)
     }
 }
 
@@ -99,8 +133,9 @@ public struct SpoolEntry: Sendable {
     /// `data` parsed, or nil when it is not an object.
     public func dataObject() -> [String: Any]? { JSON.object(dataJSON) }
 
-    /// The typed view of a bot message's data.
-    public var botMessage: BotMessage? { dataObject().flatMap { BotMessage(data: $0) } }
+    /// The typed view of a bot message's data, taken when the entry is parsed (the dispatcher
+    /// and the outbox ask for it several times per entry).
+    public var botMessage: BotMessage?
 
     /// Parses the bytes of an entry file.
     /// - Throws: `SpoolError(.corrupt)` naming `path` when they are not a spool entry.
@@ -134,7 +169,8 @@ public struct SpoolEntry: Sendable {
             replies: object["replies"] as? [String] ?? [],
             delivered: (object["delivered"] as? NSNumber)?.intValue ?? 0,
             deliveryAttempts: (object["deliveryAttempts"] as? NSNumber)?.intValue ?? 0,
-            raw: raw)
+            raw: raw,
+            botMessage: (object["data"] as? [String: Any]).flatMap { BotMessage(data: $0) })
     }
 }
 
@@ -149,6 +185,20 @@ extension JSON {
 
 /// Tiny JSON writer for the hot path.
 enum JSONText {
+    /// Appends `text` as a JSON string literal; text without anything to escape is copied as is.
+    static func appendString(_ text: String, to out: inout [UInt8]) {
+        let needsEscape = text.utf8.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+        out.append(UInt8(ascii: "\""))
+        if needsEscape {
+            var escaped = ""
+            appendString(text, to: &escaped)
+            out.append(contentsOf: escaped.utf8.dropFirst().dropLast())
+        } else {
+            out.append(contentsOf: text.utf8)
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
     static func appendString(_ text: String, to out: inout String) {
         out += "\""
         var plainStart = text.unicodeScalars.startIndex
@@ -179,11 +229,16 @@ enum JSONText {
     /// True when `text` parses as a JSON object. A cheap shape check runs first; the full parse
     /// guards the entry against garbage that merely starts with a brace.
     static func isObject(_ text: String) -> Bool {
+        hasObjectShape(text) && JSON.object(text) != nil
+    }
+
+    /// Starts with `{` and ends with `}` (ignoring white space): worth a full parse.
+    static func hasObjectShape(_ text: String) -> Bool {
         let utf8 = text.utf8
         guard let first = utf8.first(where: { !isSpace($0) }), first == UInt8(ascii: "{"),
             let last = utf8.last(where: { !isSpace($0) }), last == UInt8(ascii: "}")
         else { return false }
-        return JSON.object(text) != nil
+        return true
     }
 
     /// The text of the value of top-level member `key` of the JSON object in `raw`, exactly as

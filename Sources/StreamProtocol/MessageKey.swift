@@ -22,10 +22,16 @@ public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
 
     /// Derives the key of a non-SYSTEM frame; nil when the frame carries no usable id at all.
     public init?(app: String, frame: StreamFrame) {
+        self.init(app: app, frame: frame, data: MessageKind(frame: frame) == .bot ? frame.dataObject() : nil)
+    }
+
+    /// As `init(app:frame:)`, with the frame's `data` already parsed (nil when it is not an
+    /// object), so that the intake parses it once.
+    public init?(app: String, frame: StreamFrame, data: [String: Any]?) {
         let kind = MessageKind(frame: frame)
         var id: String?
         switch kind {
-        case .bot: id = frame.dataObject()?["msgId"] as? String
+        case .bot: id = data?["msgId"] as? String
         case .event: id = frame.headers["eventId"]
         case .card, .other: break
         }

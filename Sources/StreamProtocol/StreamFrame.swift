@@ -55,6 +55,8 @@ public struct StreamFrame: Sendable, Equatable {
     ///   without acking, so a well-behaved server pushes it again.
     public static func decode(_ bytes: some Collection<UInt8>) throws(FrameError) -> StreamFrame {
         guard bytes.count <= maximumSize else { throw FrameError(.tooLarge(bytes.count)) }
+        let fast = bytes.withContiguousStorageIfAvailable { FastFrameReader.decode($0) }
+        if let frame = fast ?? nil { return frame }
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(bytes), options: [])

@@ -39,8 +39,29 @@ struct Bench {
 
         say("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
         say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(loadAverage()) at start")
+        // Where the spool goes: as deployed, on a filesystem of its own (a loop-mounted ext4
+        // image, when root), and in the temporary folder on the shared root filesystem, whose
+        // syncfs also flushes everybody else's dirty data. Never tmpfs: durability is the point.
+        var places: [(name: String, parent: String, cleanup: @Sendable () -> Void)] = []
+        if let parent = options.spoolParent {
+            places.append(("dingstream", parent, {}))
+        } else {
+            switch DedicatedFilesystem.make() {
+            case .success(let filesystem):
+                say("spool filesystem: a \(DedicatedFilesystem.sizeMiB) MiB ext4 image (\(DedicatedFilesystem.rootHasJournal ? "with" : "without") a journal, as /) loop-mounted at \(filesystem.mountPoint)")
+                places.append(("dingstream own ext4", filesystem.mountPoint, { filesystem.remove() }))
+            case .failure(let reason):
+                say("spool filesystem: no dedicated one (\(reason)); only the shared one is measured")
+            }
+            places.append(("dingstream shared fs", NSTemporaryDirectory(), {}))
+        }
         let (ours, peer) = try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
-            let ours = try await measureDaemon(simulator, options)
+            var ours: [(String, LoadResult)] = []
+            for place in places {
+                defer { place.cleanup() }
+                say("\(place.name): spool under \(place.parent)")
+                ours.append((place.name, try await measureDaemon(simulator, parent: place.parent, options)))
+            }
             var peer: LoadResult?
             if let command = options.peerCommand {
                 do {
@@ -54,16 +75,18 @@ struct Bench {
         say("")
         printTable(ours: ours, peer: peer, peerName: options.peerName)
         say("")
-        let throughputMet = ours.throughput >= 20_000
-        let latencyMet = ours.p99 < 0.005
-        say("target >= 20000 acked msgs/s: \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s: \(latencyMet ? "met" : "missed")")
+        for (name, result) in ours {
+            let throughputMet = result.throughput >= 20_000
+            let latencyMet = result.p99 < 0.005
+            say("target, \(name): >= 20000 acked msgs/s \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s \(latencyMet ? "met" : "missed")")
+        }
         say("load average at end: \(loadAverage()) (other work on this machine shows in these numbers)")
     }
 
     // MARK: the two subjects
 
-    static func measureDaemon(_ simulator: DingTalkSimulator, _ options: BenchOptions) async throws -> LoadResult {
-        let root = (options.spoolParent ?? NSTemporaryDirectory()) + "/dingstream-bench-\(UUID().uuidString.prefix(8))"
+    static func measureDaemon(_ simulator: DingTalkSimulator, parent: String, _ options: BenchOptions) async throws -> LoadResult {
+        let root = parent + "/dingstream-bench-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: root) }
 
@@ -72,8 +95,9 @@ struct Bench {
         configuration.runtimeDirectory = root + "/run"
         configuration.shutdownGrace = .seconds(2)
         configuration.readyTimeout = .seconds(5)
-        // The per-message info and warning lines (commit, no handler) would measure the terminal.
-        configuration.logLevel = "error"
+        // The per-message info and warning lines (commit, no handler) would measure the terminal;
+        // `--daemon-log-level info 2>/dev/null` measures what they cost.
+        configuration.logLevel = options.daemonLogLevel
         var app = Configuration.App(name: "bench", clientID: "dingbench", clientSecret: "secret-bench")
         app.apiBase = simulator.baseURL
         app.allowedUsers = ["*"]
@@ -170,11 +194,15 @@ struct Bench {
         return sorted[min(max(rank, 0), sorted.count - 1)]
     }
 
+    /// Distinct entry names: the dispatcher may move a file between two listings, and it then
+    /// shows up in both.
     static func countEntries(_ spool: String) -> Int {
-        ["new", "cur", "outbox", "done", "failed"].reduce(0) { total, folder in
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
-            return total + names.filter { $0.hasSuffix(".json") }.count
+        var names = Set<String>()
+        for folder in ["new", "cur", "outbox", "done", "failed"] {
+            let listed = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
+            names.formUnion(listed.filter { $0.hasSuffix(".json") })
         }
+        return names.count
     }
 
     static func loadAverage() -> String {
@@ -183,7 +211,7 @@ struct Bench {
 
     // MARK: report
 
-    static func printTable(ours: LoadResult, peer: LoadResult?, peerName: String) {
+    static func printTable(ours: [(String, LoadResult)], peer: LoadResult?, peerName: String) {
         func number(_ value: Double, _ digits: Int) -> String {
             value.isFinite ? String(format: "%.\(digits)f", value) : "-"
         }
@@ -191,16 +219,18 @@ struct Bench {
             guard let b, a.isFinite, b.isFinite, b > 0 else { return "-" }
             return String(format: "%.2fx", a / b)
         }
-        let rows: [(String, Double, Double?, Int)] = [
-            ("acked msgs/s, \(ours.offered) in a burst", ours.throughput, peer?.throughput, 0),
-            ("ack latency p50 (ms), paced", ours.p50 * 1000, peer.map { $0.p50 * 1000 }, 2),
-            ("ack latency p99 (ms), paced", ours.p99 * 1000, peer.map { $0.p99 * 1000 }, 2),
-            ("ack latency max (ms), paced", ours.maximum * 1000, peer.map { $0.maximum * 1000 }, 2),
+        let metrics: [(String, (LoadResult) -> Double, Int)] = [
+            ("acked msgs/s, \(ours.first?.1.offered ?? 0) in a burst", { $0.throughput }, 0),
+            ("ack latency p50 (ms), paced", { $0.p50 * 1000 }, 2),
+            ("ack latency p99 (ms), paced", { $0.p99 * 1000 }, 2),
+            ("ack latency max (ms), paced", { $0.maximum * 1000 }, 2),
         ]
-        let header = ["metric", "dingstream", peer == nil ? "peer (not run)" : peerName, "ratio dingstream/peer"]
+        let header = ["metric"] + ours.map(\.0) + [peer == nil ? "peer (not run)" : peerName] + ours.map { "ratio \($0.0.replacingOccurrences(of: "dingstream ", with: ""))/peer" }
         var lines = [header]
-        for (name, value, peerValue, digits) in rows {
-            lines.append([name, number(value, digits), peerValue.map { number($0, digits) } ?? "-", ratio(value, peerValue)])
+        for (name, value, digits) in metrics {
+            lines.append(
+                [name] + ours.map { number(value($0.1), digits) } + [peer.map { number(value($0), digits) } ?? "-"]
+                    + ours.map { ratio(value($0.1), peer.map(value)) })
         }
         let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
         for line in lines {
@@ -208,7 +238,9 @@ struct Bench {
         }
         say("dingstream acks after the entry is durable (written, syncfs, renamed, directory fsynced);")
         say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
-        say("dingstream: \(ours.acked) of \(ours.offered) burst messages acked in \(number(ours.elapsed, 2)) s; \(ours.samples) latency samples; \(ours.storedEntries ?? 0) entries in the spool")
+        for (name, result) in ours {
+            say("\(name): \(result.acked) of \(result.offered) burst messages acked in \(number(result.elapsed, 2)) s; \(result.samples) latency samples; \(result.storedEntries ?? 0) entries in the spool")
+        }
         if let peer {
             say("\(peerName): \(peer.acked) of \(peer.offered) burst messages acked in \(number(peer.elapsed, 2)) s; \(peer.samples) latency samples")
         }

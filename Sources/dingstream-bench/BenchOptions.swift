@@ -14,10 +14,12 @@ struct BenchOptions: Sendable {
     var peerName = "python sdk"
     /// Where the temporary spool goes (default: the temporary folder). Put it on the filesystem you mean to measure.
     var spoolParent: String?
+    /// The daemon's `log_level`; above info, the per-message lines are filtered out.
+    var daemonLogLevel = "error"
 
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
-                                [--spool-parent DIR] [--peer COMMAND] [--peer-name NAME]
+                                [--spool-parent DIR] [--daemon-log-level LEVEL] [--peer COMMAND] [--peer-name NAME]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -44,6 +46,7 @@ struct BenchOptions: Sendable {
             case "--seconds": seconds = try real()
             case "--timeout": timeout = try real()
             case "--spool-parent": spoolParent = value
+            case "--daemon-log-level": daemonLogLevel = value
             case "--peer": peerCommand = value
             case "--peer-name": peerName = value
             default: throw Invalid(description: "unknown option \(option)")

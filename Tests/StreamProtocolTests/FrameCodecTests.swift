@@ -67,6 +67,22 @@ struct FrameCodecTests {
         #expect(throws: FrameError(.tooLarge(huge.count))) { try StreamFrame.decode(huge) }
     }
 
+    /// Frames the quick reader takes and frames it leaves to JSONSerialization decode alike.
+    @Test func unusualFramesDecodeLikeUsualOnes() throws {
+        let escaped = try StreamFrame.decode(Array(#"{"type":"EVENT","extra":[1,-2.5e3,{"a":null}],"headers":{"eventId":"e\u00e9\ud83d\ude00\n\/"},"data":"{\"k\":\"\\\"q\\\"\"}"}"#.utf8))
+        #expect(escaped.kind == .event)
+        #expect(escaped.specVersion == "1.0")
+        #expect(escaped.headers["eventId"] == "e\u{e9}\u{1F600}\n/")
+        #expect(escaped.data == #"{"k":"\"q\""}"#)
+        // A number in the headers and data as an object: the general path, as before.
+        let lenient = try StreamFrame.decode(Array(#"{"type":"CALLBACK","headers":{"time":17},"data":{"b":1}}"#.utf8))
+        #expect(lenient.headers["time"] == "17")
+        #expect(lenient.data == #"{"b":1}"#)
+        let null = try StreamFrame.decode(Array(#" {"type":"EVENT","headers":{},"data":null} "#.utf8))
+        #expect(null.data == "")
+        #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(Array(#"{"type":"EVENT","headers":{}} x"#.utf8)) }
+    }
+
     @Test func keysDoNotDependOnTheMessageID() throws {
         let first = StreamFrame(kind: .callback, headers: ["messageId": "a", "topic": Topic.botMessage], data: #"{"msgId":"m1"}"#)
         var redelivery = first

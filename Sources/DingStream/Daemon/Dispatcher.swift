@@ -24,7 +24,7 @@ final class Dispatcher: Service {
     private let scheduler: ConversationScheduler
     private let settings: Mutex<DispatchSettings>
     private let handlerDirectory: String
-    private let allowedOwners: Set<uid_t>
+    private let handlerScans: HandlerScanCache
     private let baseEnvironment: [String: String]
     private let shutdownGrace: Duration
     private let outboxWake: @Sendable () -> Void
@@ -47,7 +47,7 @@ final class Dispatcher: Service {
         self.scheduler = ConversationScheduler(workers: workers)
         self.settings = Mutex(settings)
         self.handlerDirectory = spool.directory + "/handlers"
-        self.allowedOwners = [0, geteuid()]
+        self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: [0, geteuid()])
         self.baseEnvironment = baseEnvironment
         self.shutdownGrace = shutdownGrace
         self.outboxWake = outboxWake
@@ -62,7 +62,7 @@ final class Dispatcher: Service {
     var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
 
     func run() async throws {
-        logRefusals(HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners), force: true)
+        logRefusals(handlerScans.current().scan, force: true)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.scheduler.run() }
             // Graceful shutdown cancels the feed: the spool's stream only ends after the
@@ -86,27 +86,37 @@ final class Dispatcher: Service {
         }
     }
 
-    /// Queues `name` unless it is already queued or running, or not yet due.
+    /// Queues `name` unless it is already queued or running, or not yet due. The entry is read
+    /// once, on the spool's I/O queue (in announcement order), for its conversation and its handling.
     private func offer(_ name: EntryName) {
-        let path = spool.path(of: name, in: .new)
-        if let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date,
-            modified.timeIntervalSinceNow > 0.5
-        {
-            return  // a retry not yet due; the spool's rescan offers it again
-        }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        let (conversation, urgent) = Self.conversationKey(for: name, spool: spool)
-        let accepted = scheduler.submit(conversation: conversation, urgent: urgent) { [self] in
-            await handle(name)
-            _ = inFlight.withLock { $0.remove(name) }
+        spool.onIOQueue { [self] in
+            let peeked: PeekedEntry?
+            do throws(SpoolError) {
+                peeked = try spool.peek(name)
+            } catch where error.code == .notFound {
+                _ = inFlight.withLock { $0.remove(name) }
+                return
+            } catch {
+                peeked = nil  // unreadable or corrupt: `handle` claims it and dead-letters it
+            }
+            if let peeked, peeked.notBefore.timeIntervalSinceNow > 0.5 {
+                _ = inFlight.withLock { $0.remove(name) }
+                return  // a retry not yet due; the spool's rescan offers it again
+            }
+            let (conversation, urgent) = Self.conversationKey(for: name, entry: peeked?.entry)
+            let accepted = scheduler.submit(conversation: conversation, urgent: urgent) { [self] in
+                await handle(name, peeked: peeked?.entry)
+                _ = inFlight.withLock { $0.remove(name) }
+            }
+            if !accepted { _ = inFlight.withLock { $0.remove(name) } }
         }
-        if !accepted { _ = inFlight.withLock { $0.remove(name) } }
     }
 
     /// One conversation's messages are handled in arrival order; without a conversation the
     /// message is its own queue. Card callbacks are urgent: their ack waits for the answer.
-    private static func conversationKey(for name: EntryName, spool: Spool) -> (String, urgent: Bool) {
-        guard let entry = try? spool.read(name, in: .new) else { return (name.value, false) }
+    private static func conversationKey(for name: EntryName, entry: SpoolEntry?) -> (String, urgent: Bool) {
+        guard let entry else { return (name.value, false) }
         if let message = entry.botMessage, !message.conversationID.isEmpty {
             return (entry.app + "/" + message.conversationID, false)
         }
@@ -124,17 +134,17 @@ final class Dispatcher: Service {
         if force || changed { scan.log(to: logger) }
     }
 
-    private func handle(_ name: EntryName) async {
+    private func handle(_ name: EntryName, peeked: SpoolEntry?) async {
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
         let claimed: ClaimedEntry
         do {
-            claimed = try spool.claim(name)
+            claimed = try await spool.onIOQueue { [spool] () throws(SpoolError) in try spool.claim(name, entry: peeked) }
         } catch where error.code == .notFound {
             return
         } catch {
             log.error("cannot claim \(name): \(error)")
-            try? spool.deadLetter(name, reason: "\(error)")
+            _ = try? await spool.onIOQueue { [spool] () throws(SpoolError) in try spool.deadLetter(name, reason: "\(error)") }
             return
         }
         let entry = claimed.entry
@@ -146,7 +156,7 @@ final class Dispatcher: Service {
         if entry.kind == .bot, let app = current.apps[entry.app], !app.allows(staffID: message?.senderStaffID) {
             log.warning(
                 "message from \(message?.senderStaffID ?? "unknown sender") (\(message?.senderNick ?? "")) refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
-            finish { () throws(SpoolError) in try spool.complete(name, replies: nil) }
+            await finish { [spool] () throws(SpoolError) in try spool.complete(name, replies: nil) }
             return
         }
         var attachmentsFolder: String?
@@ -159,12 +169,12 @@ final class Dispatcher: Service {
                 let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
                 let due = Date().addingTimeInterval(Double(delay.components.seconds))
                 log.warning("attachments not downloaded (\(reason)); message tried again in \(delay) (attempt \(attempts) of \(current.maxAttempts))")
-                finish { () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
                 return
             }
         }
-        let scan = HandlerDirectory.scan(path: handlerDirectory, allowedOwners: allowedOwners)
-        logRefusals(scan)
+        let (scan, fresh) = handlerScans.current()
+        if fresh { logRefusals(scan) }
         let environment = HandlerEnvironment.make(
             app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path,
             attachments: attachmentsFolder, base: baseEnvironment)
@@ -198,27 +208,27 @@ final class Dispatcher: Service {
                 if attempts >= current.maxAttempts {
                     handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
                     failedCount.add(1, ordering: .relaxed)
-                    finish { () throws(SpoolError) in
+                    await finish { [spool] () throws(SpoolError) in
                         try spool.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
                 } else {
                     let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
                     let due = Date().addingTimeInterval(Double(delay.components.seconds))
                     handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(delay)")
-                    finish { () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                    await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
                 }
                 return
             case .failed(let reason):
                 handlerLog.error("handler failed: \(reason); message moved to failed/", metadata: ["message.id": "handlerFailed"])
                 failedCount.add(1, ordering: .relaxed)
-                finish { () throws(SpoolError) in try spool.deadLetter(name, reason: result.reasonText) }
+                await finish { [spool] () throws(SpoolError) in try spool.deadLetter(name, reason: result.reasonText) }
                 return
             }
         }
         if scan.runnable.isEmpty {
             log.warning("no runnable handler in \(handlerDirectory); message marked done without a reply (see dingstream handlers check)")
         }
-        finish { () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
+        await finish { [spool, replies] () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
         if !replies.isEmpty { outboxWake() }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
@@ -233,8 +243,14 @@ final class Dispatcher: Service {
 
     var failed: Int { failedCount.load(ordering: .relaxed) }
 
-    private func finish(_ body: () throws(SpoolError) -> Void) {
-        logger.loggingSpoolFailure(body)
+    /// Runs a state change on the spool's I/O queue (its directory sync batched with others'),
+    /// logging a failure: the entry then stays where it was and is handled again after a restart.
+    private func finish(_ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
+        do {
+            try await spool.onIOQueue(body)
+        } catch {
+            logger.error("spool: \(error)")
+        }
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.

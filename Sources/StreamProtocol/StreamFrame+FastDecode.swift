@@ -1,0 +1,241 @@
+/// A strict single-pass reader for the usual frame shape: an object whose `specVersion` and `type`
+/// are strings, `headers` an object of strings, and `data` a string or null, with any other
+/// member a valid JSON value. It answers nil for anything else (numbers in headers, `data` as an
+/// object, duplicate members, invalid JSON), and `decode` then takes the general path, whose
+/// results and errors are the reference. The frame's `data` is JSON text inside a JSON string, so
+/// it is full of escaped quotes: JSONSerialization spends most of a frame's time on exactly that.
+struct FastFrameReader {
+    private let bytes: UnsafeBufferPointer<UInt8>
+    private var index = 0
+
+    private init(_ bytes: UnsafeBufferPointer<UInt8>) {
+        self.bytes = bytes
+    }
+
+    static func decode(_ bytes: UnsafeBufferPointer<UInt8>) -> StreamFrame? {
+        var reader = FastFrameReader(bytes)
+        return reader.frame()
+    }
+
+    private mutating func frame() -> StreamFrame? {
+        var specVersion: String?
+        var type: String?
+        var headers: [String: String]?
+        var data: String?
+        var sawData = false
+        skipSpace()
+        guard take(UInt8(ascii: "{")) else { return nil }
+        skipSpace()
+        if !take(UInt8(ascii: "}")) {
+            repeat {
+                skipSpace()
+                guard let name = string() else { return nil }
+                skipSpace()
+                guard take(UInt8(ascii: ":")) else { return nil }
+                skipSpace()
+                switch name {
+                case "specVersion":
+                    guard specVersion == nil, let value = string() else { return nil }
+                    specVersion = value
+                case "type":
+                    guard type == nil, let value = string() else { return nil }
+                    type = value
+                case "headers":
+                    guard headers == nil, let value = stringObject() else { return nil }
+                    headers = value
+                case "data":
+                    guard !sawData else { return nil }
+                    sawData = true
+                    if literal("null") {
+                        data = nil
+                    } else {
+                        guard let value = string() else { return nil }
+                        data = value
+                    }
+                default:
+                    guard skipValue(depth: 0) else { return nil }
+                }
+                skipSpace()
+            } while take(UInt8(ascii: ","))
+            guard take(UInt8(ascii: "}")) else { return nil }
+        }
+        skipSpace()
+        guard index == bytes.count, let type, let headers else { return nil }
+        return StreamFrame(specVersion: specVersion ?? "1.0", kind: .init(wireValue: type), headers: headers, data: data ?? "")
+    }
+
+    private mutating func stringObject() -> [String: String]? {
+        guard take(UInt8(ascii: "{")) else { return nil }
+        var result: [String: String] = [:]
+        skipSpace()
+        if take(UInt8(ascii: "}")) { return result }
+        repeat {
+            skipSpace()
+            guard let name = string() else { return nil }
+            skipSpace()
+            guard take(UInt8(ascii: ":")) else { return nil }
+            skipSpace()
+            guard let value = string(), result.updateValue(value, forKey: name) == nil else { return nil }
+            skipSpace()
+        } while take(UInt8(ascii: ","))
+        return take(UInt8(ascii: "}")) ? result : nil
+    }
+
+    /// A string literal at `index`, unescaped; nil when there is none or it is invalid.
+    private mutating func string() -> String? {
+        guard take(UInt8(ascii: "\"")) else { return nil }
+        let start = index
+        // The common case: nothing escaped, copied straight from the buffer.
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                defer { index += 1 }
+                return String(validating: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+            }
+            if byte == UInt8(ascii: "\\") { break }
+            if byte < 0x20 { return nil }
+            index += 1
+        }
+        var out = Array(bytes[start..<index])
+        while index < bytes.count {
+            let byte = bytes[index]
+            index += 1
+            switch byte {
+            case UInt8(ascii: "\""):
+                return String(validating: out, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                guard index < bytes.count else { return nil }
+                let escape = bytes[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(escape)
+                case UInt8(ascii: "b"): out.append(0x08)
+                case UInt8(ascii: "f"): out.append(0x0C)
+                case UInt8(ascii: "n"): out.append(0x0A)
+                case UInt8(ascii: "r"): out.append(0x0D)
+                case UInt8(ascii: "t"): out.append(0x09)
+                case UInt8(ascii: "u"):
+                    guard var scalar = hex4() else { return nil }
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        guard take(UInt8(ascii: "\\")), take(UInt8(ascii: "u")), let low = hex4(), (0xDC00..<0xE000).contains(low)
+                        else { return nil }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let unicode = Unicode.Scalar(scalar) else { return nil }
+                    out.append(contentsOf: UTF8.encode(unicode)!)
+                default: return nil
+                }
+            default:
+                if byte < 0x20 { return nil }
+                out.append(byte)
+            }
+        }
+        return nil
+    }
+
+    private mutating func hex4() -> UInt32? {
+        guard index + 4 <= bytes.count else { return nil }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let byte = bytes[index]
+            index += 1
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            value = value << 4 | UInt32(digit)
+        }
+        return value
+    }
+
+    /// Moves past one valid JSON value; false when it is not one (or nests absurdly deep).
+    private mutating func skipValue(depth: Int) -> Bool {
+        guard depth < 64, index < bytes.count else { return false }
+        switch bytes[index] {
+        case UInt8(ascii: "\""):
+            return string() != nil
+        case UInt8(ascii: "{"):
+            index += 1
+            skipSpace()
+            if take(UInt8(ascii: "}")) { return true }
+            repeat {
+                skipSpace()
+                guard string() != nil else { return false }
+                skipSpace()
+                guard take(UInt8(ascii: ":")) else { return false }
+                skipSpace()
+                guard skipValue(depth: depth + 1) else { return false }
+                skipSpace()
+            } while take(UInt8(ascii: ","))
+            return take(UInt8(ascii: "}"))
+        case UInt8(ascii: "["):
+            index += 1
+            skipSpace()
+            if take(UInt8(ascii: "]")) { return true }
+            repeat {
+                skipSpace()
+                guard skipValue(depth: depth + 1) else { return false }
+                skipSpace()
+            } while take(UInt8(ascii: ","))
+            return take(UInt8(ascii: "]"))
+        case UInt8(ascii: "t"): return literal("true")
+        case UInt8(ascii: "f"): return literal("false")
+        case UInt8(ascii: "n"): return literal("null")
+        default: return number()
+        }
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    private mutating func number() -> Bool {
+        _ = take(UInt8(ascii: "-"))
+        if take(UInt8(ascii: "0")) {
+        } else {
+            guard index < bytes.count, (UInt8(ascii: "1")...UInt8(ascii: "9")).contains(bytes[index]) else { return false }
+            skipDigits()
+        }
+        if take(UInt8(ascii: ".")) {
+            guard digitsFollow() else { return false }
+            skipDigits()
+        }
+        if take(UInt8(ascii: "e")) || take(UInt8(ascii: "E")) {
+            if !take(UInt8(ascii: "+")) { _ = take(UInt8(ascii: "-")) }
+            guard digitsFollow() else { return false }
+            skipDigits()
+        }
+        return true
+    }
+
+    private func digitsFollow() -> Bool {
+        index < bytes.count && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index])
+    }
+
+    private mutating func skipDigits() {
+        while digitsFollow() { index += 1 }
+    }
+
+    private mutating func literal(_ word: StaticString) -> Bool {
+        let count = word.utf8CodeUnitCount
+        guard index + count <= bytes.count else { return false }
+        let matches = word.withUTF8Buffer { $0.elementsEqual(bytes[index..<index + count]) }
+        if matches { index += count }
+        return matches
+    }
+
+    private mutating func take(_ byte: UInt8) -> Bool {
+        guard index < bytes.count, bytes[index] == byte else { return false }
+        index += 1
+        return true
+    }
+
+    private mutating func skipSpace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x0A, 0x0D, 0x09: index += 1
+            default: return
+            }
+        }
+    }
+}

@@ -97,7 +97,7 @@ public struct IntakeRecord: Sendable {
         var dataJSON = data
         if !dataIsObject {
             dataJSON = ""
-            JSONText.appendString(data, to: &dataJSON)
+            JSON.appendQuoted(data, to: &dataJSON)
         }
         return SpoolEntry(
             name: name, app: app, kind: kind, topic: topic, key: key.id, headers: headers, dataJSON: dataJSON,
@@ -178,7 +178,7 @@ extension JSON {
     /// A JSON string literal of `text`.
     static func encodeFragment(_ text: String) -> String {
         var out = ""
-        JSONText.appendString(text, to: &out)
+        JSON.appendQuoted(text, to: &out)
         return out
     }
 }
@@ -191,39 +191,12 @@ enum JSONText {
         out.append(UInt8(ascii: "\""))
         if needsEscape {
             var escaped = ""
-            appendString(text, to: &escaped)
+            JSON.appendQuoted(text, to: &escaped)
             out.append(contentsOf: escaped.utf8.dropFirst().dropLast())
         } else {
             out.append(contentsOf: text.utf8)
         }
         out.append(UInt8(ascii: "\""))
-    }
-
-    static func appendString(_ text: String, to out: inout String) {
-        out += "\""
-        var plainStart = text.unicodeScalars.startIndex
-        var index = plainStart
-        let scalars = text.unicodeScalars
-        while index != scalars.endIndex {
-            let scalar = scalars[index]
-            let escape: String? =
-                switch scalar {
-                case "\"": "\\\""
-                case "\\": "\\\\"
-                case "\n": "\\n"
-                case "\r": "\\r"
-                case "\t": "\\t"
-                default: scalar.value < 0x20 ? String(format: "\\u%04x", scalar.value) : nil
-                }
-            if let escape {
-                out.unicodeScalars.append(contentsOf: scalars[plainStart..<index])
-                out += escape
-                plainStart = scalars.index(after: index)
-            }
-            index = scalars.index(after: index)
-        }
-        out.unicodeScalars.append(contentsOf: scalars[plainStart..<scalars.endIndex])
-        out += "\""
     }
 
     /// True when `text` parses as a JSON object. A cheap shape check runs first; the full parse

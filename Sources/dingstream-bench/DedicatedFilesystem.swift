@@ -19,7 +19,7 @@ struct DedicatedFilesystem: Sendable {
 
     static func make() -> Result<DedicatedFilesystem, Unavailable> {
         guard geteuid() == 0 else { return .failure(Unavailable(description: "not root, cannot mount")) }
-        let base = NSTemporaryDirectory() + "/dingstream-bench-fs-\(UUID().uuidString.prefix(8))"
+        let base = NSTemporaryDirectory() + "dingstream-bench-fs-\(UUID().uuidString.prefix(8))"
         var filesystem = DedicatedFilesystem(image: base + ".img", mountPoint: base)
         do {
             try FileManager.default.createDirectory(atPath: filesystem.mountPoint, withIntermediateDirectories: true)

@@ -103,18 +103,15 @@ public struct Doctor: Sendable {
         if info.st_mode & 0o002 != 0 {
             checks.append(Check(subject: subject, outcome: .failed, detail: "\(directory) is writable by everyone; chmod 0750 \(directory)"))
         }
-        // The daemon writes, syncs and renames here; prove the same works for this user.
-        let probe = "\(directory)/.doctor-\(getpid())"
-        let descriptor = open(probe, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o640)
-        if descriptor < 0 {
-            checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write in \(directory): \(String(cString: strerror(errno))); run doctor as the service user (sudo -u dingstream dingstream doctor) or fix the owner: chown -R dingstream: \(directory)"))
-        } else {
-            let synced = write(descriptor, "x", 1) == 1 && fsync(descriptor) == 0
-            close(descriptor)
-            unlink(probe)
-            if !synced {
-                checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write and sync a file in \(directory): \(String(cString: strerror(errno)))"))
-            }
+        // The daemon writes and syncs here; prove the same works for this user.
+        let failure = probeWriteAndSync(in: directory)
+        switch failure {
+        case 0:
+            break
+        case EACCES, EPERM, EROFS:
+            checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write in \(directory): \(String(cString: strerror(failure))); run doctor as the service user (sudo -u dingstream dingstream doctor) or fix the owner: chown -R dingstream: \(directory)"))
+        default:
+            checks.append(Check(subject: subject, outcome: .failed, detail: "cannot write and sync a file in \(directory): \(String(cString: strerror(failure)))"))
         }
         var space = statvfs()
         if statvfs(directory, &space) == 0 {

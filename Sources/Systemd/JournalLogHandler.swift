@@ -34,9 +34,7 @@ public struct JournalLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided, uniquingKeysWith: { $1 }) }
-        if let own = event.metadata { merged.merge(own, uniquingKeysWith: { $1 }) }
+        let merged = mergedMetadata(event)
         let fields = JournalFields.fields(
             level: event.level, message: event.message.description, metadata: merged, label: label,
             identifier: identifier, file: event.file, function: event.function, line: event.line,

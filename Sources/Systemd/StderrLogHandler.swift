@@ -36,9 +36,7 @@ public struct StderrLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided, uniquingKeysWith: { $1 }) }
-        if let own = event.metadata { merged.merge(own, uniquingKeysWith: { $1 }) }
+        var merged = mergedMetadata(event)
         if let error = event.error { merged["error"] = .string("\(error)") }
         let line = StderrLogHandler.format(
             timestamp: timestamps ? StderrLogHandler.now() : nil, level: event.level, label: label,
@@ -98,5 +96,15 @@ public struct StderrLogHandler: LogHandler {
         let base = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let millis = Int(ts.tv_nsec) / 1_000_000
         return base + "." + String(String(millis + 1000).dropFirst()) + "Z"
+    }
+}
+
+extension LogHandler {
+    /// The handler's metadata, then its provider's, then the event's own: later keys win.
+    func mergedMetadata(_ event: LogEvent) -> Logger.Metadata {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided, uniquingKeysWith: { $1 }) }
+        if let own = event.metadata { merged.merge(own, uniquingKeysWith: { $1 }) }
+        return merged
     }
 }

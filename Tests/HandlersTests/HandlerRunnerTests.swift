@@ -170,16 +170,7 @@ import Testing
             return
         }
         #expect(reason.contains("timed out"))
-        let pgid = try #require(pid_t(try dir.read("pgid.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
-        let grandchild = try #require(
-            pid_t(try dir.read("grandchild.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
-        let survivors = Processes.livingMembers(ofGroup: pgid)
-        if !survivors.isEmpty { kill(-pgid, SIGKILL) }  // clean up, then fail
-        try #require(survivors.isEmpty, "processes of group \(pgid) survived: \(survivors)")
-        // Reap the adopted grandchild (PID 1 here may never do it), then the group is gone.
-        var status: Int32 = 0
-        _ = waitpid(grandchild, &status, 0)
-        #expect(kill(-pgid, 0) == -1 && errno == ESRCH)
+        try expectGroupGone(dir)
     }
 
     @Test(.timeLimit(.minutes(1)))
@@ -190,12 +181,19 @@ import Testing
         let result = try await run(dir, "echo $$ > pgid.txt\nsleep 1000 &\necho $! > grandchild.txt\necho started\n")
         #expect(result.status == .exited(0))
         #expect(HandlerReply.parse(stdout: result.stdout) == .text("started"))
+        try expectGroupGone(dir)
+    }
+
+    /// The handler's process group (pgid.txt) has no member left, its background job
+    /// (grandchild.txt) included.
+    func expectGroupGone(_ dir: TempDir) throws {
         let pgid = try #require(pid_t(try dir.read("pgid.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
         let grandchild = try #require(
             pid_t(try dir.read("grandchild.txt").trimmingCharacters(in: .whitespacesAndNewlines)))
         let survivors = Processes.livingMembers(ofGroup: pgid)
         if !survivors.isEmpty { kill(-pgid, SIGKILL) }  // clean up, then fail
         try #require(survivors.isEmpty, "processes of group \(pgid) survived: \(survivors)")
+        // Reap the adopted grandchild (PID 1 here may never do it), then the group is gone.
         var status: Int32 = 0
         _ = waitpid(grandchild, &status, 0)
         #expect(kill(-pgid, 0) == -1 && errno == ESRCH)

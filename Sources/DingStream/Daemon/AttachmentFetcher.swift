@@ -28,11 +28,6 @@ struct AttachmentError: Error, Sendable, CustomStringConvertible {
 /// gone, or the last attempt) writes `<name>.missing` holding the reason, and the handlers run
 /// without that file. A user's message is worth answering even when its picture is lost.
 struct AttachmentFetcher: Sendable {
-    struct AppSource: Sendable {
-        var api: OpenAPIClient
-        var http: HTTPClient
-    }
-
     enum Outcome: Sendable, Equatable {
         /// Run the handlers; `folder` is the attachments folder, nil when the message has none.
         case ready(folder: String?)
@@ -40,7 +35,7 @@ struct AttachmentFetcher: Sendable {
         case retryLater(reason: String)
     }
 
-    var sources: [String: AppSource]
+    var sources: [String: AppClients.Client]
     var maxBytes: Int
     var timeout: Duration = .seconds(120)
 
@@ -79,7 +74,7 @@ struct AttachmentFetcher: Sendable {
                 }
                 let url: String
                 do {
-                    url = try await source.api.downloadURL(downloadCode: attachment.downloadCode, robotCode: robotCode)
+                    url = try await source.openAPI.downloadURL(downloadCode: attachment.downloadCode, robotCode: robotCode)
                 } catch {
                     throw AttachmentError(transient: error.isRetryable, description: "messageFiles/download: \(error)")
                 }

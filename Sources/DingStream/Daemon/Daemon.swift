@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
@@ -59,19 +58,15 @@ public struct Daemon: Sendable {
         }
         let board = ConnectionBoard()
         let appClients = AppClients(environment: environment, logger: logger)
-        let makeDeliverer: @Sendable (Configuration, [String: AppClients.Client]) -> ReplyDeliverer = { configuration, clients in
-            AppClients.deliverer(configuration, clients: clients, logger: logger)
-        }
         let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {
             configuration, clients in
-            let sources = clients.mapValues { AttachmentFetcher.AppSource(api: $0.openAPI, http: $0.http) }
-            return DispatchSettings(
+            DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
-                attachments: AttachmentFetcher(sources: sources, maxBytes: configuration.maxAttachmentBytes))
+                attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
         }
         let clients = appClients.clients(for: configuration)
-        let outbox = OutboxSender(spool: spool, deliverer: makeDeliverer(configuration, clients), logger: logger)
+        let outbox = OutboxSender(spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, logger: logger), logger: logger)
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
@@ -92,7 +87,7 @@ public struct Daemon: Sendable {
                 connections.apply(new.apps)
                 let clients = appClients.clients(for: new)
                 dispatcher.update(dispatchSettings(new, clients))
-                outbox.update(makeDeliverer(new, clients))
+                outbox.update(AppClients.deliverer(new, clients: clients, logger: logger))
                 cards.update(timeout: new.cardTimeout)
             })
         let watchdog = WatchdogService(

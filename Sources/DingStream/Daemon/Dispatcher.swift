@@ -14,6 +14,12 @@ struct DispatchSettings: Sendable {
     var retryBackoff = Backoff(base: .seconds(30), cap: .seconds(3600))
     /// Downloads the files of bot messages before their handlers run; nil downloads nothing.
     var attachments: AttachmentFetcher?
+
+    /// When a message whose `attempt`-th try asked to come back is tried again.
+    func nextTry(afterAttempt attempt: Int) -> (delay: Duration, due: Date) {
+        let delay = retryBackoff.delay(afterFailures: attempt - 1, unit: Double.random(in: 0.5..<1))
+        return (delay, Date().addingTimeInterval(Double(delay.components.seconds)))
+    }
 }
 
 /// Takes committed entries from `new/`, runs the handlers for each (one conversation at a time,
@@ -23,7 +29,6 @@ final class Dispatcher: Service {
     private let spool: Spool
     private let scheduler: ConversationScheduler
     private let settings: Mutex<DispatchSettings>
-    private let handlerDirectory: String
     private let handlerScans: HandlerScanCache
     private let baseEnvironment: [String: String]
     private let shutdownGrace: Duration
@@ -46,7 +51,6 @@ final class Dispatcher: Service {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
         self.settings = Mutex(settings)
-        self.handlerDirectory = spool.directory + "/handlers"
         self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: [0, geteuid()])
         self.baseEnvironment = baseEnvironment
         self.shutdownGrace = shutdownGrace
@@ -166,8 +170,7 @@ final class Dispatcher: Service {
             case .ready(let folder):
                 attachmentsFolder = folder
             case .retryLater(let reason):
-                let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
-                let due = Date().addingTimeInterval(Double(delay.components.seconds))
+                let (delay, due) = current.nextTry(afterAttempt: attempts)
                 log.warning("attachments not downloaded (\(reason)); message tried again in \(delay) (attempt \(attempts) of \(current.maxAttempts))")
                 await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
                 return
@@ -212,8 +215,7 @@ final class Dispatcher: Service {
                         try spool.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
                 } else {
-                    let delay = current.retryBackoff.delay(afterFailures: attempts - 1, unit: Double.random(in: 0.5..<1))
-                    let due = Date().addingTimeInterval(Double(delay.components.seconds))
+                    let (delay, due) = current.nextTry(afterAttempt: attempts)
                     handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(delay)")
                     await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
                 }
@@ -226,7 +228,7 @@ final class Dispatcher: Service {
             }
         }
         if scan.runnable.isEmpty {
-            log.warning("no runnable handler in \(handlerDirectory); message marked done without a reply (see dingstream handlers check)")
+            log.warning("no runnable handler in \(handlerScans.path); message marked done without a reply (see dingstream handlers check)")
         }
         await finish { [spool, replies] () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
         if !replies.isEmpty { outboxWake() }
@@ -243,14 +245,8 @@ final class Dispatcher: Service {
 
     var failed: Int { failedCount.load(ordering: .relaxed) }
 
-    /// Runs a state change on the spool's I/O queue (its directory sync batched with others'),
-    /// logging a failure: the entry then stays where it was and is handled again after a restart.
     private func finish(_ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
-        do {
-            try await spool.onIOQueue(body)
-        } catch {
-            logger.error("spool: \(error)")
-        }
+        await spool.change(logger: logger, body)
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.

@@ -69,7 +69,7 @@ final class OutboxSender: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
-            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
+            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
             return
         }
         var parts: [ReplyMessage] = []
@@ -87,7 +87,7 @@ final class OutboxSender: Service {
             // After the last part the rename into done/ below is the record. Rewriting the entry
             // first (write, fsync, rename) only widens the window in which a kill sends it twice.
             guard delivered < total else { return }
-            try? spool.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts)
+            _ = try? await spool.onIOQueue { () throws(SpoolError) in try spool.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts) }
         }
         switch outcome {
         case .delivered(let paths, let reported):
@@ -95,17 +95,17 @@ final class OutboxSender: Service {
             for user in reported {
                 log.warning("DingTalk did not deliver to user \(user.id): \(user.reason.rawValue)")
             }
-            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .delivered) }
+            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .delivered) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
             deadLettered.add(1, ordering: .relaxed)
-            finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
+            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart
         }
     }
 
-    private func finish(_ body: () throws(SpoolError) -> Void) {
-        logger.loggingSpoolFailure(body)
+    private func finish(_ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
+        await spool.change(logger: logger, body)
     }
 }

@@ -7,25 +7,34 @@ extension Spool {
     /// filesystem blocks here, the probe misses its deadline and the watchdog stops pinging.
     /// A full disk is not a hang: intake refuses frames and says so, the daemon stays up.
     func canCommit() -> Bool {
-        let path = directory + "/tmp/.watchdog-\(getpid())"
-        let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard descriptor >= 0 else { return errno == ENOSPC || errno == EDQUOT }
-        defer {
-            Glibc.close(descriptor)
-            unlink(path)
-        }
-        return fsync(descriptor) == 0
+        let failure = probeWriteAndSync(in: directory + "/tmp")
+        return failure == 0 || failure == ENOSPC || failure == EDQUOT
     }
 }
 
-extension Logger {
-    /// A state change of an entry that failed leaves the entry where it was (the spool says
-    /// which path and why); it is retried after the next start, so logging is all there is to do.
-    func loggingSpoolFailure(_ body: () throws(SpoolError) -> Void) {
+/// Creates, syncs and removes a small file in `directory`, as a commit would: 0 when that
+/// works, else the errno of the step that failed.
+func probeWriteAndSync(in directory: String) -> Int32 {
+    let path = directory + "/.probe-\(getpid())"
+    let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+    guard descriptor >= 0 else { return errno }
+    defer {
+        Glibc.close(descriptor)
+        unlink(path)
+    }
+    return fsync(descriptor) == 0 ? 0 : errno
+}
+
+extension Spool {
+    /// Runs a state change of an entry on the spool's I/O queue (off the cooperative threads, its
+    /// directory sync batched with others'). A failure leaves the entry where it was (the error
+    /// says which path and why) and it is handled again after the next start, so logging is all
+    /// there is to do.
+    func change(logger: Logger, _ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
         do {
-            try body()
+            try await onIOQueue(body)
         } catch {
-            self.error("spool: \(error)")
+            logger.error("spool: \(error)")
         }
     }
 }

@@ -38,8 +38,7 @@ final class OutboxSender: Service {
             await withGracefulShutdownHandler {
                 wake()
                 for await _ in wakeStream {
-                    guard let names = try? spool.outboxEntries() else { continue }
-                    for name in names { offer(name) }
+                    offerOutbox()
                 }
             } onGracefulShutdown: { [wakeContinuation, scheduler] in
                 wakeContinuation.finish()
@@ -48,6 +47,15 @@ final class OutboxSender: Service {
         }
     }
 
+    /// Listing and reading are blocking file I/O: the spool's I/O queue does them.
+    private func offerOutbox() {
+        spool.onIOQueue { [self] in
+            guard let names = try? spool.outboxEntries() else { return }
+            for name in names { offer(name) }
+        }
+    }
+
+    /// Runs on the spool's I/O queue.
     private func offer(_ name: EntryName) {
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
         guard let entry = try? spool.read(name, in: .outbox) else {

@@ -64,9 +64,8 @@ public struct Doctor: Sendable {
         }
         for check in Self.spoolChecks(configuration.spoolDirectory) { record(check.subject, check.outcome, check.detail) }
 
-        var owners: Set<uid_t> = [0, geteuid()]
-        if let serviceUID { owners.insert(serviceUID) }
-        let scan = HandlerDirectory.scan(path: configuration.spoolDirectory + "/handlers", allowedOwners: owners)
+        let scan = HandlerDirectory.scan(
+            path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUID))
         if let problem = scan.directoryProblem {
             record("handlers", .failed, problem.explanation(path: scan.directory))
         } else if scan.runnable.isEmpty {

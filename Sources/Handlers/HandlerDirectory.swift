@@ -7,6 +7,14 @@ import Logging
 
 /// Reads `<spool>/handlers/` the way run-parts does, and decides what may run.
 public enum HandlerDirectory {
+    /// Who may own handlers: root, the user dingstream runs as, and `serviceUID` when given (the
+    /// service user, for checks run by someone else).
+    public static func allowedOwners(serviceUID: uid_t? = nil) -> Set<uid_t> {
+        var owners: Set<uid_t> = [0, geteuid()]
+        if let serviceUID { owners.insert(serviceUID) }
+        return owners
+    }
+
     /// Lists every entry of `path` (except `.` and `..`) in byte-wise lexical order, each either
     /// runnable or with the reason it is skipped.
     ///

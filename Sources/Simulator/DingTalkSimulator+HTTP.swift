@@ -182,7 +182,11 @@ extension DingTalkSimulator {
     }
 
     /// Checks the token header and that `robotCode` is the token's app; the app or an error answer.
-    func authenticate(_ request: HTTPRequest, body: [String: Any]) -> Result<SimulatedApp, HTTPAnswerError> {
+    /// The calling app (by its access token, matching the body's robotCode) and the JSON body.
+    func authenticate(_ request: HTTPRequest) -> Result<(SimulatedApp, [String: Any]), HTTPAnswerError> {
+        guard let body = JSONText.object(request.body) else {
+            return .failure(HTTPAnswerError(answer: errorAnswer(.badRequest, "InvalidParameter", "body is not a JSON object")))
+        }
         guard let token = request.headers.first(name: "x-acs-dingtalk-access-token"), !token.isEmpty else {
             return .failure(HTTPAnswerError(answer: errorAnswer(.badRequest, "InvalidAuthentication", "x-acs-dingtalk-access-token is missing")))
         }
@@ -194,7 +198,7 @@ extension DingTalkSimulator {
         guard body["robotCode"] as? String == app.clientId else {
             return .failure(HTTPAnswerError(answer: errorAnswer(.badRequest, "InvalidAuthentication", "access token belongs to another app than robotCode")))
         }
-        return .success(app)
+        return .success((app, body))
     }
 
     struct HTTPAnswerError: Error { var answer: HTTPAnswer }
@@ -203,13 +207,10 @@ extension DingTalkSimulator {
 
     func robotSend(_ request: HTTPRequest, endpoint: OpenAPIEndpoint) -> HTTPAnswer {
         withFaults(endpoint) {
-            guard let body = JSONText.object(request.body) else {
-                return errorAnswer(.badRequest, "InvalidParameter", "body is not a JSON object")
-            }
-            let app: SimulatedApp
-            switch authenticate(request, body: body) {
+            let (app, body): (SimulatedApp, [String: Any])
+            switch authenticate(request) {
             case .failure(let e): return e.answer
-            case .success(let a): app = a
+            case .success(let found): (app, body) = found
             }
             guard let msgKey = body["msgKey"] as? String, Self.msgKeys.contains(msgKey) else {
                 return errorAnswer(.badRequest, "InvalidParameter.MsgKey", "msgKey is missing or unknown")
@@ -251,13 +252,10 @@ extension DingTalkSimulator {
 
     func messageFileDownload(_ request: HTTPRequest) -> HTTPAnswer {
         withFaults(.messageFiles) {
-            guard let body = JSONText.object(request.body) else {
-                return errorAnswer(.badRequest, "InvalidParameter", "body is not a JSON object")
-            }
-            let app: SimulatedApp
-            switch authenticate(request, body: body) {
+            let (app, body): (SimulatedApp, [String: Any])
+            switch authenticate(request) {
             case .failure(let e): return e.answer
-            case .success(let a): app = a
+            case .success(let found): (app, body) = found
             }
             let code = body["downloadCode"] as? String ?? ""
             let token = core.withLock { c -> String? in

@@ -140,9 +140,8 @@ struct HandlersCommand: ParsableCommand {
 
         func run() throws {
             let configuration = try loadConfiguration(options)
-            var owners: Set<uid_t> = [0, geteuid()]
-            if let serviceUid { owners.insert(serviceUid) }
-            let scan = HandlerDirectory.scan(path: configuration.spoolDirectory + "/handlers", allowedOwners: owners)
+            let scan = HandlerDirectory.scan(
+                path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUid))
             print(scan.report())
             if scan.runnable.isEmpty { throw ExitCode(1) }
         }

@@ -100,8 +100,10 @@ struct HandlerContractTests {
                 // The downloads went through messageFiles/download, and the folders are cleared
                 // once the handlers are through.
                 try await harness.waitFor("every entry done") { harness.entries(in: "done").count == all.count }
-                let left = (try? FileManager.default.contentsOfDirectory(atPath: harness.spool + "/attachments")) ?? []
-                #expect(left.isEmpty)
+                // The folder goes right after the entry reaches done/: wait for that moment too.
+                try await harness.waitFor("attachment folders cleared") {
+                    ((try? FileManager.default.contentsOfDirectory(atPath: harness.spool + "/attachments")) ?? []).isEmpty
+                }
             }
         }
     }

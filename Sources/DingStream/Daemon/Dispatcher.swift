@@ -51,7 +51,7 @@ final class Dispatcher: Service {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
         self.settings = Mutex(settings)
-        self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: [0, geteuid()])
+        self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners())
         self.baseEnvironment = baseEnvironment
         self.shutdownGrace = shutdownGrace
         self.outboxWake = outboxWake

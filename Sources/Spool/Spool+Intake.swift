@@ -6,7 +6,7 @@ import Synchronization
 extension Spool {
     /// Queues `record` for the next group commit and returns at once (no I/O, no task; the entry
     /// is encoded on the caller's thread). `completion` is called exactly once, from the spool's
-    /// commit thread: `.stored` after the entry is durable, `.duplicate` without writing,
+    /// sync thread: `.stored` after the entry is durable, `.duplicate` without writing,
     /// `.failed` when it could not be stored (do not ack). After `run` has ended it is called at
     /// once, on the caller's thread, with `.failed(.closed)`.
     public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
@@ -15,34 +15,43 @@ extension Spool {
     }
 
     /// The intake: commits queued frames in groups, announces entries on `entries`, rescans `new/`
-    /// every `rescanInterval` and prunes every `pruneInterval`, all on a dedicated thread so that
-    /// writes and syncs never block a cooperative thread. Call `open` first.
+    /// every `rescanInterval` and prunes every `pruneInterval`, on two threads of its own so that
+    /// writes and syncs never block a cooperative thread: the writer puts files into `tmp/` while
+    /// the syncer makes the previous batch durable and moves it into `new/`. Call `open` first.
     /// Returns when its task is cancelled, after committing what was already queued; later
     /// submits fail with `.closed`. Write failures never end it: they fail the frames concerned.
     public func run() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
-                let thread = Thread { [self] in
-                    commitLoop()
+                let stage = SyncStage()
+                let syncer = Thread { [self] in
+                    syncLoop(stage)
+                    entriesContinuation.finish()
                     finished.resume()
                 }
-                thread.name = "dingstream-spool"
-                thread.start()
+                syncer.name = "dingstream-sync"
+                let writer = Thread { [self] in
+                    writeLoop(stage)
+                    stage.finish()
+                }
+                writer.name = "dingstream-spool"
+                syncer.start()
+                writer.start()
             }
         } onCancel: {
             queue.requestStop()
         }
     }
 
-    /// The body of the commit thread.
-    private func commitLoop() {
+    /// The body of the writer thread.
+    private func writeLoop(_ stage: SyncStage) {
         queue.markRunning()
         rescan()
         let interval = Double(Self.millis(rescanInterval)) / 1000
         var nextMaintenance = Date().addingTimeInterval(interval)
         while true {
             let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
-            if !batch.isEmpty || !syncs.isEmpty { commit(batch, syncs: syncs) }
+            if !batch.isEmpty || !syncs.isEmpty { write(batch, syncs: syncs, to: stage) }
             if stopping { break }
             if Date() >= nextMaintenance {
                 maintain()
@@ -51,8 +60,7 @@ extension Spool {
         }
         // Shutting down: store what is queued, refuse the rest.
         let rest = queue.close()
-        if !rest.batch.isEmpty || !rest.syncs.isEmpty { commit(rest.batch, syncs: rest.syncs) }
-        entriesContinuation.finish()
+        if !rest.batch.isEmpty || !rest.syncs.isEmpty { write(rest.batch, syncs: rest.syncs, to: stage) }
     }
 
     /// Makes the state moves behind `syncs` durable: the batch's syncfs already did (their
@@ -100,7 +108,8 @@ extension Spool {
         listed.sort()
         let fresh = loop.withLock { state -> [EntryName] in
             state.announced.formIntersection(listed)
-            return listed.filter { !state.announced.contains($0) }
+            // A name in flight is in new/ before it is durable; it is announced once it is.
+            return listed.filter { !state.announced.contains($0) && state.inFlight[String($0.dedupKey)] == nil }
         }
         var announce: [EntryName] = []
         for name in fresh {
@@ -112,93 +121,145 @@ extension Spool {
         for name in announce { entriesContinuation.yield(name) }
     }
 
-    /// One group commit: dedup, write every new entry to tmp/, one sync, rename into new/,
-    /// one directory sync, then complete every frame.
-    func commit(_ batch: [Pending], syncs: [CommitQueue.SyncRequest] = []) {
-        var syncsCovered = false
-        defer { finishSyncs(syncs, coveredBySync: syncsCovered) }
+    /// The writer's half of a group commit: dedup, then every new entry written to `tmp/` (not
+    /// synced) and handed to the syncer. Duplicates are completed at once; a copy of a frame still
+    /// on its way (in this batch or an earlier one) waits for the original's outcome, since an ack
+    /// of the copy before the original is durable would lose the message if that write failed.
+    func write(_ batch: [Pending], syncs: [CommitQueue.SyncRequest], to stage: SyncStage) {
         var duplicates: [Pending] = []
-        // Copies of a frame written by this very batch: they may be acked only once that write
-        // is durable, else an ack of the copy loses the message if the write fails or we crash.
-        var copies: [Substring: [Pending]] = [:]
         var writes: [(name: EntryName, pending: Pending)] = []
         loop.withLock { state in
             for pending in batch {
                 let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
-                if state.index[String(name.dedupKey)] != nil {
+                let key = String(name.dedupKey)
+                if state.index[key] != nil {
                     duplicates.append(pending)
-                } else if copies[name.dedupKey] != nil {
-                    copies[name.dedupKey, default: []].append(pending)
+                } else if state.inFlight[key] != nil {
+                    state.inFlight[key]!.append(pending)
                 } else {
-                    copies[name.dedupKey] = []
+                    state.inFlight[key] = []
                     writes.append((name, pending))
                 }
             }
         }
         for pending in duplicates { pending.completion(.duplicate) }
-        guard !writes.isEmpty else { return }
 
-        let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
-        var failures: [(Pending, SpoolError)] = []
-        var committed: [(name: EntryName, pending: Pending)] = []
-        var directoryFailure: SpoolError?
-        do {
-            // Descriptors of tmp/ and new/: every name below is resolved relative to them.
-            let temporaries = try FileIO.Directory(tmpFolder)
-            let destination = try FileIO.Directory(folder(.new))
-            var written: [(name: EntryName, file: String, pending: Pending)] = []
-            for item in writes {
-                let file = item.name.fileName
-                do {
-                    try temporaries.createFile(file, item.pending.bytes, sync: !groupSync)
-                    written.append((item.name, file, item.pending))
-                } catch {
-                    failures.append((item.pending, error))
+        var written = SyncStage.Batch(syncs: syncs)
+        if !writes.isEmpty {
+            let perFileSync = !(syncMode == .filesystem && FileIO.hasSyncFS)
+            do {
+                let temporaries = try FileIO.Directory(tmpFolder)
+                for item in writes {
+                    let file = item.name.fileName
+                    do {
+                        try temporaries.createFile(file, item.pending.bytes, sync: perFileSync)
+                        written.written.append((item.name, file, item.pending))
+                    } catch {
+                        written.failures.append((item.pending, error))
+                    }
                 }
+            } catch {
+                // tmp/ cannot be opened: nothing of this batch is written.
+                written.failures = writes.map { ($0.pending, error) }
             }
-            if groupSync, !written.isEmpty {
+        }
+        if !written.isEmpty { stage.hand(written) }
+    }
+
+    /// The body of the syncer thread: one filesystem sync per round makes the round's files
+    /// durable, and also the renames of the round before when those were left for it.
+    private func syncLoop(_ stage: SyncStage) {
+        let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
+        // Moved into new/ last round; durable once this round's filesystem sync returns.
+        var awaitingSync: [(name: EntryName, pending: Pending)] = []
+        while let batch = stage.take() {
+            var written = batch.written
+            var failures = batch.failures
+            var syncsCovered = false
+            var syncFailure: SpoolError?
+            if groupSync, !written.isEmpty || !awaitingSync.isEmpty {
                 do {
                     syncsCovered = try FileIO.syncFilesystem(tmpFolder)
                 } catch {
-                    for item in written {
-                        try? temporaries.remove(item.file)
-                        failures.append((item.pending, error))
+                    syncFailure = error
+                }
+            }
+            if !awaitingSync.isEmpty {
+                finish(committed: awaitingSync, failures: [], directoryFailure: syncFailure)
+                awaitingSync = []
+            }
+            var committed: [(name: EntryName, pending: Pending)] = []
+            var directoryFailure: SpoolError?
+            // With a batch queued already, the next round starts at once and its filesystem sync
+            // makes this round's renames durable: no directory sync of their own.
+            let leaveToNextRound = groupSync && stage.hasQueued
+            if !written.isEmpty {
+                do {
+                    let temporaries = try FileIO.Directory(tmpFolder)
+                    if let syncFailure {
+                        for item in written {
+                            try? temporaries.remove(item.file)
+                            failures.append((item.pending, syncFailure))
+                        }
+                        written = []
                     }
-                    written = []
-                }
-            }
-            for item in written {
-                do {
-                    try temporaries.rename(item.file, to: destination)
-                    committed.append((item.name, item.pending))
+                    let destination = try FileIO.Directory(folder(.new))
+                    for item in written {
+                        do {
+                            try temporaries.rename(item.file, to: destination)
+                            committed.append((item.name, item.pending))
+                        } catch {
+                            try? temporaries.remove(item.file)
+                            failures.append((item.pending, error))
+                        }
+                    }
+                    if !committed.isEmpty, !leaveToNextRound {
+                        do {
+                            try destination.sync()
+                        } catch {
+                            directoryFailure = error
+                        }
+                    }
                 } catch {
-                    try? temporaries.remove(item.file)
-                    failures.append((item.pending, error))
+                    // tmp/ or new/ cannot be opened: the files stay in tmp/, removed at the next start.
+                    failures += written.map { ($0.pending, error) }
                 }
             }
-            if !committed.isEmpty {
-                do {
-                    try destination.sync()
-                } catch {
-                    directoryFailure = error
-                }
+            if leaveToNextRound {
+                awaitingSync = committed
+                committed = []
             }
-        } catch {
-            // tmp/ or new/ cannot be opened: nothing of this batch is written.
-            failures = writes.map { ($0.pending, error) }
+            finish(committed: committed, failures: failures, directoryFailure: directoryFailure)
+            finishSyncs(batch.syncs, coveredBySync: syncsCovered)
         }
+    }
 
+    /// Indexes and announces `committed` (in `new/`, durable unless `directoryFailure`), completes
+    /// every frame concerned and logs a change of the intake's fault state once.
+    private func finish(
+        committed: [(name: EntryName, pending: Pending)], failures: [(pending: Pending, error: SpoolError)],
+        directoryFailure: SpoolError?
+    ) {
+        guard !committed.isEmpty || !failures.isEmpty else { return }
         // Entries in new/ are indexed and announced even if the directory sync failed: they may
         // well survive, and a redelivery must not create a second copy.
+        var copiesOfCommitted: [[Pending]] = []
+        var copiesOfFailed: [[Pending]] = []
         let (logFailure, logRecovery) = loop.withLock { state -> (SpoolError?, Bool) in
             for item in committed {
-                state.index[String(item.name.dedupKey)] = item.name.receivedMillis
+                let key = String(item.name.dedupKey)
+                state.index[key] = item.name.receivedMillis
+                copiesOfCommitted.append(state.inFlight.removeValue(forKey: key) ?? [])
                 state.announced.insert(item.name)
                 if state.committed.count < Self.committedCacheLimit {
                     state.committed[item.name] = (item.pending.record, item.pending.bytes)
                 }
             }
-            let firstFailure = directoryFailure ?? failures.first?.1
+            for item in failures {
+                let name = EntryName(receivedMillis: item.pending.record.receivedMillis, key: item.pending.record.key)
+                copiesOfFailed.append(state.inFlight.removeValue(forKey: String(name.dedupKey)) ?? [])
+            }
+            let firstFailure = directoryFailure ?? failures.first?.error
             if let firstFailure {
                 defer { state.fault = firstFailure }
                 return (state.fault?.code == firstFailure.code ? nil : firstFailure, false)
@@ -216,17 +277,13 @@ extension Spool {
         }
 
         for item in committed { entriesContinuation.yield(item.name) }
-        for (pending, error) in failures {
-            pending.completion(.failed(error))
-            let key = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key).dedupKey
-            for copy in copies[key] ?? [] { copy.completion(.failed(error)) }
+        for (item, copies) in zip(failures, copiesOfFailed) {
+            item.pending.completion(.failed(item.error))
+            for copy in copies { copy.completion(.failed(item.error)) }
         }
-        for item in committed {
-            let outcome: IntakeOutcome = directoryFailure.map { .failed($0) } ?? .stored(item.name)
-            item.pending.completion(outcome)
-            for copy in copies[item.name.dedupKey] ?? [] {
-                copy.completion(directoryFailure.map { .failed($0) } ?? .duplicate)
-            }
+        for (item, copies) in zip(committed, copiesOfCommitted) {
+            item.pending.completion(directoryFailure.map { .failed($0) } ?? .stored(item.name))
+            for copy in copies { copy.completion(directoryFailure.map { .failed($0) } ?? .duplicate) }
         }
     }
 }

@@ -15,9 +15,10 @@ public enum IntakeOutcome: Sendable, Equatable {
 
 /// The durable spool: one JSON file per message, its state the folder it is in (maildir style).
 ///
-/// The intake side (`submit` + `run`) group-commits: one thread of the spool's own writes everything
-/// queued, makes it durable with one filesystem sync and one directory sync, then completes every
-/// frame; no cooperative thread ever waits for the disk on its behalf. The dispatcher side (`claim`, `complete`, `retryLater`, `deadLetter`, outbox calls) does blocking
+/// The intake side (`submit` + `run`) group-commits on two threads of the spool's own: one writes
+/// everything queued to `tmp/`, the other makes it durable with one filesystem sync, renames it
+/// into `new/`, syncs that (or leaves it to its next filesystem sync when more is already
+/// written), then completes every frame; no cooperative thread ever waits for the disk. The dispatcher side (`claim`, `complete`, `retryLater`, `deadLetter`, outbox calls) does blocking
 /// file I/O on the caller's task, one name at a time; a name must have one owner at a time.
 public final class Spool: Sendable {
     /// How a group commit makes its files durable.
@@ -56,6 +57,9 @@ public final class Spool: Sendable {
     struct LoopState {
         /// Dedup key (`<app>-<hash>`) to receivedMillis.
         var index: [String: Int64] = [:]
+        /// Keys being written and synced, each with the copies (redeliveries) that arrived
+        /// meanwhile: they are completed with the original's outcome.
+        var inFlight: [String: [Pending]] = [:]
         /// Names in `new/` already announced on `entries`.
         var announced: Set<EntryName> = []
         /// The intake failure already logged, so it is logged once rather than per frame.

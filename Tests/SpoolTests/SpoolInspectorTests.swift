@@ -122,7 +122,7 @@ import Testing
             try spool.deadLetter(dead, reason: "exit 3")
             let attachments = root + "/attachments/" + dead.value
             try FileManager.default.createDirectory(atPath: attachments, withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: attachments + "/picture", contents: Data([1, 2, 3]))
+            try #require(FileManager.default.createFile(atPath: attachments + "/picture", contents: Data([1, 2, 3])))
 
             let inspector = SpoolInspector(directory: root, now: clock.closure)
             #expect(try inspector.purge(.failed, olderThan: .seconds(3600)) == 0)

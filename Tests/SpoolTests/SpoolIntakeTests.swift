@@ -149,6 +149,48 @@ import Testing
         }
     }
 
+    /// Redeliveries that arrive while their original is still between the writer and the syncer
+    /// (a later batch than the original's) are stored once, and acked only as duplicates.
+    @Test(.timeLimit(.minutes(1))) func copiesOfFramesInFlightAreStoredOnce() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            let rounds = 30
+            let perRound = 100
+            let outcomes = try await withRunning(spool) {
+                await withTaskGroup(of: (String, IntakeOutcome).self) { group in
+                    for round in 0..<rounds {
+                        for index in 0..<perRound {
+                            let id = "r\(round)-\(index)"
+                            group.addTask { (id, await spool.store(botRecord(msgID: id, millis: 1_700_000_000_000 + Int64(round)))) }
+                        }
+                        // Copies of the previous round, submitted before its outcomes are known.
+                        if round > 0 {
+                            for index in 0..<perRound {
+                                let id = "r\(round - 1)-\(index)"
+                                group.addTask { (id, await spool.store(botRecord(msgID: id, millis: 1_700_000_100_000, connection: "b"))) }
+                            }
+                        }
+                        await Task.yield()
+                    }
+                    return await group.reduce(into: [String: [IntakeOutcome]]()) { $0[$1.0, default: []].append($1.1) }
+                }
+            }
+            var storedTwice: [String] = []
+            var neverStored: [String] = []
+            for (id, results) in outcomes {
+                let stored = results.filter { if case .stored = $0 { true } else { false } }.count
+                if stored > 1 { storedTwice.append(id) }
+                if stored == 0 { neverStored.append(id) }
+                #expect(results.count - stored == results.filter { $0 == .duplicate }.count, "\(id): \(results)")
+            }
+            #expect(storedTwice.isEmpty)
+            #expect(neverStored.isEmpty)
+            #expect(outcomes.count == rounds * perRound)
+            #expect(files(root + "/new").count == rounds * perRound)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func submitAfterShutdownFailsClosed() async throws {
         try await withTemporaryDirectory { root in
             let spool = Spool(directory: root, logger: LogSink().logger)

@@ -73,7 +73,8 @@ let package = Package(
         ),
         // `make bench`: durable ingest against the simulator over loopback (not a test).
         .executableTarget(
-            name: "dingstream-bench", dependencies: ["DingStream", "Simulator", log], swiftSettings: swiftSettings),
+            name: "dingstream-bench", dependencies: ["DingStream", "Spool", "StreamProtocol", "Simulator", log],
+            swiftSettings: swiftSettings),
         .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .testTarget(
             name: "StreamClientTests",

@@ -29,12 +29,13 @@ extension Spool {
                     entriesContinuation.finish()
                     finished.resume()
                 }
-                syncer.name = "dingstream-sync"
+                // Linux keeps 15 bytes of a thread's name: these show in `top -H` and `ps -L`.
+                syncer.name = "spool-syncer"
                 let writer = Thread { [self] in
                     writeLoop(stage)
                     stage.finish()
                 }
-                writer.name = "dingstream-spool"
+                writer.name = "spool-writer"
                 syncer.start()
                 writer.start()
             }
@@ -191,8 +192,9 @@ extension Spool {
             var committed: [(name: EntryName, pending: Pending)] = []
             var directoryFailure: SpoolError?
             // With a batch queued already, the next round starts at once and its filesystem sync
-            // makes this round's renames durable: no directory sync of their own.
-            let leaveToNextRound = groupSync && stage.hasQueued
+            // makes this round's renames durable: no directory sync of their own. Only for a
+            // large round: a few frames would wait a whole extra round to save one cheap fsync.
+            let leaveToNextRound = groupSync && written.count >= Self.smallestRoundLeftToNext && stage.hasQueued
             if !written.isEmpty {
                 do {
                     let temporaries = try FileIO.Directory(tmpFolder)

@@ -80,6 +80,10 @@ public final class Spool: Sendable {
     /// The largest batch one commit takes; the rest waits for the next round.
     static let maximumBatch = 4096
 
+    /// Rounds of at least this many files leave their directory sync to the next round's
+    /// filesystem sync when that round is ready to start (a burst); smaller ones sync at once.
+    static let smallestRoundLeftToNext = 64
+
     /// - Parameters:
     ///   - directory: the spool root, e.g. `/var/spool/dingstream`.
     ///   - dedupWindow: how long a key stays a duplicate after its entry was pruned (default 24 h).

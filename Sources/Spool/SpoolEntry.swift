@@ -16,7 +16,7 @@ public struct IntakeRecord: Sendable {
     public var receivedMillis: Int64
     /// Whether `data` is a JSON object (stored as is) rather than other text (stored as a string).
     var dataIsObject: Bool
-    /// The typed view of a bot message, from the intake's one parse of `data`.
+    /// The typed view of a bot message when `data` was parsed already; else `entry` builds it.
     var botMessage: BotMessage?
 
     public init(
@@ -36,10 +36,27 @@ public struct IntakeRecord: Sendable {
     }
 
     /// The record of a non-SYSTEM frame, or nil when it carries no usable id.
-    /// `data` is parsed once here, for the key and for the entry's validity, and not again.
+    /// `data` is only scanned here, for the key and for the entry's validity: this runs on the
+    /// socket's event loop, and the typed bot message is built later, by the dispatcher.
     public init?(app: String, frame: StreamFrame, connection: String, receivedMillis: Int64) {
-        let object = JSONText.hasObjectShape(frame.data) ? frame.dataObject() : nil
+        let shaped = JSONText.hasObjectShape(frame.data)
+        if shaped, let msgID = frame.dataObjectMember("msgId") {
+            guard let key = MessageKey(app: app, frame: frame, dataMsgID: msgID) else { return nil }
+            self.init(app: app, key: key, frame: frame, connection: connection, receivedMillis: receivedMillis, dataIsObject: true, botMessage: nil)
+            return
+        }
+        // What the quick scan cannot vouch for gets the full parse, whose verdict is the reference.
+        let object = shaped ? frame.dataObject() : nil
         guard let key = MessageKey(app: app, frame: frame, data: object) else { return nil }
+        self.init(
+            app: app, key: key, frame: frame, connection: connection, receivedMillis: receivedMillis,
+            dataIsObject: object != nil, botMessage: object.flatMap { BotMessage(data: $0) })
+    }
+
+    private init(
+        app: String, key: MessageKey, frame: StreamFrame, connection: String, receivedMillis: Int64,
+        dataIsObject: Bool, botMessage: BotMessage?
+    ) {
         self.app = app
         self.key = key
         self.kind = key.kind
@@ -48,8 +65,8 @@ public struct IntakeRecord: Sendable {
         self.data = frame.data
         self.connection = connection
         self.receivedMillis = receivedMillis
-        self.dataIsObject = object != nil
-        self.botMessage = object.flatMap { BotMessage(data: $0) }
+        self.dataIsObject = dataIsObject
+        self.botMessage = botMessage
     }
 
     /// The entry file: `{app, kind, topic, key, headers, data, receivedAt, connection, attempts}`.
@@ -102,7 +119,8 @@ public struct IntakeRecord: Sendable {
         return SpoolEntry(
             name: name, app: app, kind: kind, topic: topic, key: key.id, headers: headers, dataJSON: dataJSON,
             receivedMillis: receivedMillis, connection: connection, attempts: 0, replies: [], delivered: 0,
-            deliveryAttempts: 0, raw: Data(bytes), botMessage: botMessage)
+            deliveryAttempts: 0, raw: Data(bytes),
+            botMessage: botMessage ?? (kind == .bot && dataIsObject ? JSON.object(data).flatMap { BotMessage(data: $0) } : nil))
     }
 }
 

@@ -60,7 +60,7 @@ final class SpoolIOQueue: Sendable {
             Thread.current.threadDictionary[Self.roundKey] = round
             drain()
         }
-        thread.name = "dingstream-spool-io"
+        thread.name = "spool-io"
         thread.start()
     }
 

@@ -28,10 +28,15 @@ public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
     /// As `init(app:frame:)`, with the frame's `data` already parsed (nil when it is not an
     /// object), so that the intake parses it once.
     public init?(app: String, frame: StreamFrame, data: [String: Any]?) {
+        self.init(app: app, frame: frame, dataMsgID: data?["msgId"] as? String)
+    }
+
+    /// As `init(app:frame:)`, given only `data.msgId` (nil when absent or not a string).
+    public init?(app: String, frame: StreamFrame, dataMsgID: String?) {
         let kind = MessageKind(frame: frame)
         var id: String?
         switch kind {
-        case .bot: id = data?["msgId"] as? String
+        case .bot: id = dataMsgID
         case .event: id = frame.headers["eventId"]
         case .card, .other: break
         }

@@ -7,6 +7,8 @@
 struct FastFrameReader {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var index = 0
+    /// Set when the bytes are known to be valid UTF-8: skipped strings are then only scanned.
+    private var knownUTF8 = false
 
     private init(_ bytes: UnsafeBufferPointer<UInt8>) {
         self.bytes = bytes
@@ -15,6 +17,50 @@ struct FastFrameReader {
     static func decode(_ bytes: UnsafeBufferPointer<UInt8>) -> StreamFrame? {
         var reader = FastFrameReader(bytes)
         return reader.frame()
+    }
+
+    /// For the text of a frame's `data`: nil unless it is one valid JSON object with `member` at
+    /// most once; then that member's value when it is a string, else `.some(nil)`.
+    /// The text came from a Swift string, so it is valid UTF-8 and strings are only checked for
+    /// their escapes, not copied.
+    static func stringMember(_ member: String, ofObject bytes: UnsafeBufferPointer<UInt8>) -> String?? {
+        var reader = FastFrameReader(bytes)
+        reader.knownUTF8 = true
+        return reader.stringMember(member)
+    }
+
+    private mutating func stringMember(_ member: String) -> String?? {
+        var value: String?
+        var seen = false
+        skipSpace()
+        guard take(UInt8(ascii: "{")) else { return nil }
+        skipSpace()
+        if !take(UInt8(ascii: "}")) {
+            repeat {
+                skipSpace()
+                guard let name = string() else { return nil }
+                skipSpace()
+                guard take(UInt8(ascii: ":")) else { return nil }
+                skipSpace()
+                if name == member {
+                    guard !seen else { return nil }
+                    seen = true
+                    if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
+                        guard let text = string() else { return nil }
+                        value = text
+                    } else {
+                        guard skipValue(depth: 1) else { return nil }
+                    }
+                } else {
+                    guard skipValue(depth: 1) else { return nil }
+                }
+                skipSpace()
+            } while take(UInt8(ascii: ","))
+            guard take(UInt8(ascii: "}")) else { return nil }
+        }
+        skipSpace()
+        guard index == bytes.count else { return nil }
+        return .some(value)
     }
 
     private mutating func frame() -> StreamFrame? {
@@ -133,6 +179,41 @@ struct FastFrameReader {
         return nil
     }
 
+    /// Moves past a string literal whose bytes are valid UTF-8, checking only its escapes.
+    private mutating func skipString() -> Bool {
+        guard take(UInt8(ascii: "\"")) else { return false }
+        while index < bytes.count {
+            let byte = bytes[index]
+            index += 1
+            switch byte {
+            case UInt8(ascii: "\""):
+                return true
+            case UInt8(ascii: "\\"):
+                guard index < bytes.count else { return false }
+                let escape = bytes[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                    UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    continue
+                case UInt8(ascii: "u"):
+                    // Lone surrogates are left to the general path, as `string()` does.
+                    guard let scalar = hex4() else { return false }
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        guard take(UInt8(ascii: "\\")), take(UInt8(ascii: "u")), let low = hex4(), (0xDC00..<0xE000).contains(low)
+                        else { return false }
+                    } else if (0xDC00..<0xE000).contains(scalar) {
+                        return false
+                    }
+                default: return false
+                }
+            default:
+                if byte < 0x20 { return false }
+            }
+        }
+        return false
+    }
+
     private mutating func hex4() -> UInt32? {
         guard index + 4 <= bytes.count else { return nil }
         var value: UInt32 = 0
@@ -156,7 +237,7 @@ struct FastFrameReader {
         guard depth < 64, index < bytes.count else { return false }
         switch bytes[index] {
         case UInt8(ascii: "\""):
-            return string() != nil
+            return knownUTF8 ? skipString() : string() != nil
         case UInt8(ascii: "{"):
             index += 1
             skipSpace()

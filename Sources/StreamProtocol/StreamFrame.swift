@@ -105,6 +105,14 @@ public struct StreamFrame: Sendable, Equatable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Whether `data` is a JSON object, and its top-level `member` when that is a string, without
+    /// building the object: nil when a quick strict scan cannot vouch for it (then use
+    /// `dataObject()`), else the member's value (`.some(nil)` when absent or not a string).
+    public func dataObjectMember(_ member: String) -> String?? {
+        var text = data
+        return text.withUTF8 { FastFrameReader.stringMember(member, ofObject: $0) }
+    }
+
     /// The `data` string parsed as a JSON object, or nil if it is not one.
     public func dataObject() -> [String: Any]? {
         guard let bytes = data.data(using: .utf8) else { return nil }

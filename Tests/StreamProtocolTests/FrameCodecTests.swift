@@ -83,6 +83,42 @@ struct FrameCodecTests {
         #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(Array(#"{"type":"EVENT","headers":{}} x"#.utf8)) }
     }
 
+    /// The intake's quick scan of `data` never disagrees with the full parse: where it answers,
+    /// validity and `msgId` match; where it cannot vouch it says so and the full parse decides.
+    @Test func dataScanAgreesWithTheFullParse() throws {
+        let samples = [
+            #"{"msgId":"m1","text":{"content":" hi"},"atUsers":[{"dingtalkId":"$:LWCP"}],"createAt":1700000000000}"#,
+            #" { "msgId" : "m\u00e9\ud83d\ude00\n" , "n": -0.5E+2, "t": true, "f": false, "z": null } "#,
+            #"{"text":{"msgId":"nested only"}}"#,
+            #"{"msgId":42}"#,
+            #"{"msgId":"a","msgId":"b"}"#,
+            #"{}"#,
+            #"{"a":"\ud800"}"#,
+            #"{"a":"\udc00x"}"#,
+            #"{"a":"\x"}"#,
+            "{\"a\":\"tab\there\"}",
+            #"{"a":01}"#,
+            #"{"a":1.}"#,
+            #"{"a":[1,]}"#,
+            #"{"a":1} x"#,
+            #"{"a" 1}"#,
+            #"[{"msgId":"m"}]"#,
+            #"{"msgId":"m""#,
+            String(repeating: #"{"a":"#, count: 70) + "1" + String(repeating: "}", count: 70),
+        ]
+        for text in samples {
+            let frame = StreamFrame(kind: .callback, headers: ["topic": Topic.botMessage], data: text)
+            let reference = frame.dataObject()
+            guard let scanned = frame.dataObjectMember("msgId") else { continue }
+            #expect(reference != nil, "the scan took invalid data: \(text)")
+            #expect(scanned == reference?["msgId"] as? String, "msgId differs for \(text)")
+        }
+        // The usual bot message goes the quick way.
+        let usual = StreamFrame(kind: .callback, headers: ["topic": Topic.botMessage], data: samples[0])
+        #expect(usual.dataObjectMember("msgId") == .some("m1"))
+        #expect(usual.dataObjectMember("missing") == .some(nil))
+    }
+
     @Test func keysDoNotDependOnTheMessageID() throws {
         let first = StreamFrame(kind: .callback, headers: ["messageId": "a", "topic": Topic.botMessage], data: #"{"msgId":"m1"}"#)
         var redelivery = first

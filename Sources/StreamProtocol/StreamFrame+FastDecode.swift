@@ -9,6 +9,8 @@ struct FastFrameReader {
     private var index = 0
     /// Set when the bytes are known to be valid UTF-8: skipped strings are then only scanned.
     private var knownUTF8 = false
+    /// Whether `nextMember` is at the first member of the top-level object.
+    private var firstMember = true
 
     private init(_ bytes: UnsafeBufferPointer<UInt8>) {
         self.bytes = bytes
@@ -32,35 +34,57 @@ struct FastFrameReader {
     private mutating func stringMember(_ member: String) -> String?? {
         var value: String?
         var seen = false
-        skipSpace()
-        guard take(UInt8(ascii: "{")) else { return nil }
-        skipSpace()
-        if !take(UInt8(ascii: "}")) {
-            repeat {
-                skipSpace()
-                guard let name = string() else { return nil }
-                skipSpace()
-                guard take(UInt8(ascii: ":")) else { return nil }
-                skipSpace()
+        guard beginObject() else { return nil }
+        while true {
+            switch nextMember() {
+            case .invalid: return nil
+            case .end: return index == bytes.count ? .some(value) : nil
+            case .member(let name):
                 if name == member {
                     guard !seen else { return nil }
                     seen = true
                     if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
                         guard let text = string() else { return nil }
                         value = text
-                    } else {
-                        guard skipValue(depth: 1) else { return nil }
+                        continue
                     }
-                } else {
-                    guard skipValue(depth: 1) else { return nil }
                 }
-                skipSpace()
-            } while take(UInt8(ascii: ","))
-            guard take(UInt8(ascii: "}")) else { return nil }
+                guard skipValue(depth: 1) else { return nil }
+            }
         }
+    }
+
+    private enum MemberStep {
+        /// The member's name; the reader is at its value, which the caller must read or skip.
+        case member(String)
+        /// The closing brace was read, and white space after it.
+        case end
+        case invalid
+    }
+
+    /// Starts reading the top-level object.
+    private mutating func beginObject() -> Bool {
         skipSpace()
-        guard index == bytes.count else { return nil }
-        return .some(value)
+        firstMember = true
+        return take(UInt8(ascii: "{"))
+    }
+
+    /// The next member of the object begun with `beginObject`.
+    private mutating func nextMember() -> MemberStep {
+        skipSpace()
+        let first = firstMember
+        firstMember = false
+        if take(UInt8(ascii: "}")) {
+            skipSpace()
+            return .end
+        }
+        guard first || take(UInt8(ascii: ",")) else { return .invalid }
+        skipSpace()
+        guard let name = string() else { return .invalid }
+        skipSpace()
+        guard take(UInt8(ascii: ":")) else { return .invalid }
+        skipSpace()
+        return .member(name)
     }
 
     private mutating func frame() -> StreamFrame? {
@@ -69,16 +93,12 @@ struct FastFrameReader {
         var headers: [String: String]?
         var data: String?
         var sawData = false
-        skipSpace()
-        guard take(UInt8(ascii: "{")) else { return nil }
-        skipSpace()
-        if !take(UInt8(ascii: "}")) {
-            repeat {
-                skipSpace()
-                guard let name = string() else { return nil }
-                skipSpace()
-                guard take(UInt8(ascii: ":")) else { return nil }
-                skipSpace()
+        guard beginObject() else { return nil }
+        members: while true {
+            switch nextMember() {
+            case .invalid: return nil
+            case .end: break members
+            case .member(let name):
                 switch name {
                 case "specVersion":
                     guard specVersion == nil, let value = string() else { return nil }
@@ -101,11 +121,8 @@ struct FastFrameReader {
                 default:
                     guard skipValue(depth: 0) else { return nil }
                 }
-                skipSpace()
-            } while take(UInt8(ascii: ","))
-            guard take(UInt8(ascii: "}")) else { return nil }
+            }
         }
-        skipSpace()
         guard index == bytes.count, let type, let headers else { return nil }
         return StreamFrame(specVersion: specVersion ?? "1.0", kind: .init(wireValue: type), headers: headers, data: data ?? "")
     }

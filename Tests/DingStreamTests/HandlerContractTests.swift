@@ -235,6 +235,44 @@ struct HandlerContractTests {
         }
     }
 
+    /// `allowed_users` covers who clicks a card as it covers who writes to the bot; events have no
+    /// user and still reach handlers.
+    @Test(.timeLimit(.minutes(1)))
+    func cardClicksFollowTheAllowlistAndEventsPass() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler(
+            "10-card",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo "$DINGSTREAM_KIND" >> \(harness.root)/kinds
+            [ "$DINGSTREAM_KIND" = card ] && printf '%s\\n' '\(Self.cardUpdate)'
+            exit 0
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.apps[0].subscriptions = [.bot, .events, .cards]
+            configuration.apps[0].allowedUsers = ["boss1"]
+            configuration.cardTimeout = .seconds(30)
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                let refused = try await simulator.injectCardCallback(
+                    app: "helpdesk", outTrackId: "track-stranger", userId: "stranger7", timeout: .seconds(40))
+                #expect(refused == nil)
+                let allowed = try await simulator.injectCardCallback(
+                    app: "helpdesk", outTrackId: "track-boss", userId: "boss1", timeout: .seconds(40))
+                #expect(allowed.flatMap { JSON.object($0) }.map { JSON.encode($0) } == JSON.object(Self.cardUpdate).map { JSON.encode($0) })
+                try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
+                try await harness.waitFor("all three entries done") { harness.entries(in: "done").count == 3 }
+                #expect(harness.lines(of: "kinds").sorted() == ["card", "event"])
+                #expect(logs.lines(containing: "card action from stranger7", "allowed_users", "helpdesk").count == 1)
+                #expect(logs.lines(containing: "boss1", "allowed_users").isEmpty)
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func worldWritableHandlerIsRefused() async throws {
         let harness = try DaemonHarness()

@@ -157,9 +157,9 @@ final class Dispatcher: Service {
         defer { if entry.kind == .card { cards?.finished(name) } }
         let current = settings.withLock { $0 }
         let message = entry.botMessage
-        if entry.kind == .bot, let app = current.apps[entry.app], !app.allows(staffID: message?.senderStaffID) {
+        if let actor = Self.actor(of: entry), let app = current.apps[entry.app], !app.allows(staffID: actor.staffID) {
             log.warning(
-                "message from \(message?.senderStaffID ?? "unknown sender") (\(message?.senderNick ?? "")) refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
+                "\(actor.what) from \(actor.staffID ?? "unknown sender")\(actor.nick.map { " (\($0))" } ?? "") refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
             await finish { [spool] () throws(SpoolError) in try spool.complete(name, replies: nil) }
             return
         }
@@ -234,6 +234,16 @@ final class Dispatcher: Service {
         if !replies.isEmpty { outboxWake() }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
+    }
+
+    /// Who acted, for `allowed_users`: the sender of a bot message, the user who clicked a card;
+    /// nil for what no user sends (events, other topics), which the allowlist does not cover.
+    static func actor(of entry: SpoolEntry) -> (what: String, staffID: String?, nick: String?)? {
+        switch entry.kind {
+        case .bot: ("message", entry.botMessage?.senderStaffID, entry.botMessage?.senderNick)
+        case .card: ("card action", entry.dataObject()?["userId"] as? String, nil)
+        case .event, .other: nil
+        }
     }
 
     /// stdout of a card handler as the ack's `response`: a JSON object, else nil.

@@ -69,9 +69,19 @@ public struct EntryName: Sendable, Hashable, Comparable, CustomStringConvertible
 
     public static func < (lhs: EntryName, rhs: EntryName) -> Bool { lhs.value < rhs.value }
 
+    /// `app` with every character outside `[A-Za-z0-9._-]` as `_` (one per character).
     static func sanitize(_ app: String) -> String {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-        let mapped = String(app.map { allowed.contains($0) ? $0 : "_" })
+        func allowed(_ byte: UInt8) -> Bool {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):
+                true
+            default: false
+            }
+        }
+        // Called for every frame; app names are nearly always fine as they are.
+        if !app.isEmpty, app.utf8.allSatisfy(allowed) { return app }
+        let mapped = String(app.map { $0.isASCII && allowed($0.asciiValue!) ? $0 : "_" })
         return mapped.isEmpty ? "_" : mapped
     }
 }

@@ -25,13 +25,14 @@ extension Spool {
             await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
                 let stage = SyncStage()
                 let syncer = Thread { [self] in
+                    FileIO.nameThread("spool-syncer")
                     syncLoop(stage)
                     entriesContinuation.finish()
                     finished.resume()
                 }
-                // Linux keeps 15 bytes of a thread's name: these show in `top -H` and `ps -L`.
                 syncer.name = "spool-syncer"
                 let writer = Thread { [self] in
+                    FileIO.nameThread("spool-writer")
                     writeLoop(stage)
                     stage.finish()
                 }

@@ -57,6 +57,7 @@ final class SpoolIOQueue: Sendable {
         let thread = Thread { [self] in
             // On Linux the nice value is per thread, and 0 names the calling one.
             _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceness)
+            FileIO.nameThread("spool-io")
             Thread.current.threadDictionary[Self.roundKey] = round
             drain()
         }

@@ -41,6 +41,24 @@ import Testing
         }
     }
 
+    /// A webhook that accepts the request and never answers costs one request timeout; the
+    /// OpenAPI then carries the reply in the same attempt.
+    @Test(.timeLimit(.minutes(1))) func hangingWebhookTimesOutAndTheOpenAPICarriesTheReply() async throws {
+        try await withStack(requestTimeout: .seconds(1)) { stack in
+            let message = try stack.sim.injectBotMessage(
+                BotMessageSpec(app: "helpdesk", content: .text("q"), senderStaffId: "manager42", webhookLifetime: .seconds(3600)))
+            // Far longer than the test may run: only the client's timeout ends the wait.
+            try stack.sim.apply(.http(endpoint: .webhook, failure: .delay(.seconds(600)), count: 1))
+            let outcome = await stack.deliverer().deliver(
+                [.text("answer")], to: try stack.target(of: message), firstAttemptAt: stack.clock.now, progress: { _ in })
+            #expect(outcome == .delivered(paths: [.privateChat], reportedUsers: []))
+            let sends = stack.sim.openAPISends(app: "helpdesk")
+            try #require(sends.count == 1)
+            #expect(sends[0].endpoint == .batchSend)
+            #expect(msgParam(jsonObject(sends[0].body))["content"] as? String == "answer")
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func expiredWebhookInGroupFallsBackToGroupSend() async throws {
         try await withStack { stack in
             let message = try stack.sim.injectBotMessage(

@@ -9,9 +9,10 @@ import Testing
 struct CrashTests {
     /// Issue #6: the handler finished and its reply is in the outbox, but neither the session
     /// webhook nor the OpenAPI takes it (503). kill -9. The outage ends, the daemon restarts: the
-    /// reply arrives once, from the outbox, and the handler is not run again.
-    @Test(.timeLimit(.minutes(1)))
-    func replyInOutboxSurvivesKillAndIsDeliveredOnceWithoutRerun() async throws {
+    /// reply arrives once, from the outbox, and the handler is not run again. In a group chat the
+    /// OpenAPI path is the group send instead of the private one.
+    @Test(.timeLimit(.minutes(1)), arguments: ["private chat", "group chat"])
+    func replyInOutboxSurvivesKillAndIsDeliveredOnceWithoutRerun(chat: String) async throws {
         let harness = try DaemonHarness()
         defer { harness.remove() }
         let runLog = harness.root + "/runs.log"
@@ -27,10 +28,15 @@ struct CrashTests {
                 }
                 try daemon.start()
                 try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
-                let message = try simulator.injectText("outage", app: "helpdesk")
+                let inGroup = chat == "group chat"
+                let message = try simulator.injectBotMessage(
+                    BotMessageSpec(
+                        app: "helpdesk", content: .text("outage"),
+                        conversation: inGroup ? .group(conversationId: "cidops==", title: "Ops") : .privateChat))
+                let openAPIPath: OpenAPIEndpoint = inGroup ? .groupMessages : .batchSend
                 try await poll(timeout: .seconds(30), "the reply waiting in outbox/ after failed attempts on both paths") {
                     SpoolSnapshot(spool: harness.spool).count(in: "outbox") == 1
-                        && simulator.faultedCalls(.webhook) >= 1 && simulator.faultedCalls(.batchSend) >= 1
+                        && simulator.faultedCalls(.webhook) >= 1 && simulator.faultedCalls(openAPIPath) >= 1
                 }
                 #expect(simulator.isAcked(app: "helpdesk", businessId: message.msgId))
                 try await daemon.kill()

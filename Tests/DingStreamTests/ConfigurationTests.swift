@@ -15,6 +15,7 @@ struct ConfigurationTests {
             spool_dir = "/tmp/spool"   # comment
             workers = 8
             handler_timeout = "90s"
+            retry_delay = "2m"
 
             [[app]]
             name = "helpdesk"
@@ -35,6 +36,7 @@ struct ConfigurationTests {
         #expect(configuration.spoolDirectory == "/tmp/spool")
         #expect(configuration.workers == 8)
         #expect(configuration.handlerTimeout == .seconds(90))
+        #expect(configuration.retryDelay == .seconds(120))
         #expect(configuration.apps.map(\.name) == ["helpdesk", "ops"])
         #expect(configuration.apps[0].connections == 3)
         #expect(configuration.apps[0].subscriptions == [.bot, .events, .cards])

@@ -273,6 +273,50 @@ struct HandlerContractTests {
         }
     }
 
+    /// Exit 75 brings the message back after `retry_delay` (doubling); a later success replies once,
+    /// and `max_attempts` ends a message that never succeeds in failed/ with the reason.
+    @Test(.timeLimit(.minutes(1)))
+    func exit75RetriesUntilSuccessOrMaxAttempts() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler(
+            "10-flaky",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo "$DINGSTREAM_TEXT" >> \(harness.root)/runs
+            tries=$(grep -c "^$DINGSTREAM_TEXT$" \(harness.root)/runs)
+            if [ "$DINGSTREAM_TEXT" = never ] || [ "$tries" -lt 3 ]; then echo "backend down" >&2; exit 75; fi
+            printf 'worked on try %s' "$tries"
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.retryDelay = .milliseconds(200)
+            configuration.maxAttempts = 3
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                let flaky = try simulator.injectText("flaky", app: "helpdesk")
+                let never = try simulator.injectText("never", app: "helpdesk")
+                try await harness.waitFor("one message done, one dead-lettered") {
+                    harness.entries(in: "done").count == 1 && harness.entries(in: "failed").count == 1
+                }
+                let runs = harness.lines(of: "runs")
+                #expect(runs.filter { $0 == "flaky" }.count == 3)
+                #expect(runs.filter { $0 == "never" }.count == 3)
+                #expect(Self.reply(to: flaky, in: simulator) == "worked on try 3")
+                #expect(Self.reply(to: never, in: simulator) == nil)
+                #expect(simulator.webhookReplies().count == 1)
+                let failed = try #require(harness.entries(in: "failed").first)
+                let reason = try String(contentsOfFile: harness.spool + "/failed/" + failed.dropLast(5) + ".reason", encoding: .utf8)
+                #expect(reason.contains("backend down"))
+                #expect(reason.contains("attempts: 3 of max_attempts 3"))
+                // Two retries each before the third try.
+                #expect(logs.lines(containing: "asked to retry later").count == 4)
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func worldWritableHandlerIsRefused() async throws {
         let harness = try DaemonHarness()

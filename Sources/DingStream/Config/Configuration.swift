@@ -8,6 +8,9 @@ public struct Configuration: Sendable, Equatable {
     public var workers = 4
     public var handlerTimeout: Duration = .seconds(60)
     public var maxAttempts = 5
+    /// Wait before a message whose handler exited 75 (or whose attachments could not be fetched
+    /// yet) runs again; doubled per attempt, up to an hour.
+    public var retryDelay: Duration = .seconds(30)
     public var dedupWindow: Duration = .seconds(24 * 3600)
     public var retention: Duration = .seconds(7 * 24 * 3600)
     public var maxAttachmentBytes = 20 * 1024 * 1024

@@ -14,7 +14,7 @@ struct ConfigurationReader {
     mutating func read(_ root: TOMLDocument.Table) throws(ConfigurationError) -> Configuration {
         var configuration = Configuration()
         let topLevel: Set<String> = [
-            "spool_dir", "runtime_dir", "workers", "handler_timeout", "max_attempts", "dedup_window",
+            "spool_dir", "runtime_dir", "workers", "handler_timeout", "max_attempts", "retry_delay", "dedup_window",
             "retention", "max_attachment_bytes", "card_timeout", "reply_deadline", "webhook_margin",
             "ready_timeout", "shutdown_grace", "log_level", "app", "channels_config",
         ]
@@ -24,6 +24,7 @@ struct ConfigurationReader {
         if let value = try integer(root, "workers", in: 1...256) { configuration.workers = value }
         if let value = try duration(root, "handler_timeout") { configuration.handlerTimeout = value }
         if let value = try integer(root, "max_attempts", in: 1...1000) { configuration.maxAttempts = value }
+        if let value = try duration(root, "retry_delay") { configuration.retryDelay = value }
         if let value = try duration(root, "dedup_window") { configuration.dedupWindow = value }
         if let value = try duration(root, "retention") { configuration.retention = value }
         if let value = try integer(root, "max_attachment_bytes", in: 0...(1 << 40)) { configuration.maxAttachmentBytes = value }

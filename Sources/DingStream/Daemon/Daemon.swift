@@ -46,9 +46,11 @@ public struct Daemon: Sendable {
         configuredLogger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let logger = configuredLogger
         let notifier = Notifier(environment: environment)
+        // Retries wait in new/ until a rescan finds them due: look often enough for short delays.
+        let rescan = min(max(configuration.retryDelay, .seconds(1)), .seconds(5))
         let spool = Spool(
             directory: configuration.spoolDirectory, dedupWindow: configuration.dedupWindow,
-            retention: configuration.retention, logger: logger)
+            retention: configuration.retention, rescanInterval: rescan, logger: logger)
         do {
             try spool.open()
         } catch {
@@ -63,6 +65,7 @@ public struct Daemon: Sendable {
             DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
+                retryBackoff: Backoff(base: configuration.retryDelay, cap: max(configuration.retryDelay, .seconds(3600))),
                 attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
         }
         let clients = appClients.clients(for: configuration)

@@ -11,14 +11,15 @@ struct DispatchSettings: Sendable {
     var apps: [String: Configuration.App]
     var handlerTimeout: Duration
     var maxAttempts: Int
-    var retryBackoff = Backoff(base: .seconds(30), cap: .seconds(3600))
+    var retryBackoff: Backoff
     /// Downloads the files of bot messages before their handlers run; nil downloads nothing.
     var attachments: AttachmentFetcher?
 
     /// When a message whose `attempt`-th try asked to come back is tried again.
     func nextTry(afterAttempt attempt: Int) -> (delay: Duration, due: Date) {
         let delay = retryBackoff.delay(afterFailures: attempt - 1, unit: Double.random(in: 0.5..<1))
-        return (delay, Date().addingTimeInterval(Double(delay.components.seconds)))
+        let seconds = Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18
+        return (delay, Date().addingTimeInterval(seconds))
     }
 }
 

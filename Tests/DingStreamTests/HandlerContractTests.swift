@@ -108,6 +108,38 @@ struct HandlerContractTests {
         }
     }
 
+    /// A download that fails for now (the file API answers 503) puts the whole message back for
+    /// `retry_delay`; the handler runs once, with the file, when the download works.
+    @Test(.timeLimit(.minutes(1)))
+    func attachmentOutageDelaysTheHandlerUntilTheFileIsThere() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler(
+            "10-file",
+            """
+            #!/bin/sh
+            cat >/dev/null
+            echo run >> \(harness.root)/runs
+            cat "$DINGSTREAM_ATTACHMENTS/report.txt" || echo "no file"
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.retryDelay = .milliseconds(200)
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                try simulator.apply(.http(endpoint: .messageFiles, failure: .serverError(status: 503), count: 2))
+                let message = try simulator.injectBotMessage(
+                    BotMessageSpec(app: "helpdesk", content: .file(name: "report.txt", bytes: Array("numbers".utf8))))
+                try await harness.waitFor("the reply") { Self.reply(to: message, in: simulator) != nil }
+                #expect(Self.reply(to: message, in: simulator) == "numbers")
+                #expect(harness.lines(of: "runs") == ["run"])
+                #expect(simulator.faultedCalls(.messageFiles) == 2)
+                #expect(logs.lines(containing: "attachments not downloaded").count == 2)
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func cardCallbackAnswersInTheAckAndEventsReachHandlers() async throws {
         let harness = try DaemonHarness()

@@ -10,6 +10,26 @@ import Testing
 struct HandlerContractTests {
     static let cardUpdate = #"{"cardUpdateOptions":{"updateCardDataByKey":true},"cardData":{"cardParamMap":{"status":"done"}}}"#
 
+    /// `script(harness)` as the one handler, app "helpdesk" on a fresh simulator, and `body` run
+    /// once the daemon has both sockets live.
+    static func withHelpdeskDaemon(
+        handler script: (DaemonHarness) -> String, configure: (inout Configuration) -> Void = { _ in },
+        _ body: @Sendable (DaemonHarness, DingTalkSimulator, LogCapture) async throws -> Void
+    ) async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-handler", script(harness))
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configure(&configuration)
+            let logs = LogCapture()
+            try await harness.withDaemon(configuration, logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                try await body(harness, simulator, logs)
+            }
+        }
+    }
+
     /// The text of the webhook reply to `message`, if one came.
     static func reply(to message: InjectedMessage, in simulator: DingTalkSimulator) -> String? {
         guard let record = simulator.webhookReplies(app: message.app).first(where: { $0.msgId == message.msgId }),
@@ -112,31 +132,25 @@ struct HandlerContractTests {
     /// `retry_delay`; the handler runs once, with the file, when the download works.
     @Test(.timeLimit(.minutes(1)))
     func attachmentOutageDelaysTheHandlerUntilTheFileIsThere() async throws {
-        let harness = try DaemonHarness()
-        defer { harness.remove() }
-        try harness.addHandler(
-            "10-file",
-            """
-            #!/bin/sh
-            cat >/dev/null
-            echo run >> \(harness.root)/runs
-            cat "$DINGSTREAM_ATTACHMENTS/report.txt" || echo "no file"
-            """)
-        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
-            var configuration = harness.configuration(for: simulator)
-            configuration.retryDelay = .milliseconds(200)
-            let logs = LogCapture()
-            try await harness.withDaemon(configuration, logs: logs) {
-                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
-                try simulator.apply(.http(endpoint: .messageFiles, failure: .serverError(status: 503), count: 2))
-                let message = try simulator.injectBotMessage(
-                    BotMessageSpec(app: "helpdesk", content: .file(name: "report.txt", bytes: Array("numbers".utf8))))
-                try await harness.waitFor("the reply") { Self.reply(to: message, in: simulator) != nil }
-                #expect(Self.reply(to: message, in: simulator) == "numbers")
-                #expect(harness.lines(of: "runs") == ["run"])
-                #expect(simulator.faultedCalls(.messageFiles) == 2)
-                #expect(logs.lines(containing: "attachments not downloaded").count == 2)
-            }
+        try await Self.withHelpdeskDaemon(
+            handler: { harness in
+                """
+                #!/bin/sh
+                cat >/dev/null
+                echo run >> \(harness.root)/runs
+                cat "$DINGSTREAM_ATTACHMENTS/report.txt" || echo "no file"
+                """
+            },
+            configure: { $0.retryDelay = .milliseconds(200) }
+        ) { harness, simulator, logs in
+            try simulator.apply(.http(endpoint: .messageFiles, failure: .serverError(status: 503), count: 2))
+            let message = try simulator.injectBotMessage(
+                BotMessageSpec(app: "helpdesk", content: .file(name: "report.txt", bytes: Array("numbers".utf8))))
+            try await harness.waitFor("the reply") { Self.reply(to: message, in: simulator) != nil }
+            #expect(Self.reply(to: message, in: simulator) == "numbers")
+            #expect(harness.lines(of: "runs") == ["run"])
+            #expect(simulator.faultedCalls(.messageFiles) == 2)
+            #expect(logs.lines(containing: "attachments not downloaded").count == 2)
         }
     }
 
@@ -271,37 +285,33 @@ struct HandlerContractTests {
     /// user and still reach handlers.
     @Test(.timeLimit(.minutes(1)))
     func cardClicksFollowTheAllowlistAndEventsPass() async throws {
-        let harness = try DaemonHarness()
-        defer { harness.remove() }
-        try harness.addHandler(
-            "10-card",
-            """
-            #!/bin/sh
-            cat >/dev/null
-            echo "$DINGSTREAM_KIND" >> \(harness.root)/kinds
-            [ "$DINGSTREAM_KIND" = card ] && printf '%s\\n' '\(Self.cardUpdate)'
-            exit 0
-            """)
-        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
-            var configuration = harness.configuration(for: simulator)
-            configuration.apps[0].subscriptions = [.bot, .events, .cards]
-            configuration.apps[0].allowedUsers = ["boss1"]
-            configuration.cardTimeout = .seconds(30)
-            let logs = LogCapture()
-            try await harness.withDaemon(configuration, logs: logs) {
-                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
-                let refused = try await simulator.injectCardCallback(
-                    app: "helpdesk", outTrackId: "track-stranger", userId: "stranger7", timeout: .seconds(40))
-                #expect(refused == nil)
-                let allowed = try await simulator.injectCardCallback(
-                    app: "helpdesk", outTrackId: "track-boss", userId: "boss1", timeout: .seconds(40))
-                #expect(allowed.flatMap { JSON.object($0) }.map { JSON.encode($0) } == JSON.object(Self.cardUpdate).map { JSON.encode($0) })
-                try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
-                try await harness.waitFor("all three entries done") { harness.entries(in: "done").count == 3 }
-                #expect(harness.lines(of: "kinds").sorted() == ["card", "event"])
-                #expect(logs.lines(containing: "card action from stranger7", "allowed_users", "helpdesk").count == 1)
-                #expect(logs.lines(containing: "boss1", "allowed_users").isEmpty)
+        try await Self.withHelpdeskDaemon(
+            handler: { harness in
+                """
+                #!/bin/sh
+                cat >/dev/null
+                echo "$DINGSTREAM_KIND" >> \(harness.root)/kinds
+                [ "$DINGSTREAM_KIND" = card ] && printf '%s\\n' '\(Self.cardUpdate)'
+                exit 0
+                """
+            },
+            configure: {
+                $0.apps[0].subscriptions = [.bot, .events, .cards]
+                $0.apps[0].allowedUsers = ["boss1"]
+                $0.cardTimeout = .seconds(30)
             }
+        ) { harness, simulator, logs in
+            let refused = try await simulator.injectCardCallback(
+                app: "helpdesk", outTrackId: "track-stranger", userId: "stranger7", timeout: .seconds(40))
+            #expect(refused == nil)
+            let allowed = try await simulator.injectCardCallback(
+                app: "helpdesk", outTrackId: "track-boss", userId: "boss1", timeout: .seconds(40))
+            #expect(allowed.flatMap { JSON.object($0) }.map { JSON.encode($0) } == JSON.object(Self.cardUpdate).map { JSON.encode($0) })
+            try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
+            try await harness.waitFor("all three entries done") { harness.entries(in: "done").count == 3 }
+            #expect(harness.lines(of: "kinds").sorted() == ["card", "event"])
+            #expect(logs.lines(containing: "card action from stranger7", "allowed_users", "helpdesk").count == 1)
+            #expect(logs.lines(containing: "boss1", "allowed_users").isEmpty)
         }
     }
 
@@ -309,43 +319,39 @@ struct HandlerContractTests {
     /// and `max_attempts` ends a message that never succeeds in failed/ with the reason.
     @Test(.timeLimit(.minutes(1)))
     func exit75RetriesUntilSuccessOrMaxAttempts() async throws {
-        let harness = try DaemonHarness()
-        defer { harness.remove() }
-        try harness.addHandler(
-            "10-flaky",
-            """
-            #!/bin/sh
-            cat >/dev/null
-            echo "$DINGSTREAM_TEXT" >> \(harness.root)/runs
-            tries=$(grep -c "^$DINGSTREAM_TEXT$" \(harness.root)/runs)
-            if [ "$DINGSTREAM_TEXT" = never ] || [ "$tries" -lt 3 ]; then echo "backend down" >&2; exit 75; fi
-            printf 'worked on try %s' "$tries"
-            """)
-        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
-            var configuration = harness.configuration(for: simulator)
-            configuration.retryDelay = .milliseconds(200)
-            configuration.maxAttempts = 3
-            let logs = LogCapture()
-            try await harness.withDaemon(configuration, logs: logs) {
-                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
-                let flaky = try simulator.injectText("flaky", app: "helpdesk")
-                let never = try simulator.injectText("never", app: "helpdesk")
-                try await harness.waitFor("one message done, one dead-lettered") {
-                    harness.entries(in: "done").count == 1 && harness.entries(in: "failed").count == 1
-                }
-                let runs = harness.lines(of: "runs")
-                #expect(runs.filter { $0 == "flaky" }.count == 3)
-                #expect(runs.filter { $0 == "never" }.count == 3)
-                #expect(Self.reply(to: flaky, in: simulator) == "worked on try 3")
-                #expect(Self.reply(to: never, in: simulator) == nil)
-                #expect(simulator.webhookReplies().count == 1)
-                let failed = try #require(harness.entries(in: "failed").first)
-                let reason = try String(contentsOfFile: harness.spool + "/failed/" + failed.dropLast(5) + ".reason", encoding: .utf8)
-                #expect(reason.contains("backend down"))
-                #expect(reason.contains("attempts: 3 of max_attempts 3"))
-                // Two retries each before the third try.
-                #expect(logs.lines(containing: "asked to retry later").count == 4)
+        try await Self.withHelpdeskDaemon(
+            handler: { harness in
+                """
+                #!/bin/sh
+                cat >/dev/null
+                echo "$DINGSTREAM_TEXT" >> \(harness.root)/runs
+                tries=$(grep -c "^$DINGSTREAM_TEXT$" \(harness.root)/runs)
+                if [ "$DINGSTREAM_TEXT" = never ] || [ "$tries" -lt 3 ]; then echo "backend down" >&2; exit 75; fi
+                printf 'worked on try %s' "$tries"
+                """
+            },
+            configure: {
+                $0.retryDelay = .milliseconds(200)
+                $0.maxAttempts = 3
             }
+        ) { harness, simulator, logs in
+            let flaky = try simulator.injectText("flaky", app: "helpdesk")
+            let never = try simulator.injectText("never", app: "helpdesk")
+            try await harness.waitFor("one message done, one dead-lettered") {
+                harness.entries(in: "done").count == 1 && harness.entries(in: "failed").count == 1
+            }
+            let runs = harness.lines(of: "runs")
+            #expect(runs.filter { $0 == "flaky" }.count == 3)
+            #expect(runs.filter { $0 == "never" }.count == 3)
+            #expect(Self.reply(to: flaky, in: simulator) == "worked on try 3")
+            #expect(Self.reply(to: never, in: simulator) == nil)
+            #expect(simulator.webhookReplies().count == 1)
+            let failed = try #require(harness.entries(in: "failed").first)
+            let reason = try String(contentsOfFile: harness.spool + "/failed/" + failed.dropLast(5) + ".reason", encoding: .utf8)
+            #expect(reason.contains("backend down"))
+            #expect(reason.contains("attempts: 3 of max_attempts 3"))
+            // Two retries each before the third try.
+            #expect(logs.lines(containing: "asked to retry later").count == 4)
         }
     }
 

@@ -57,6 +57,25 @@ enum FileIO {
         }
     }
 
+    /// Writes the entry `object` (read from `source`) to `target` the maildir way: to `temporary`
+    /// with its data synced, renamed into place, then `folder` synced. On failure `target` is as
+    /// it was and the temporary file is gone.
+    static func writeEntry(
+        _ object: [String: Any], from source: String, through temporary: String, to target: String, folder: String,
+        modified: Date? = nil
+    ) throws(SpoolError) {
+        guard let bytes = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+        else { throw SpoolError(.corrupt, path: source, detail: "(cannot be encoded again)") }
+        try writeFile(temporary, bytes + [UInt8(ascii: "\n")], exclusive: false, sync: true, modified: modified)
+        do {
+            try rename(temporary, target)
+        } catch {
+            try? remove(temporary)
+            throw error
+        }
+        try syncDirectory(folder)
+    }
+
     /// An open directory, for the group commit's many files in one folder: names are resolved
     /// relative to its descriptor instead of walking the whole path for every call.
     final class Directory {
@@ -191,12 +210,14 @@ enum FileIO {
         if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
     }
 
+    /// A C library function that Glibc's module map hides (GNU extensions), looked up at run time.
+    private static func hiddenFunction<Function>(_ name: String, as type: Function.Type) -> Function? {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, name) else { return nil }
+        return unsafeBitCast(symbol, to: type)
+    }
+
     private typealias SyncFS = @convention(c) (Int32) -> Int32
-    // Glibc's module map hides syncfs (a GNU extension); look it up once at run time.
-    private static let syncfsFunction: SyncFS? = {
-        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "syncfs") else { return nil }
-        return unsafeBitCast(symbol, to: SyncFS.self)
-    }()
+    private static let syncfsFunction = hiddenFunction("syncfs", as: SyncFS.self)
 
     static var hasSyncFS: Bool { syncfsFunction != nil }
 
@@ -226,11 +247,7 @@ enum FileIO {
     }
 
     private typealias SetThreadName = @convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32
-    // Hidden by Glibc's module map like syncfs (a GNU extension).
-    private static let setThreadNameFunction: SetThreadName? = {
-        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "pthread_setname_np") else { return nil }
-        return unsafeBitCast(symbol, to: SetThreadName.self)
-    }()
+    private static let setThreadNameFunction = hiddenFunction("pthread_setname_np", as: SetThreadName.self)
 
     /// Names in a directory, without `.` and `..`.
     static func list(_ path: String) throws(SpoolError) -> [String] {

@@ -168,18 +168,10 @@ extension Spool {
         let raw = try FileIO.readFile(source)
         guard var object = JSON.object(raw) else { throw SpoolError(.corrupt, path: source) }
         change(&object)
-        guard let bytes = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { throw SpoolError(.corrupt, path: source, detail: "(cannot be encoded again)") }
-        let temporary = "\(tmpFolder)/\(name.value).\(to.rawValue)"
-        try FileIO.writeFile(temporary, bytes + [UInt8(ascii: "\n")], exclusive: false, sync: true, modified: modified)
-        do {
-            try FileIO.rename(temporary, path(of: name, in: to))
-        } catch {
-            try? FileIO.remove(temporary)
-            throw error
-        }
         // Synced before the unlink, so that a crash never loses both copies.
-        try FileIO.syncDirectory(folder(to))
+        try FileIO.writeEntry(
+            object, from: source, through: "\(tmpFolder)/\(name.value).\(to.rawValue)", to: path(of: name, in: to),
+            folder: folder(to), modified: modified)
         if from != to {
             try FileIO.remove(source)
             try syncDirectorySoon(folder(from))

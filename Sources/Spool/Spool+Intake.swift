@@ -65,6 +65,9 @@ extension Spool {
         if !rest.batch.isEmpty || !rest.syncs.isEmpty { write(rest.batch, syncs: rest.syncs, to: stage) }
     }
 
+    /// Whether one syncfs makes a batch durable (rather than an fdatasync per file).
+    var groupSync: Bool { syncMode == .filesystem && FileIO.hasSyncFS }
+
     /// Makes the state moves behind `syncs` durable: the batch's syncfs already did (their
     /// renames came before it), else their folders are synced here, once each.
     private func finishSyncs(_ syncs: [CommitQueue.SyncRequest], coveredBySync: Bool) {
@@ -148,21 +151,20 @@ extension Spool {
 
         var written = SyncStage.Batch(syncs: syncs)
         if !writes.isEmpty {
-            let perFileSync = !(syncMode == .filesystem && FileIO.hasSyncFS)
             do {
                 let temporaries = try FileIO.Directory(tmpFolder)
                 for item in writes {
                     let file = item.name.fileName
                     do {
-                        try temporaries.createFile(file, item.pending.bytes, sync: perFileSync)
+                        try temporaries.createFile(file, item.pending.bytes, sync: !groupSync)
                         written.written.append((item.name, file, item.pending))
                     } catch {
-                        written.failures.append((item.pending, error))
+                        written.failures.append((item.name, item.pending, error))
                     }
                 }
             } catch {
                 // tmp/ cannot be opened: nothing of this batch is written.
-                written.failures = writes.map { ($0.pending, error) }
+                written.failures = writes.map { ($0.name, $0.pending, error) }
             }
         }
         if !written.isEmpty { stage.hand(written) }
@@ -171,7 +173,6 @@ extension Spool {
     /// The body of the syncer thread: one filesystem sync per round makes the round's files
     /// durable, and also the renames of the round before when those were left for it.
     private func syncLoop(_ stage: SyncStage) {
-        let groupSync = syncMode == .filesystem && FileIO.hasSyncFS
         // Moved into new/ last round; durable once this round's filesystem sync returns.
         var awaitingSync: [(name: EntryName, pending: Pending)] = []
         while let batch = stage.take() {
@@ -202,7 +203,7 @@ extension Spool {
                     if let syncFailure {
                         for item in written {
                             try? temporaries.remove(item.file)
-                            failures.append((item.pending, syncFailure))
+                            failures.append((item.name, item.pending, syncFailure))
                         }
                         written = []
                     }
@@ -213,7 +214,7 @@ extension Spool {
                             committed.append((item.name, item.pending))
                         } catch {
                             try? temporaries.remove(item.file)
-                            failures.append((item.pending, error))
+                            failures.append((item.name, item.pending, error))
                         }
                     }
                     if !committed.isEmpty, !leaveToNextRound {
@@ -225,7 +226,7 @@ extension Spool {
                     }
                 } catch {
                     // tmp/ or new/ cannot be opened: the files stay in tmp/, removed at the next start.
-                    failures += written.map { ($0.pending, error) }
+                    failures += written.map { ($0.name, $0.pending, error) }
                 }
             }
             if leaveToNextRound {
@@ -240,7 +241,7 @@ extension Spool {
     /// Indexes and announces `committed` (in `new/`, durable unless `directoryFailure`), completes
     /// every frame concerned and logs a change of the intake's fault state once.
     private func finish(
-        committed: [(name: EntryName, pending: Pending)], failures: [(pending: Pending, error: SpoolError)],
+        committed: [(name: EntryName, pending: Pending)], failures: [SyncStage.Failure],
         directoryFailure: SpoolError?
     ) {
         guard !committed.isEmpty || !failures.isEmpty else { return }
@@ -259,8 +260,7 @@ extension Spool {
                 }
             }
             for item in failures {
-                let name = EntryName(receivedMillis: item.pending.record.receivedMillis, key: item.pending.record.key)
-                copiesOfFailed.append(state.inFlight.removeValue(forKey: String(name.dedupKey)) ?? [])
+                copiesOfFailed.append(state.inFlight.removeValue(forKey: String(item.name.dedupKey)) ?? [])
             }
             let firstFailure = directoryFailure ?? failures.first?.error
             if let firstFailure {

@@ -32,7 +32,12 @@ public struct IntakeRecord: Sendable {
         self.connection = connection
         self.receivedMillis = receivedMillis
         self.dataIsObject = JSONText.isObject(data)
-        self.botMessage = kind == .bot ? JSON.object(data).flatMap { BotMessage(data: $0) } : nil
+        self.botMessage = Self.botMessage(kind: kind, data: data)
+    }
+
+    /// The typed bot message in `data`, for a bot message whose data is an object.
+    private static func botMessage(kind: MessageKind, data: String) -> BotMessage? {
+        kind == .bot ? JSON.object(data).flatMap { BotMessage(data: $0) } : nil
     }
 
     /// The record of a non-SYSTEM frame, or nil when it carries no usable id.
@@ -120,7 +125,7 @@ public struct IntakeRecord: Sendable {
             name: name, app: app, kind: kind, topic: topic, key: key.id, headers: headers, dataJSON: dataJSON,
             receivedMillis: receivedMillis, connection: connection, attempts: 0, replies: [], delivered: 0,
             deliveryAttempts: 0, raw: Data(bytes),
-            botMessage: botMessage ?? (kind == .bot && dataIsObject ? JSON.object(data).flatMap { BotMessage(data: $0) } : nil))
+            botMessage: botMessage ?? (dataIsObject ? Self.botMessage(kind: kind, data: data) : nil))
     }
 }
 

@@ -210,17 +210,9 @@ public struct SpoolInspector: Sendable {
         let target: EntryState = (object["replies"] as? [Any])?.isEmpty == false ? .outbox : .new
         object["attempts"] = 0
         object["deliveryAttempts"] = 0
-        guard let bytes = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { throw SpoolError(.corrupt, path: source) }
-        let temporary = "\(directory)/tmp/\(name.value).retry"
-        try FileIO.writeFile(temporary, bytes + [UInt8(ascii: "\n")], exclusive: false, sync: true)
-        do {
-            try FileIO.rename(temporary, path(of: name, in: target))
-        } catch {
-            try? FileIO.remove(temporary)
-            throw error
-        }
-        try FileIO.syncDirectory(folder(target))
+        try FileIO.writeEntry(
+            object, from: source, through: "\(directory)/tmp/\(name.value).retry", to: path(of: name, in: target),
+            folder: folder(target))
         try FileIO.remove(source)
         try FileIO.remove("\(folder(.failed))/\(name.value).reason")
         try FileIO.syncDirectory(folder(.failed))

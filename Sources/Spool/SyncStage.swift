@@ -5,11 +5,13 @@ import Foundation
 /// their frames. Each side works while the other waits for the disk, so a burst keeps both cores
 /// busy with file work instead of one thread alternating between writing and waiting.
 final class SyncStage: @unchecked Sendable {
+    typealias Failure = (name: EntryName, pending: Spool.Pending, error: SpoolError)
+
     /// Files written to `tmp/`, not yet durable, with the frames waiting on them.
     struct Batch {
         var written: [(name: EntryName, file: String, pending: Spool.Pending)] = []
         /// Frames whose file could not be written; completed by the syncer, in order with the rest.
-        var failures: [(pending: Spool.Pending, error: SpoolError)] = []
+        var failures: [Failure] = []
         var syncs: [CommitQueue.SyncRequest] = []
 
         var isEmpty: Bool { written.isEmpty && failures.isEmpty && syncs.isEmpty }

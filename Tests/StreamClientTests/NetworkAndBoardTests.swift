@@ -15,10 +15,7 @@ struct NetworkAndBoardTests {
     func tlsWithATestCAKeepsVerificationOn() async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
-        var configuration = SimulatorConfiguration.single(Self.app)
-        configuration.tlsCertificatePath = pki.serverCertificate
-        configuration.tlsPrivateKeyPath = pki.serverKey
-        try await DingTalkSimulator.withRunning(configuration) { sim in
+        try await DingTalkSimulator.withRunning(pki.simulator(app: Self.app)) { sim in
             #expect(sim.baseURL.hasPrefix("https://"))
             // Without the CA the server is not trusted: registration fails, and says where to look.
             // (AsyncHTTPClient retries the handshake until the connect timeout, 5 s here.)
@@ -48,10 +45,7 @@ struct NetworkAndBoardTests {
     func registrationAndSocketGoThroughAConnectProxy() async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
-        var configuration = SimulatorConfiguration.single(Self.app)
-        configuration.tlsCertificatePath = pki.serverCertificate
-        configuration.tlsPrivateKeyPath = pki.serverKey
-        try await DingTalkSimulator.withRunning(configuration) { sim in
+        try await DingTalkSimulator.withRunning(pki.simulator(app: Self.app)) { sim in
             try await ConnectProxy.withRunning { proxy in
                 // The proxy comes from the environment given to the daemon, as `https_proxy`.
                 var network = NetworkSettings.resolve(

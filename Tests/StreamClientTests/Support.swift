@@ -198,6 +198,14 @@ struct TestPKI {
     var serverCertificate: String { directory + "/server.pem" }
     var serverKey: String { directory + "/server.key" }
 
+    /// A simulator of `app` serving HTTPS and WSS with this PKI's server certificate.
+    func simulator(app: String) -> SimulatorConfiguration {
+        var configuration = SimulatorConfiguration.single(app)
+        configuration.tlsCertificatePath = serverCertificate
+        configuration.tlsPrivateKeyPath = serverKey
+        return configuration
+    }
+
     init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("dingstream-pki-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -1,10 +1,11 @@
 # dingstream: `make run` tries it against the built-in simulator, `make test` runs every test.
 SWIFT ?= swift
+SHELL := /bin/bash
 BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
-APT_PACKAGES := libsystemd-dev pkg-config openssl systemd procps util-linux curl
+APT_PACKAGES := libsystemd-dev pkg-config openssl systemd procps util-linux curl binutils dpkg
 
-.PHONY: all deps build build-tests test unit-test system-test run say bench install clean
+.PHONY: all deps build build-tests test unit-test system-test run say bench deb install clean
 
 all: build
 
@@ -24,8 +25,13 @@ build-tests: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 
 # Serial: suites that run spools and handler processes at once starve the 2-core machine.
+# The failures are printed again at the end, where a CI log's tail shows them.
+UNIT_LOG := .build/unit-test.log
 unit-test: build-tests
-	$(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS)
+	@set -o pipefail; $(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS) 2>&1 | tee $(UNIT_LOG) || { \
+	  echo; echo "unit tests failed; the failures (whole log: $(UNIT_LOG)):"; \
+	  grep -E -A3 '✘|error:' $(UNIT_LOG) | grep -v -E '^(◇|✔) ' | tail -n 80; \
+	  exit 1; }
 
 # Boots a real systemd in its own PID and mount namespace and runs the daemon under it
 # (root only; skipped with a note otherwise).
@@ -59,6 +65,12 @@ bench: deps
 	  .build/release/dingstream-bench --peer "$(BENCH_VENV)/bin/python Benchmarks/python_sdk_peer.py" \
 	    --peer-name "python sdk $$($(BENCH_VENV)/bin/python -c 'from dingtalk_stream.version import VERSION_STRING as v; print(v)')"; \
 	else .build/release/dingstream-bench; fi
+
+# The Debian package, from a release build with the Swift runtime linked in (runs without a
+# toolchain): .build/deb/dingstream_<version>_<arch>.deb, for `apt install ./…deb`.
+deb: deps
+	$(SWIFT) build -c release --product dingstream --static-swift-stdlib $(BUILD_FLAGS)
+	packaging/build-deb.sh .build/release/dingstream .build/deb
 
 # A release build installed as a package would: `sudo make install`, then see docs/systemd.md.
 # DESTDIR stages it elsewhere; an existing /etc/dingstream/dingstream.toml is never overwritten.

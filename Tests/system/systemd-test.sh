@@ -3,9 +3,9 @@
 #
 # Boots systemd as PID 1 of its own PID and mount namespace (with /etc, /usr and /var behind
 # throw-away overlays and a private /tmp, so the host is left untouched), installs the given
-# binary with the unit, sysusers, tmpfiles, config and an example handler, runs the simulator on
-# 127.0.0.1 outside the namespace, and checks start/READY, a round trip, journald fields, reload,
-# the watchdog, stop and the security exposure.
+# binary as the Debian package (packaging/build-deb.sh --local) with a config and an example
+# handler, runs the simulator on 127.0.0.1 outside the namespace, and checks start/READY, a round
+# trip, journald fields, reload, the watchdog, stop, the security exposure and package removal.
 #
 # usage: Tests/system/systemd-test.sh path/to/dingstream [path/to/dingstreamPackageTests.xctest]
 #        Tests/system/systemd-test.sh --smoke [path/to/dingstreamPackageTests.xctest]
@@ -33,6 +33,7 @@ pass() { echo "ok - $*"; }
 fail() { echo "not ok - $*"; failures=$((failures + 1)); }
 die() { echo "not ok - $*"; failures=$((failures + 1)); exit 1; }
 
+finished=false
 work=$(mktemp -d "${TMPDIR:-/tmp}/dingstream-systemd-test.XXXXXX")
 unshare_pid=""
 systemd_pid=""
@@ -78,11 +79,13 @@ cleanup() {
     fi
     rm -rf "$work"
     if ((rc == 0 && failures > 0)); then rc=1; fi
+    # Only a run that got to the end may pass, whatever ended it early.
+    if ((rc == 0)) && ! $finished; then echo "not ok - the test stopped before its end"; rc=1; fi
     ((rc == 0)) && echo "# systemd system test passed" || echo "# systemd system test FAILED"
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 # --- boot ---------------------------------------------------------------------------------------
 # container= makes systemd skip what would touch the shared kernel (udev trigger, sysctl,
@@ -147,6 +150,7 @@ EOF
     ns journalctl -u smoke -o json --no-pager | grep -q '"MESSAGE":"smoke-journal-line"' \
         && pass "journalctl -o json shows the unit's output" || fail "journal line missing"
     ns timeout 30 systemctl stop smoke && pass "systemctl stop" || fail "stop"
+    finished=true
     exit $((failures > 0))
 fi
 
@@ -167,14 +171,22 @@ sim_stat() {
 live_sockets() { sim_stat "$1" liveSockets; }
 has_live_socket() { (($(live_sockets "$1") > 0)); }
 
-# --- install ------------------------------------------------------------------------------------
-ns install -d /usr/bin
-put /usr/bin/dingstream 0755 < "$bin"
-put /usr/lib/systemd/system/dingstream.service < "$root/systemd/dingstream.service"
-put /usr/lib/sysusers.d/dingstream.conf < "$root/systemd/dingstream.sysusers"
-put /usr/lib/tmpfiles.d/dingstream.conf < "$root/systemd/dingstream.tmpfiles"
-ns systemd-sysusers /usr/lib/sysusers.d/dingstream.conf >/dev/null
-ns systemd-tmpfiles --create /usr/lib/tmpfiles.d/dingstream.conf
+# --- install: the Debian package, as a user would ---------------------------------------------
+# Built from the binary under test (--local: it may link this machine's Swift runtime).
+deb=$("$root/packaging/build-deb.sh" "$bin" "$work/deb" --local) || die "packaging/build-deb.sh failed"
+put /var/cache/dingstream-systest/dingstream.deb < "$deb"
+if install_out=$(ns dpkg -i /var/cache/dingstream-systest/dingstream.deb 2>&1); then
+    pass "dpkg -i installed the package"
+else
+    die "dpkg -i: $install_out"
+fi
+grep -q "systemctl enable --now dingstream" <<< "$install_out" \
+    && pass "the first install tells what to do next" || fail "no next step after dpkg -i: $install_out"
+[[ $(ns stat -c '%U:%G %a' /var/spool/dingstream) == "dingstream:dingstream 750" \
+    && $(ns stat -c '%U:%G %a' /var/spool/dingstream/handlers) == "root:dingstream 750" \
+    && $(ns stat -c '%U:%G %a' /etc/dingstream/dingstream.toml) == "root:dingstream 640" ]] \
+    && pass "postinst made user dingstream, the spool, handlers/ and the config's group" \
+    || fail "after dpkg -i: $(ns stat -c '%n %U:%G %a' /var/spool/dingstream /var/spool/dingstream/handlers /etc/dingstream/dingstream.toml 2>&1)"
 
 write_config() { # $1: extra TOML appended
     put /etc/dingstream/dingstream.toml 0640 <<EOF
@@ -209,7 +221,7 @@ put /var/spool/dingstream/handlers/10-echo 0755 <<'EOF'
 printf 'echo: %s\n' "$DINGSTREAM_TEXT"
 EOF
 ns systemctl daemon-reload
-pass "installed binary, unit, sysusers, tmpfiles, config, credential and handler"
+pass "configured the app, its credential and a handler"
 
 verify_out=$(ns systemd-analyze verify /usr/lib/systemd/system/dingstream.service 2>&1) \
     && [[ -z $verify_out ]] && pass "systemd-analyze verify is clean" || fail "systemd-analyze verify: $verify_out"
@@ -338,4 +350,30 @@ else
     fail "systemd-analyze security: exposure '${exposure:-unknown}' > 2.0"
 fi
 
+# --- upgrade and removal ------------------------------------------------------------------------
+ns timeout 60 systemctl start dingstream >/dev/null 2>&1 || fail "start before the upgrade"
+pid_before=$(ns systemctl show -p MainPID --value dingstream)
+if upgrade_out=$(ns dpkg -i /var/cache/dingstream-systest/dingstream.deb 2>&1); then
+    pid_after=$(ns systemctl show -p MainPID --value dingstream)
+    [[ $(ns systemctl is-active dingstream) == active && $pid_after != "$pid_before" && $pid_after != 0 ]] \
+        && ns grep -q 'name = "extra"' /etc/dingstream/dingstream.toml \
+        && pass "upgrade over a running daemon restarted it (PID $pid_before -> $pid_after) and kept the edited config" \
+        || fail "after the upgrade: $(ns systemctl is-active dingstream), PID $pid_before -> $pid_after"
+else
+    fail "dpkg -i over the installed package: $upgrade_out"
+fi
+echo "kept" | put /var/spool/dingstream/failed/left-behind 0640
+if remove_out=$(ns dpkg --purge dingstream 2>&1); then
+    if [[ $(ns systemctl is-active dingstream 2>/dev/null) != active ]] && ! ns test -e /usr/bin/dingstream \
+        && ! ns test -e /usr/lib/systemd/system/dingstream.service && ! ns test -e /etc/dingstream/dingstream.toml \
+        && ns test -e /var/spool/dingstream/failed/left-behind; then
+        pass "dpkg --purge stopped the daemon and removed binary, unit and config; the spool is kept"
+    else
+        fail "after dpkg --purge: active=$(ns systemctl is-active dingstream 2>&1) $(ns ls /usr/bin/dingstream /etc/dingstream 2>&1) spool: $(ns ls /var/spool/dingstream/failed 2>&1)"
+    fi
+else
+    fail "dpkg --purge: $remove_out"
+fi
+
+finished=true
 ((failures == 0))

@@ -30,7 +30,7 @@ UNIT_LOG := .build/unit-test.log
 unit-test: build-tests
 	@set -o pipefail; $(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS) 2>&1 | tee $(UNIT_LOG) || { \
 	  echo; echo "unit tests failed; the failures (whole log: $(UNIT_LOG)):"; \
-	  grep -E -A3 '✘|error:' $(UNIT_LOG) | grep -v -E '^(◇|✔) ' | tail -n 80; \
+	  grep -E -A3 '✘|error:' $(UNIT_LOG) | grep -v -E '^(◇|✔) |^↳ ///' | tail -n 80; \
 	  exit 1; }
 
 # Boots a real systemd in its own PID and mount namespace and runs the daemon under it

@@ -66,6 +66,10 @@ public struct NetworkSettings: Sendable {
             configuration.proxy = .server(host: endpoint.host, port: endpoint.port)
         }
         configuration.redirectConfiguration = .disallow
+        // Every caller retries with its own backoff and logs each failure. The client's own
+        // retries would hide a lasting failure (an untrusted certificate, a refused port) until
+        // the connect timeout, and then report it as a timeout.
+        configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 }

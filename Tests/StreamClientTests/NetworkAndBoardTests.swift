@@ -17,11 +17,15 @@ struct NetworkAndBoardTests {
         defer { pki.remove() }
         try await DingTalkSimulator.withRunning(pki.simulator(app: Self.app)) { sim in
             #expect(sim.baseURL.hasPrefix("https://"))
-            // Without the CA the server is not trusted: registration fails, and says where to look.
-            // (AsyncHTTPClient retries the handshake until the connect timeout, 5 s here.)
+            // Without the CA the server is not trusted: registration fails, and says where to look,
+            // at once: the wait below (5 s) ends well before the registration's deadline (10 s)
+            // and the connect timeout (60 s), which a retried handshake would run into.
             let untrusted = CapturedLog()
-            try await withSupervisor(settings(for: sim), logger: untrusted.logger) {
-                try await eventually("the TLS failure") { !untrusted.lines(containing: "registration at https://").isEmpty }
+            let patient = NetworkSettings(connectTimeout: .seconds(60), requestTimeout: .seconds(60))
+            try await withSupervisor(settings(for: sim, network: patient), logger: untrusted.logger) {
+                try await eventually("the TLS failure", timeout: .seconds(5)) {
+                    !untrusted.lines(containing: "registration at https://").isEmpty
+                }
             }
             let failure = try #require(untrusted.lines(containing: "registration at https://").first)
             #expect(failure.contains("certificate"), "\(failure)")

@@ -50,14 +50,23 @@ extension Spool {
         queue.markRunning()
         rescan()
         let interval = Double(Self.millis(rescanInterval)) / 1000
-        var nextMaintenance = Date().addingTimeInterval(interval)
+        var nextRescan = Date().addingTimeInterval(interval)
+        var nextPruneSlice: Date?  // set while a pruning has entries left
         while true {
-            let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: nextMaintenance)
+            let deadline = nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan
+            let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !syncs.isEmpty { write(batch, syncs: syncs, to: stage) }
             if stopping { break }
-            if Date() >= nextMaintenance {
-                maintain()
-                nextMaintenance = Date().addingTimeInterval(interval)
+            var current = Date()
+            if current >= nextRescan {
+                rescan()
+                nextRescan = Date().addingTimeInterval(interval)
+                if nextPruneSlice == nil, pruneDue { nextPruneSlice = current }
+            }
+            if let slice = nextPruneSlice, current >= slice {
+                let more = pruneSlice()
+                current = Date()
+                nextPruneSlice = more ? current.addingTimeInterval(Self.pruneSlicePause) : nil
             }
         }
         // Shutting down: store what is queued, refuse the rest.
@@ -85,14 +94,17 @@ extension Spool {
         for request in syncs { request.completion(failure) }
     }
 
-    private func maintain() {
-        rescan()
-        let due = loop.withLock { now().timeIntervalSince($0.lastPrune) >= Double(Self.millis(pruneInterval)) / 1000 }
-        guard due else { return }
+    private var pruneDue: Bool {
+        loop.withLock { now().timeIntervalSince($0.lastPrune) >= Double(Self.millis(pruneInterval)) / 1000 }
+    }
+
+    /// One slice of pruning; whether entries are left.
+    private func pruneSlice() -> Bool {
         do {
-            try prune()
+            return try prune(limit: Self.pruneSliceLimit)
         } catch {
             logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+            return false
         }
     }
 

@@ -65,6 +65,9 @@ public final class Spool: Sendable {
         /// The intake failure already logged, so it is logged once rather than per frame.
         var fault: SpoolError?
         var lastPrune: Date = .distantPast
+        /// Expired `done/` entries a pruning in slices has still to remove, and when it listed them.
+        var pruneBacklog: [EntryName] = []
+        var pruneStartedAt: Date?
         /// Entries just committed, as `peek` would read them back, so that the dispatcher need
         /// not read and parse the file it was announced. Bounded: without a consumer it stays small.
         var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
@@ -83,6 +86,11 @@ public final class Spool: Sendable {
     /// Rounds of at least this many files leave their directory sync to the next round's
     /// filesystem sync when that round is ready to start (a burst); smaller ones sync at once.
     static let smallestRoundLeftToNext = 64
+
+    /// The writer removes at most this many expired `done/` entries at a time (a few tens of
+    /// milliseconds of unlinks), then stores what arrived for `pruneSlicePause` before the next.
+    static let pruneSliceLimit = 1000
+    static let pruneSlicePause = 0.1
 
     /// - Parameters:
     ///   - directory: the spool root, e.g. `/var/spool/dingstream`.
@@ -204,25 +212,43 @@ public final class Spool: Sendable {
     }
 
     /// Removes `done/` entries older than `retention` (by mtime), first recording their keys in
-    /// `dedup.log` while they are within the dedup window. Then forgets index keys older than the
-    /// window that no longer have a file.
+    /// `dedup.log` while they are within the dedup window; at most `limit` per call, so that the
+    /// writer thread, which stores incoming frames between calls, is never held up for long.
+    /// After the last slice it forgets index keys older than the window that have no file.
+    /// - Returns: whether expired entries are left for the next call.
     /// - Throws: `SpoolError`; the entries that were not pruned stay and are tried next time.
-    func prune() throws(SpoolError) {
+    @discardableResult
+    func prune(limit: Int = .max) throws(SpoolError) -> Bool {
         let current = now()
-        let cutoff = current.addingTimeInterval(-Double(Self.millis(retention)) / 1000)
         let windowStart = Int64((current.timeIntervalSince1970 * 1000).rounded(.down)) - Self.millis(dedupWindow)
-        var expired: [EntryName] = []
-        for file in try FileIO.list(folder(.done)) where file.hasSuffix(".json") {
-            guard let name = EntryName(file), let modified = FileIO.modified(path(of: name, in: .done)) else { continue }
-            if modified < cutoff { expired.append(name) }
+        var (backlog, startedAt) = loop.withLock { ($0.pruneBacklog, $0.pruneStartedAt) }
+        if startedAt == nil {
+            let cutoff = current.addingTimeInterval(-Double(Self.millis(retention)) / 1000)
+            backlog = []
+            for file in try FileIO.list(folder(.done)) where file.hasSuffix(".json") {
+                guard let name = EntryName(file), let modified = FileIO.modified(path(of: name, in: .done)) else { continue }
+                if modified < cutoff { backlog.append(name) }
+            }
+            startedAt = current
         }
-        let records = expired.filter { $0.receivedMillis >= windowStart }
+        // A failure below lists done/ afresh next time.
+        loop.withLock { $0.pruneBacklog = []; $0.pruneStartedAt = nil }
+
+        let slice = backlog.prefix(limit)
+        let records = slice.filter { $0.receivedMillis >= windowStart }
             .map { "\($0.receivedMillis) \($0.dedupKey)\n" }.joined()
         if !records.isEmpty { try FileIO.appendLines(dedupLogPath, records, sync: true) }
-        for name in expired { try FileIO.remove(path(of: name, in: .done)) }
-        if !expired.isEmpty {
+        for name in slice { try FileIO.remove(path(of: name, in: .done)) }
+        if !slice.isEmpty {
             try FileIO.syncDirectory(folder(.done))
-            logger.info("spool: pruned done entries", metadata: ["spool.pruned": "\(expired.count)"])
+            logger.info(
+                "spool: pruned done entries",
+                metadata: ["spool.pruned": "\(slice.count)", "spool.pruneLeft": "\(backlog.count - slice.count)"])
+        }
+        if slice.count < backlog.count {
+            let rest = Array(backlog.dropFirst(slice.count))
+            loop.withLock { $0.pruneBacklog = rest; $0.pruneStartedAt = startedAt }
+            return true
         }
 
         // Keys of files still present stay, whatever their age.
@@ -234,7 +260,8 @@ public final class Spool: Sendable {
         }
         loop.withLock { state in
             state.index = state.index.filter { $0.value >= windowStart || present.contains($0.key) }
-            state.lastPrune = current
+            state.lastPrune = startedAt ?? current
         }
+        return false
     }
 }

@@ -92,6 +92,58 @@ import Testing
         }
     }
 
+    /// A day's worth of `done/` expiring at once is removed in slices by the writer thread, which
+    /// stores incoming frames between them; every pruned key stays a duplicate.
+    @Test(.timeLimit(.minutes(1))) func largePruneGoesInSlicesWhileFramesAreStored() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            let sink = LogSink()
+            let spool = Spool(
+                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600), rescanInterval: .milliseconds(20),
+                logger: sink.logger, now: clock.closure)
+            try spool.open()
+            try await withRunning(spool) {
+                let total = Spool.pruneSliceLimit * 2 + 500
+                let names = await withTaskGroup(of: IntakeOutcome.self) { group in
+                    for index in 0..<total {
+                        group.addTask { await spool.store(botRecord(msgID: "old-\(index)", millis: millis(clock.now))) }
+                    }
+                    var names: [EntryName] = []
+                    for await case .stored(let name) in group { names.append(name) }
+                    return names
+                }
+                try #require(names.count == total)
+                for name in names {
+                    _ = try spool.claim(name)
+                    try spool.complete(name, replies: nil)
+                }
+                try #require(files(root + "/done").count == total)
+
+                clock.advance(2 * 3600)  // past retention and the prune interval, within the dedup window
+                var storedWhilePruning = 0
+                var index = 0
+                while true {
+                    let left = files(root + "/done").count
+                    if left == 0 { break }
+                    let outcome = await spool.store(botRecord(msgID: "new-\(index)", millis: millis(clock.now)))
+                    if case .stored = outcome {} else { Issue.record("not stored while pruning: \(outcome)") }
+                    if left < total { storedWhilePruning += 1 }
+                    index += 1
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                let slices = sink.messages(containing: "spool: pruned done entries")
+                #expect(slices.count == 3, "\(slices)")
+                #expect(slices.allSatisfy { $0.contains("spool.pruned=1000") || $0.contains("spool.pruned=500") }, "\(slices)")
+                #expect(slices.last?.contains("spool.pruneLeft=0") == true, "\(slices)")
+                #expect(storedWhilePruning > 0, "no frame was stored between two slices")
+                for probe in ["old-0", "old-\(total / 2)", "old-\(total - 1)"] {
+                    #expect(await spool.store(botRecord(msgID: probe, millis: millis(clock.now))) == .duplicate, "\(probe)")
+                }
+                #expect(files(root + "/new").count == index)
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func dispatchLifecycleThroughOutboxToDone() async throws {
         try await withTemporaryDirectory { root in
             let clock = TestClock()

@@ -24,6 +24,9 @@ final class LogSink: Sendable {
     func count(_ level: Logger.Level, containing text: String) -> Int {
         lines.withLock { $0.filter { $0.0 == level && $0.1.contains(text) }.count }
     }
+    func messages(containing text: String) -> [String] {
+        lines.withLock { $0.map(\.1).filter { $0.contains(text) } }
+    }
 
     struct Handler: LogHandler {
         let sink: LogSink
@@ -34,7 +37,9 @@ final class LogSink: Sendable {
             set { metadata[key] = newValue }
         }
         func log(event: LogEvent) {
-            sink.lines.withLock { $0.append((event.level, "\(event.message)")) }
+            // The message, then its own metadata as key=value, sorted.
+            let fields = (event.metadata ?? [:]).sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined()
+            sink.lines.withLock { $0.append((event.level, "\(event.message)" + fields)) }
         }
     }
 }

@@ -14,6 +14,13 @@ struct BackoffAndRegistrationTests {
     /// The window after `n` failures: min(cap, base·2ⁿ) with base 1 s, cap 60 s.
     static func ceiling(_ n: Int) -> Double { min(60, pow(2, Double(n))) }
 
+    static func state(_ board: ConnectionBoard, _ time: VirtualTime, _ log: CapturedLog, _ outage: Int) -> String {
+        let sockets = board.snapshot()[app]?.sockets.map(\.connectionID) ?? []
+        let waits = time.sleeps.dropFirst(outage).map { String(format: "%.3f", $0.seconds) }
+        let recent = log.lines.filter { !$0.contains("HTTP 503") }.suffix(8)
+        return "sockets \(sockets), waits after the outage \(waits), last lines: \(recent.joined(separator: " | "))"
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func fullJitterUpToTheCapAndResetOnlyAfterAHealthySocket() async throws {
         var configuration = SimulatorConfiguration.single(Self.app)
@@ -46,7 +53,7 @@ struct BackoffAndRegistrationTests {
                 let young = board.snapshot()[Self.app]!.sockets.map(\.connectionID)
                 try sim.apply(.registration(app: Self.app, failure: .unavailable, count: 3))
                 try sim.disconnect(app: Self.app, mode: .abruptClose)
-                try await eventually("a new socket after the young one closed") {
+                try await eventually("a new socket after the young one closed", state: { Self.state(board, time, log, outage) }) {
                     let sockets = board.snapshot()[Self.app]?.sockets ?? []
                     return sockets.count == 1 && !young.contains(sockets[0].connectionID) && time.sleeps.count == outage + 4
                 }
@@ -59,7 +66,7 @@ struct BackoffAndRegistrationTests {
                 let healthy = board.snapshot()[Self.app]!.sockets.map(\.connectionID)
                 try sim.apply(.registration(app: Self.app, failure: .unavailable, count: 3))
                 try sim.disconnect(app: Self.app, mode: .abruptClose)
-                try await eventually("a new socket after the healthy one closed") {
+                try await eventually("a new socket after the healthy one closed", state: { Self.state(board, time, log, outage) }) {
                     let sockets = board.snapshot()[Self.app]?.sockets ?? []
                     return sockets.count == 1 && !healthy.contains(sockets[0].connectionID) && time.sleeps.count == outage + 7
                 }

@@ -156,12 +156,15 @@ func withSupervisor<R: Sendable>(
 }
 
 /// Polls `condition` until it holds; generous limits, since CI shares two noisy cores.
+/// `state` describes what the test saw instead, for the failure message.
 func eventually(
-    _ what: String, timeout: Duration = .seconds(20), _ condition: @Sendable () -> Bool
+    _ what: String, timeout: Duration = .seconds(20), state: (() -> String)? = nil, _ condition: @Sendable () -> Bool
 ) async throws {
     let end = ContinuousClock.now + timeout
     while !condition() {
-        if ContinuousClock.now >= end { throw TestFailure("timed out after \(timeout) waiting for \(what)") }
+        if ContinuousClock.now >= end {
+            throw TestFailure("timed out after \(timeout) waiting for \(what)" + (state.map { "; instead: " + $0() } ?? ""))
+        }
         try await Task.sleep(for: .milliseconds(10))
     }
 }

@@ -85,6 +85,9 @@ install: deps
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers
 	install -m 0644 etc/handlers/* $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers/
 	install -m 0644 README.md docs/systemd.md $(DESTDIR)$(PREFIX)/share/doc/dingstream/
+	install -D -m 0644 docs/dingstream.8 $(DESTDIR)$(PREFIX)/share/man/man8/dingstream.8
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	.build/release/dingstream --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/dingstream
 	@if [ -e $(DESTDIR)/etc/dingstream/dingstream.toml ]; then \
 	  echo "kept the existing $(DESTDIR)/etc/dingstream/dingstream.toml"; \
 	else \

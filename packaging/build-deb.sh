@@ -61,6 +61,16 @@ install -D -m 0640 "$root/etc/dingstream/dingstream.toml" "$stage/etc/dingstream
 install -d -m 0755 "$stage/usr/share/doc/dingstream/handlers"
 install -m 0644 "$root"/etc/handlers/* "$stage/usr/share/doc/dingstream/handlers/"
 install -m 0644 "$root/README.md" "$root/docs/systemd.md" "$stage/usr/share/doc/dingstream/"
+if command -v groff >/dev/null; then
+    warnings=$(groff -man -ww -z "$root/docs/dingstream.8" 2>&1)
+    [[ -z $warnings ]] || { echo "build-deb: docs/dingstream.8 has roff warnings:" >&2; echo "$warnings" >&2; exit 2; }
+fi
+install -D -m 0644 "$root/docs/dingstream.8" "$stage/usr/share/man/man8/dingstream.8"
+gzip -9n "$stage/usr/share/man/man8/dingstream.8"
+install -d -m 0755 "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"
+"$bin" --generate-completion-script bash > "$stage/usr/share/bash-completion/completions/dingstream"
+"$bin" --generate-completion-script zsh > "$stage/usr/share/zsh/vendor-completions/_dingstream"
+chmod 0644 "$stage/usr/share/bash-completion/completions/dingstream" "$stage/usr/share/zsh/vendor-completions/_dingstream"
 
 install -d -m 0755 "$stage/DEBIAN"
 installed_size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)

@@ -187,6 +187,10 @@ grep -q "systemctl enable --now dingstream" <<< "$install_out" \
     && $(ns stat -c '%U:%G %a' /etc/dingstream/dingstream.toml) == "root:dingstream 640" ]] \
     && pass "postinst made user dingstream, the spool, handlers/ and the config's group" \
     || fail "after dpkg -i: $(ns stat -c '%n %U:%G %a' /var/spool/dingstream /var/spool/dingstream/handlers /etc/dingstream/dingstream.toml 2>&1)"
+[[ $(ns man -w dingstream 2>&1) == /usr/share/man/man8/dingstream.8.gz ]] \
+    && ns bash -c 'source /usr/share/bash-completion/completions/dingstream && complete -p dingstream' >/dev/null 2>&1 \
+    && pass "man dingstream and bash completion are installed" \
+    || fail "man page or completion missing: $(ns man -w dingstream 2>&1)"
 
 write_config() { # $1: extra TOML appended
     put /etc/dingstream/dingstream.toml 0640 <<EOF

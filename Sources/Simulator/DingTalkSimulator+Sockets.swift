@@ -80,7 +80,7 @@ extension DingTalkSimulator {
         let id = core.withLock { c -> Int in
             let id = c.nextSocketId
             c.nextSocketId += 1
-            c.sockets[id] = SocketEntry(id: id, app: app, channel: channel, state: .closed, openedAt: now, openedDeadline: .now(), connectionId: c.rng.hex(32))
+            c.sockets[id] = SocketEntry(id: id, app: app, channel: channel, state: .opening, openedAt: now, openedDeadline: .now(), connectionId: c.rng.hex(32))
             c.stats[app, default: AppStats()].openSockets += 1
             return id
         }
@@ -90,6 +90,8 @@ extension DingTalkSimulator {
             try sync.addHandler(SimSocketHandler(simulator: self, socketId: id, pingInterval: configuration.pingInterval.timeAmount))
         }.map {
             let writes = self.core.withLock { c -> [PendingWrite] in
+                // Taken away (closed, made deaf) while it was opening: it stays so.
+                guard c.sockets[id]?.state == .opening else { return [] }
                 c.setSocketState(id, .live, now: now)
                 return c.flushWaiting(app: app, now: now, recordDetails: self.configuration.recordDetails, redeliveryTimeout: self.redeliveryAmount)
             }
@@ -187,14 +189,15 @@ extension DingTalkSimulator {
         logger.debug("socket disconnected", metadata: ["conn.id": "\(id)", "sim.mode": "\(mode.rawValue)"])
     }
 
-    /// Disconnects every live or deaf socket of `app` (`socket` nil) or one socket.
+    /// Disconnects every open socket of `app` (`socket` nil), including one whose client already
+    /// holds the upgrade answer while the simulator is still setting it up; or one socket.
     public func disconnect(app: String, socket: Int? = nil, mode: DisconnectMode) throws {
         _ = try self.app(named: app)
         if let socket {
             try disconnect(socket: socket, mode: mode)
             return
         }
-        let ids = core.withLock { c in c.sockets.values.filter { $0.app == app && ($0.state == .live || $0.state == .deaf) }.map(\.id) }
+        let ids = core.withLock { c in c.sockets.values.filter { $0.app == app && [.opening, .live, .deaf].contains($0.state) }.map(\.id) }
         for id in ids { try? disconnect(socket: id, mode: mode) }
     }
 }

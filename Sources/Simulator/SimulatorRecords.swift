@@ -13,6 +13,8 @@ public struct RegistrationRecord: Sendable {
 }
 
 public enum SocketState: String, Sendable, Codable {
+    /// Upgraded, its handlers not yet in place; the client may already hold the 101 answer.
+    case opening
     /// Gets pushes and pings.
     case live
     /// Got a `disconnect` frame: no more pushes, acks still accepted, TCP close pending.

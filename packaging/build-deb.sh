@@ -21,6 +21,8 @@ for tool in dpkg-deb dpkg-query readelf ldd strip; do
     command -v "$tool" >/dev/null || { echo "build-deb: $tool not found (apt-get install dpkg binutils)" >&2; exit 2; }
 done
 version=$("$bin" --version | awk '{print $NF}')
+# Debian's usual variables name who built it; without them the package says it was built locally.
+maintainer="${DEBFULLNAME:-dingstream maintainers} <${DEBEMAIL:-dingstream@localhost}>"
 arch=$(dpkg --print-architecture)
 
 # --- Depends from the libraries the binary needs directly ------------------------------------
@@ -57,7 +59,8 @@ $local_only || strip --strip-unneeded "$stage/usr/bin/dingstream"
 install -D -m 0644 "$root/systemd/dingstream.service" "$stage/usr/lib/systemd/system/dingstream.service"
 install -D -m 0644 "$root/systemd/dingstream.sysusers" "$stage/usr/lib/sysusers.d/dingstream.conf"
 install -D -m 0644 "$root/systemd/dingstream.tmpfiles" "$stage/usr/lib/tmpfiles.d/dingstream.conf"
-install -D -m 0640 "$root/etc/dingstream/dingstream.toml" "$stage/etc/dingstream/dingstream.toml"
+# 0644 as policy wants; postinst makes it 0640 root:dingstream (it is meant to hold secrets).
+install -D -m 0644 "$root/etc/dingstream/dingstream.toml" "$stage/etc/dingstream/dingstream.toml"
 install -d -m 0755 "$stage/usr/share/doc/dingstream/handlers"
 install -m 0644 "$root"/etc/handlers/* "$stage/usr/share/doc/dingstream/handlers/"
 install -m 0644 "$root/README.md" "$root/docs/systemd.md" "$stage/usr/share/doc/dingstream/"
@@ -68,9 +71,19 @@ fi
 install -D -m 0644 "$root/docs/dingstream.8" "$stage/usr/share/man/man8/dingstream.8"
 gzip -9n "$stage/usr/share/man/man8/dingstream.8"
 install -d -m 0755 "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"
-"$bin" --generate-completion-script bash > "$stage/usr/share/bash-completion/completions/dingstream"
+# Sourced, not run: no #! line.
+"$bin" --generate-completion-script bash | sed '1{/^#!/d}' > "$stage/usr/share/bash-completion/completions/dingstream"
 "$bin" --generate-completion-script zsh > "$stage/usr/share/zsh/vendor-completions/_dingstream"
 chmod 0644 "$stage/usr/share/bash-completion/completions/dingstream" "$stage/usr/share/zsh/vendor-completions/_dingstream"
+
+# A native package's changelog: one entry for the version being built.
+{
+    echo "dingstream ($version) unstable; urgency=medium"
+    echo
+    echo "  * Built from $(git -C "$root" describe --always --dirty 2>/dev/null || echo "a source tree without git")."
+    echo
+    echo " -- $maintainer  $(date -R ${SOURCE_DATE_EPOCH:+-d @$SOURCE_DATE_EPOCH})"
+} | gzip -9n > "$stage/usr/share/doc/dingstream/changelog.gz"
 
 install -d -m 0755 "$stage/DEBIAN"
 installed_size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
@@ -78,16 +91,17 @@ cat > "$stage/DEBIAN/control" <<EOF
 Package: dingstream
 Version: $version
 Architecture: $arch
-Maintainer: dingstream maintainers <dingstream@localhost>
+Maintainer: $maintainer
 Installed-Size: $installed_size
 Depends: $depends
 Section: net
 Priority: optional
 Description: DingTalk Stream Mode bots for servers, as a systemd daemon
- dingstream connects DingTalk bots to handler programs over DingTalk's Stream Mode (an outbound
- WebSocket: no public URL, no inbound port). Every message is stored durably before it is
- acknowledged and reaches the handlers exactly once across crashes and socket rotations;
- replies go through the session webhook or, once it expired, the robot OpenAPI.
+ dingstream connects DingTalk bots to handler programs over DingTalk's
+ Stream Mode (an outbound WebSocket: no public URL, no inbound port).
+ Every message is stored durably before it is acknowledged and reaches
+ the handlers exactly once across crashes and socket rotations; replies
+ go through the session webhook or, once it expired, the robot OpenAPI.
 EOF
 echo /etc/dingstream/dingstream.toml > "$stage/DEBIAN/conffiles"
 install -m 0755 "$here/debian/postinst" "$here/debian/prerm" "$here/debian/postrm" "$stage/DEBIAN/"

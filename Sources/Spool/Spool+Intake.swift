@@ -57,16 +57,14 @@ extension Spool {
             let (batch, syncs, stopping) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !syncs.isEmpty { write(batch, syncs: syncs, to: stage) }
             if stopping { break }
-            var current = Date()
+            let current = Date()
             if current >= nextRescan {
                 rescan()
                 nextRescan = Date().addingTimeInterval(interval)
                 if nextPruneSlice == nil, pruneDue { nextPruneSlice = current }
             }
             if let slice = nextPruneSlice, current >= slice {
-                let more = pruneSlice()
-                current = Date()
-                nextPruneSlice = more ? current.addingTimeInterval(Self.pruneSlicePause) : nil
+                nextPruneSlice = pruneSlice() ? Date().addingTimeInterval(Self.pruneSlicePause) : nil
             }
         }
         // Shutting down: store what is queued, refuse the rest.

@@ -78,21 +78,7 @@ PREFIX ?= /usr
 DESTDIR ?=
 install: deps
 	$(SWIFT) build -c release --product dingstream $(BUILD_FLAGS)
-	install -D -m 0755 .build/release/dingstream $(DESTDIR)$(PREFIX)/bin/dingstream
-	install -D -m 0644 systemd/dingstream.service $(DESTDIR)$(PREFIX)/lib/systemd/system/dingstream.service
-	install -D -m 0644 systemd/dingstream.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/dingstream.conf
-	install -D -m 0644 systemd/dingstream.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/dingstream.conf
-	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers
-	install -m 0644 etc/handlers/* $(DESTDIR)$(PREFIX)/share/doc/dingstream/handlers/
-	install -m 0644 README.md docs/systemd.md $(DESTDIR)$(PREFIX)/share/doc/dingstream/
-	install -D -m 0644 docs/dingstream.8 $(DESTDIR)$(PREFIX)/share/man/man8/dingstream.8
-	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
-	.build/release/dingstream --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/dingstream
-	@if [ -e $(DESTDIR)/etc/dingstream/dingstream.toml ]; then \
-	  echo "kept the existing $(DESTDIR)/etc/dingstream/dingstream.toml"; \
-	else \
-	  install -D -m 0640 etc/dingstream/dingstream.toml $(DESTDIR)/etc/dingstream/dingstream.toml; \
-	fi
+	packaging/stage.sh .build/release/dingstream "$(DESTDIR)" $(PREFIX)
 	@if [ -z "$(DESTDIR)" ]; then \
 	  systemd-sysusers dingstream.conf && systemd-tmpfiles --create dingstream.conf && \
 	  chgrp dingstream /etc/dingstream/dingstream.toml && (systemctl daemon-reload 2>/dev/null || true); \

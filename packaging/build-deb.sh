@@ -53,28 +53,15 @@ depends=$(printf '%s\n' "${!packages[@]}" systemd | sort -u | paste -sd, | sed '
 stage=$(mktemp -d)
 chmod 0755 "$stage"
 trap 'rm -rf "$stage"' EXIT
-install -D -m 0755 "$bin" "$stage/usr/bin/dingstream"
-# Symbols are half the size of a static Swift binary; a crash report still shows addresses.
-$local_only || strip --strip-unneeded "$stage/usr/bin/dingstream"
-install -D -m 0644 "$root/systemd/dingstream.service" "$stage/usr/lib/systemd/system/dingstream.service"
-install -D -m 0644 "$root/systemd/dingstream.sysusers" "$stage/usr/lib/sysusers.d/dingstream.conf"
-install -D -m 0644 "$root/systemd/dingstream.tmpfiles" "$stage/usr/lib/tmpfiles.d/dingstream.conf"
-# 0644 as policy wants; postinst makes it 0640 root:dingstream (it is meant to hold secrets).
-install -D -m 0644 "$root/etc/dingstream/dingstream.toml" "$stage/etc/dingstream/dingstream.toml"
-install -d -m 0755 "$stage/usr/share/doc/dingstream/handlers"
-install -m 0644 "$root"/etc/handlers/* "$stage/usr/share/doc/dingstream/handlers/"
-install -m 0644 "$root/README.md" "$root/docs/systemd.md" "$stage/usr/share/doc/dingstream/"
 if command -v groff >/dev/null; then
     warnings=$(groff -man -ww -z "$root/docs/dingstream.8" 2>&1)
     [[ -z $warnings ]] || { echo "build-deb: docs/dingstream.8 has roff warnings:" >&2; echo "$warnings" >&2; exit 2; }
 fi
-install -D -m 0644 "$root/docs/dingstream.8" "$stage/usr/share/man/man8/dingstream.8"
-gzip -9n "$stage/usr/share/man/man8/dingstream.8"
-install -d -m 0755 "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"
-# Sourced, not run: no #! line.
-"$bin" --generate-completion-script bash | sed '1{/^#!/d}' > "$stage/usr/share/bash-completion/completions/dingstream"
-"$bin" --generate-completion-script zsh > "$stage/usr/share/zsh/vendor-completions/_dingstream"
-chmod 0644 "$stage/usr/share/bash-completion/completions/dingstream" "$stage/usr/share/zsh/vendor-completions/_dingstream"
+"$here/stage.sh" "$bin" "$stage" /usr >/dev/null
+# Symbols are half the size of a static Swift binary; a crash report still shows addresses.
+$local_only || strip --strip-unneeded "$stage/usr/bin/dingstream"
+# 0644 as policy wants; postinst makes it 0640 root:dingstream (it is meant to hold secrets).
+chmod 0644 "$stage/etc/dingstream/dingstream.toml"
 
 # A native package's changelog: one entry for the version being built.
 {

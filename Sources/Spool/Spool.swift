@@ -66,8 +66,7 @@ public final class Spool: Sendable {
         var fault: SpoolError?
         var lastPrune: Date = .distantPast
         /// Expired `done/` entries a pruning in slices has still to remove, and when it listed them.
-        var pruneBacklog: [EntryName] = []
-        var pruneStartedAt: Date?
+        var pruneBacklog: (names: [EntryName], listedAt: Date)?
         /// Entries just committed, as `peek` would read them back, so that the dispatcher need
         /// not read and parse the file it was announced. Bounded: without a consumer it stays small.
         var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
@@ -221,18 +220,13 @@ public final class Spool: Sendable {
     func prune(limit: Int = .max) throws(SpoolError) -> Bool {
         let current = now()
         let windowStart = Int64((current.timeIntervalSince1970 * 1000).rounded(.down)) - Self.millis(dedupWindow)
-        var (backlog, startedAt) = loop.withLock { ($0.pruneBacklog, $0.pruneStartedAt) }
-        if startedAt == nil {
-            let cutoff = current.addingTimeInterval(-Double(Self.millis(retention)) / 1000)
-            backlog = []
-            for file in try FileIO.list(folder(.done)) where file.hasSuffix(".json") {
-                guard let name = EntryName(file), let modified = FileIO.modified(path(of: name, in: .done)) else { continue }
-                if modified < cutoff { backlog.append(name) }
-            }
-            startedAt = current
+        // Taken out, so that a failure below lists done/ afresh next time.
+        let pending = loop.withLock { state in
+            let taken = state.pruneBacklog
+            state.pruneBacklog = nil
+            return taken
         }
-        // A failure below lists done/ afresh next time.
-        loop.withLock { $0.pruneBacklog = []; $0.pruneStartedAt = nil }
+        let (backlog, startedAt) = if let pending { pending } else { (try expiredDoneEntries(at: current), current) }
 
         let slice = backlog.prefix(limit)
         let records = slice.filter { $0.receivedMillis >= windowStart }
@@ -247,7 +241,7 @@ public final class Spool: Sendable {
         }
         if slice.count < backlog.count {
             let rest = Array(backlog.dropFirst(slice.count))
-            loop.withLock { $0.pruneBacklog = rest; $0.pruneStartedAt = startedAt }
+            loop.withLock { $0.pruneBacklog = (rest, startedAt) }
             return true
         }
 
@@ -260,8 +254,19 @@ public final class Spool: Sendable {
         }
         loop.withLock { state in
             state.index = state.index.filter { $0.value >= windowStart || present.contains($0.key) }
-            state.lastPrune = startedAt ?? current
+            state.lastPrune = startedAt
         }
         return false
+    }
+
+    /// `done/` entries older than `retention` at `current`, by mtime.
+    private func expiredDoneEntries(at current: Date) throws(SpoolError) -> [EntryName] {
+        let cutoff = current.addingTimeInterval(-Double(Self.millis(retention)) / 1000)
+        var expired: [EntryName] = []
+        for file in try FileIO.list(folder(.done)) where file.hasSuffix(".json") {
+            guard let name = EntryName(file), let modified = FileIO.modified(path(of: name, in: .done)) else { continue }
+            if modified < cutoff { expired.append(name) }
+        }
+        return expired
     }
 }

@@ -38,7 +38,9 @@ let package = Package(
             dependencies: ["StreamProtocol", log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL, httpClient, lifecycle],
             swiftSettings: swiftSettings
         ),
-        .target(name: "Spool", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
+        // Debian's libsqlite3: the spool's database (see README, "Why SQLite through the C library").
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "Spool", dependencies: ["StreamProtocol", "CSQLite", log], swiftSettings: swiftSettings),
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",

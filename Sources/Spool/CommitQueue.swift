@@ -1,7 +1,7 @@
 import Foundation
 
-/// The hand-off between `Spool.submit` (any thread, never blocks on I/O) and the spool's commit
-/// thread, which sleeps on a condition variable while there is nothing to commit.
+/// The hand-off between `Spool.submit` and `Spool.perform` (any thread, never block on I/O) and
+/// the spool's writer thread, which sleeps on a condition variable while there is nothing to do.
 ///
 /// A condition variable rather than a continuation: the commit thread is a plain thread, so that
 /// its writes and syncs never occupy one of Swift concurrency's few cooperative threads.
@@ -9,10 +9,7 @@ final class CommitQueue: @unchecked Sendable {
     // Every stored property below is guarded by `condition`.
     private let condition = NSCondition()
     private var pending: [Spool.Pending] = []
-    private var syncs: [SyncRequest] = []
-    /// When the oldest waiting sync request came in.
-    private var syncsSince: Date?
-    private var running = false
+    private var jobs: [Job] = []
     private var stopping = false
     private var closed = false
     private var sleeping = false
@@ -28,32 +25,20 @@ final class CommitQueue: @unchecked Sendable {
         return true
     }
 
-    /// How long sync requests wait for frames to share a filesystem sync with.
-    static let syncDelay: TimeInterval = 0.01
+    /// A state change or read run on the writer thread inside the round's transaction. It returns
+    /// what to do once the transaction ended: nil after COMMIT, else why it was rolled back.
+    /// Given nil instead of the writer (the round failed before it, or the spool is closed), it
+    /// must do nothing.
+    typealias Job = @Sendable (Spool.Writer?) -> @Sendable (SpoolError?) -> Void
 
-    /// Directories whose changes (made before the request) must become durable, and who to tell.
-    struct SyncRequest {
-        var folders: Set<String>
-        var completion: @Sendable (SpoolError?) -> Void
-    }
-
-    /// Hands `request` to the commit thread, whose next filesystem sync covers it (or which syncs
-    /// the folders itself when it has nothing to write); false when that thread is not running.
-    func appendSync(_ request: SyncRequest) -> Bool {
+    /// Queues `job` for the next round; false once the queue is closed.
+    func append(job: @escaping Job) -> Bool {
         condition.lock()
         defer { condition.unlock() }
-        guard running, !closed else { return false }
-        if syncs.isEmpty { syncsSince = Date() }
-        syncs.append(request)
+        guard !closed else { return false }
+        jobs.append(job)
         if sleeping { condition.signal() }
         return true
-    }
-
-    /// Called by the commit thread as it starts.
-    func markRunning() {
-        condition.lock()
-        running = true
-        condition.unlock()
     }
 
     /// Asks the commit thread to finish; it commits what is queued, then `close` refuses the rest.
@@ -65,42 +50,36 @@ final class CommitQueue: @unchecked Sendable {
     }
 
     /// Waits until something is queued, a stop is requested or `deadline` passes, then takes up
-    /// to `limit` items in arrival order (the rest waits for the next call).
-    /// Sync requests are all taken each time; alone, they wait up to `syncDelay` for frames, whose
-    /// filesystem sync then covers them too, so that a quiet moment's directory fsync does not hold
-    /// up the frames arriving just after it.
-    func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], syncs: [SyncRequest], stopping: Bool) {
+    /// to `limit` frames in arrival order (the rest waits for the next call) and every job.
+    func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], jobs: [Job], stopping: Bool) {
         condition.lock()
         defer { condition.unlock() }
-        while pending.isEmpty && !stopping {
-            let wake = syncsSince.map { min(deadline, $0.addingTimeInterval(Self.syncDelay)) } ?? deadline
-            guard Date() < wake else { break }
+        while pending.isEmpty && jobs.isEmpty && !stopping {
+            guard Date() < deadline else { break }
             sleeping = true
-            _ = condition.wait(until: wake)
+            _ = condition.wait(until: deadline)
             sleeping = false
         }
-        let requests = syncs
-        syncs = []
-        syncsSince = nil
+        let taken = jobs
+        jobs = []
         if pending.count <= limit {
             defer { pending = [] }
-            return (pending, requests, stopping)
+            return (pending, taken, stopping)
         }
         let batch = Array(pending.prefix(limit))
         pending.removeFirst(limit)
-        return (batch, requests, stopping)
+        return (batch, taken, stopping)
     }
 
     /// Refuses later appends and returns what is still queued.
-    func close() -> (batch: [Spool.Pending], syncs: [SyncRequest]) {
+    func close() -> (batch: [Spool.Pending], jobs: [Job]) {
         condition.lock()
         defer { condition.unlock() }
         closed = true
         defer {
             pending = []
-            syncs = []
-            syncsSince = nil
+            jobs = []
         }
-        return (pending, syncs)
+        return (pending, jobs)
     }
 }

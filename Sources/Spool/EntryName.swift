@@ -1,20 +1,24 @@
 import StreamProtocol
 
-/// The folders of the spool. The state of a message is the folder its file is in.
+/// Where a message is in its life: stored (`new`), its handlers running, its replies waiting
+/// for delivery (`outbox`), finished (`done`), or a dead letter (`failed`).
 public enum EntryState: String, Sendable, CaseIterable, Codable {
     case new
-    case cur
+    case running
     case outbox
     case done
     case failed
 
-    /// When one name is found in two folders (a crash between link/rename and unlink), the one
-    /// with the higher precedence is the truth: a message whose reply is already in the outbox
-    /// must never be handled again.
+    /// The folder of this state in the 0.1 layout (one file per message).
+    var legacyFolder: String { self == .running ? "cur" : rawValue }
+
+    /// When the 0.1 layout holds one name in two folders (a crash between link/rename and
+    /// unlink), the one with the higher precedence is the truth: a message whose reply is already
+    /// in the outbox must never be handled again.
     var precedence: Int {
         switch self {
         case .new: 0
-        case .cur: 1
+        case .running: 1
         case .outbox: 2
         case .done, .failed: 3
         }

@@ -1,24 +1,17 @@
 import Foundation
 import Logging
 import StreamProtocol
-import Synchronization
 
 /// An entry taken for handling.
 public struct ClaimedEntry: Sendable {
     public var entry: SpoolEntry
-    /// Its file in `cur/` (`DINGSTREAM_MESSAGE_FILE`).
-    public var path: String
+    /// Its message file under `running/` (`DINGSTREAM_MESSAGE_FILE`); nil when none was asked for.
+    public var path: String?
 }
 
-/// An entry read from `new/` and when it may run (its mtime).
+/// An entry in `new` and when it may run (a retry's due time).
 public struct PeekedEntry: Sendable {
     public var entry: SpoolEntry
-    public var notBefore: Date
-}
-
-/// An entry of `new/` and when it may run (its mtime; a retry's due time).
-public struct PendingEntry: Sendable, Equatable {
-    public var name: EntryName
     public var notBefore: Date
 }
 
@@ -28,153 +21,126 @@ public enum DeliveryOutcome: Sendable, Equatable {
     case failed(reason: String)
 }
 
-extension Spool {
-    /// Names in `new/`, in arrival order.
-    /// - Throws: `SpoolError` when `new/` cannot be listed.
-    public func newEntries() throws(SpoolError) -> [EntryName] {
-        try names(in: .new)
-    }
-
-    /// Names in `new/` with their due times, in arrival order.
-    public func pendingEntries() throws(SpoolError) -> [PendingEntry] {
-        try names(in: .new).compactMap { name in
-            FileIO.modified(path(of: name, in: .new)).map { PendingEntry(name: name, notBefore: $0) }
-        }
-    }
-
-    /// Names in `outbox/`, in arrival order (recovery: resume their delivery).
-    public func outboxEntries() throws(SpoolError) -> [EntryName] {
-        try names(in: .outbox)
-    }
-
-    func names(in state: EntryState) throws(SpoolError) -> [EntryName] {
-        try FileIO.list(folder(state)).compactMap { $0.hasSuffix(".json") ? EntryName($0) : nil }.sorted()
-    }
+extension Spool.Writer {
+    private var nowMillis: Int64 { spool.nowMillis }
 
     /// Reads an entry in any state.
-    /// - Throws: `.notFound` when it is not in `state`, `.corrupt` when it does not parse.
-    public func read(_ name: EntryName, in state: EntryState) throws(SpoolError) -> SpoolEntry {
-        let file = path(of: name, in: state)
-        return try SpoolEntry.parse(try FileIO.readFile(file), name: name, path: file)
+    /// - Throws: `.notFound`, or `.corrupt` when its stored payload does not parse.
+    public func read(_ name: EntryName) throws(SpoolError) -> StoredRow {
+        try store.row(name)
     }
 
-    /// Reads an entry of `new/` with its due time (mtime), from one open file.
-    /// - Throws: `.notFound` when it is not in `new/`, `.corrupt` when it does not parse.
-    /// An entry committed by this process moments ago comes from memory (due at once).
+    /// An entry of `new` with its due time. One committed by this process moments ago comes from
+    /// memory (due at once).
+    /// - Throws: `.notFound` when it is not in `new`, `.corrupt` when it does not parse.
     public func peek(_ name: EntryName) throws(SpoolError) -> PeekedEntry {
-        if let committed = loop.withLock({ $0.committed.removeValue(forKey: name) }) {
+        if let committed = committed.removeValue(forKey: name) {
             let entry = committed.record.entry(name: name, bytes: committed.bytes)
             return PeekedEntry(entry: entry, notBefore: Date(timeIntervalSince1970: Double(name.receivedMillis) / 1000))
         }
-        let file = path(of: name, in: .new)
-        let (raw, modified) = try FileIO.readFileAndModified(file)
-        return PeekedEntry(entry: try SpoolEntry.parse(raw, name: name, path: file), notBefore: modified)
+        let row = try store.row(name)
+        guard row.state == .new else { throw SpoolError(.notFound, path: name.value, detail: "in new (it is \(row.state.rawValue))") }
+        return PeekedEntry(entry: row.entry, notBefore: Date(timeIntervalSince1970: Double(row.notBeforeMillis) / 1000))
     }
 
-    /// Moves `name` from `new/` to `cur/` and reads it (unless `entry`, from `peek`, is given: a
-    /// file in `new/` is not rewritten while its one owner holds it). Not synced: a crash puts
-    /// `cur/` back to `new/`.
-    /// - Throws: `.notFound` when it is no longer in `new/` (claimed already; ignore it).
-    ///   `.corrupt` when its file does not parse: it is then in `cur/`, dead-letter it.
-    public func claim(_ name: EntryName, entry: SpoolEntry? = nil) throws(SpoolError) -> ClaimedEntry {
-        let target = path(of: name, in: .cur)
-        try FileIO.rename(path(of: name, in: .new), target)
-        // Once out of new/, a later return (retry, `dingstream spool retry`) is announced afresh.
-        loop.withLock { state in
-            _ = state.announced.remove(name)
-            _ = state.committed.removeValue(forKey: name)
-        }
-        if let entry { return ClaimedEntry(entry: entry, path: target) }
-        return ClaimedEntry(entry: try read(name, in: .cur), path: target)
+    /// Moves `name` from `new` to `running` and returns it (`entry`, from `peek`, saves a read).
+    /// With `messageFile`, the entry is also written to `running/<name>.json` for its handlers
+    /// (not synced: it is a copy, and a crash puts the entry back to `new`).
+    /// - Throws: `.notFound` when it is no longer in `new` (claimed already; ignore it);
+    ///   `.corrupt` when its payload does not parse: dead-letter it.
+    public func claim(_ name: EntryName, entry: SpoolEntry? = nil, messageFile: Bool = true) throws(SpoolError) -> ClaimedEntry {
+        try store.transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
+        announced.remove(name)
+        committed.removeValue(forKey: name)
+        let claimed: SpoolEntry
+        if let entry { claimed = entry } else { claimed = try store.row(name).entry }
+        guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
+        let path = spool.messageFile(of: name)
+        try FileIO.writeFile(path, Array(claimed.handlerInput), exclusive: false, sync: false)
+        return ClaimedEntry(entry: claimed, path: path)
     }
 
-    /// Ends the handling of a claimed entry. With replies, the entry and its replies are written to
-    /// `outbox/` (the commit point: the handler will not run again) and `cur/` is cleared; without,
-    /// `cur/` moves to `done/`.
-    /// - Throws: `SpoolError`; the entry then stays in `cur/` and is handled again after a restart.
+    /// Ends the handling of a claimed entry: with replies it goes to `outbox` (the commit point:
+    /// its handlers will not run again), else to `done`. Its message file is removed.
+    /// - Throws: `SpoolError`; the entry then stays `running` and is handled again after a restart.
     public func complete(_ name: EntryName, replies: [Data]?) throws(SpoolError) {
-        guard let replies, !replies.isEmpty else {
-            try move(name, from: .cur, to: .done)
-            return
+        if let replies, !replies.isEmpty {
+            let texts = replies.map { String(decoding: $0, as: UTF8.self) }
+            try store.transition(
+                name, from: [.running], to: .outbox, change: RowChange(notBeforeMillis: nowMillis, replies: texts, delivered: 0, deliveryAttempts: 0),
+                nowMillis: nowMillis)
+        } else {
+            try store.transition(name, from: [.running], to: .done, change: RowChange(), nowMillis: nowMillis)
         }
-        let texts = replies.map { String(decoding: $0, as: UTF8.self) }
-        try rewrite(name, from: .cur, to: .outbox) { object in
-            object["replies"] = texts
-            object["delivered"] = 0
-            object["deliveryAttempts"] = 0
-        }
+        removeMessageFile(name)
     }
 
-    /// Puts a claimed entry back into `new/` with `attempts` recorded; `entries` announces it again
-    /// once `notBefore` has passed (kept as the file's mtime, so it survives restarts).
-    /// - Throws: `SpoolError`; the entry then stays in `cur/` and runs again after a restart.
+    /// Finishes an entry that no handler needs to see (no runnable handler, a refused sender)
+    /// straight from `new`, without a claim.
+    public func skip(_ name: EntryName) throws(SpoolError) {
+        try store.transition(name, from: [.new, .running], to: .done, change: RowChange(), nowMillis: nowMillis)
+        announced.remove(name)
+        committed.removeValue(forKey: name)
+        removeMessageFile(name)
+    }
+
+    /// Puts a claimed entry back into `new` with `attempts` recorded; it is announced again
+    /// once `notBefore` has passed.
+    /// - Throws: `SpoolError`; the entry then stays `running` and runs again after a restart.
     public func retryLater(_ name: EntryName, attempts: Int, notBefore: Date) throws(SpoolError) {
-        try rewrite(name, from: .cur, to: .new, modified: notBefore) { object in
-            object["attempts"] = attempts
-        }
-        loop.withLock { _ = $0.announced.remove(name) }
+        try store.transition(
+            name, from: [.running], to: .new, change: RowChange(attempts: attempts, notBeforeMillis: Spool.millis(notBefore)),
+            nowMillis: nowMillis)
+        announced.remove(name)
+        removeMessageFile(name)
     }
 
-    /// Moves an entry (from `cur/`, or `new/` or `outbox/` when it is there) to `failed/` and
-    /// writes `failed/<name>.reason` first, so that every dead letter has its reason.
-    /// - Throws: `SpoolError`; `.notFound` when the entry is in none of those folders.
+    /// Makes an entry (running, new or outbox) a dead letter with its reason.
+    /// - Throws: `SpoolError`; `.notFound` when the entry is in none of those states.
     public func deadLetter(_ name: EntryName, reason: String) throws(SpoolError) {
-        guard let state = [EntryState.cur, .new, .outbox].first(where: { FileIO.exists(path(of: name, in: $0)) }) else {
-            throw SpoolError(.notFound, path: name.value)
-        }
-        let reasonPath = "\(folder(.failed))/\(name.value).reason"
         let text = reason.hasSuffix("\n") ? reason : reason + "\n"
-        try FileIO.writeFile(reasonPath, Array(text.utf8), exclusive: false, sync: true)
-        try move(name, from: state, to: .failed)
-        logger.warning("spool: dead letter", metadata: ["msg.key": "\(name)", "spool.reason": "\(reason)"])
+        try store.transition(name, from: [.running, .new, .outbox], to: .failed, change: RowChange(reason: .some(text)), nowMillis: nowMillis)
+        announced.remove(name)
+        committed.removeValue(forKey: name)
+        removeMessageFile(name)
+        spool.logger.warning("spool: dead letter", metadata: ["msg.key": "\(name)", "spool.reason": "\(reason)"])
     }
 
-    /// Records delivery progress of an outbox entry; `notBefore` (the next attempt) is its mtime.
-    /// - Throws: `SpoolError`; the previous progress stays on disk.
-    public func updateOutbox(
-        _ name: EntryName, delivered: Int, deliveryAttempts: Int, notBefore: Date? = nil
-    ) throws(SpoolError) {
-        try rewrite(name, from: .outbox, to: .outbox, modified: notBefore) { object in
-            object["delivered"] = delivered
-            object["deliveryAttempts"] = deliveryAttempts
-        }
+    /// Names in `outbox`, in arrival order (resume their delivery).
+    public func outboxEntries() throws(SpoolError) -> [EntryName] {
+        try store.names(in: .outbox, dueBy: nil, limit: 100_000).map(\.name)
     }
 
-    /// Ends the delivery of an outbox entry: `done/`, or `failed/` with the reason.
-    /// - Throws: `SpoolError`; the entry then stays in `outbox/` and is delivered again after a restart.
+    /// Records delivery progress of an outbox entry.
+    /// - Throws: `SpoolError`; the previous progress stays.
+    public func updateOutbox(_ name: EntryName, delivered: Int, deliveryAttempts: Int, notBefore: Date? = nil) throws(SpoolError) {
+        try store.transition(
+            name, from: [.outbox], to: .outbox,
+            change: RowChange(
+                notBeforeMillis: notBefore.map { Spool.millis($0) }, delivered: delivered, deliveryAttempts: deliveryAttempts),
+            nowMillis: nowMillis)
+    }
+
+    /// Ends the delivery of an outbox entry: `done`, or `failed` with the reason.
+    /// - Throws: `SpoolError`; the entry then stays in `outbox` and is delivered again after a restart.
     public func finishDelivery(_ name: EntryName, outcome: DeliveryOutcome) throws(SpoolError) {
         switch outcome {
-        case .delivered: try move(name, from: .outbox, to: .done)
+        case .delivered: try store.transition(name, from: [.outbox], to: .done, change: RowChange(), nowMillis: nowMillis)
         case .failed(let reason): try deadLetter(name, reason: reason)
         }
     }
 
-    /// One rename, then the target directory synced so the new state survives a crash. Every
-    /// move goes to a state of higher precedence, so the source needs no sync of its own: should
-    /// the old name come back after a crash, `open` keeps the new one.
-    func move(_ name: EntryName, from: EntryState, to: EntryState) throws(SpoolError) {
-        assert(to.precedence > from.precedence, "spool: a move must raise the state's precedence")
-        try FileIO.rename(path(of: name, in: from), path(of: name, in: to))
-        try syncDirectorySoon(folder(to))
+    private func removeMessageFile(_ name: EntryName) {
+        unlink(spool.messageFile(of: name))
     }
+}
 
-    /// Rewrites an entry through tmp/: write, sync, rename into `to/`, sync, then unlink `from/`.
-    /// A crash in between leaves two copies, which `open` resolves by precedence.
-    func rewrite(
-        _ name: EntryName, from: EntryState, to: EntryState, modified: Date? = nil,
-        change: (inout [String: Any]) -> Void
-    ) throws(SpoolError) {
-        let source = path(of: name, in: from)
-        let raw = try FileIO.readFile(source)
-        guard var object = JSON.object(raw) else { throw SpoolError(.corrupt, path: source) }
-        change(&object)
-        // Synced before the unlink, so that a crash never loses both copies.
-        try FileIO.writeEntry(
-            object, from: source, through: "\(tmpFolder)/\(name.value).\(to.rawValue)", to: path(of: name, in: to),
-            folder: folder(to), modified: modified)
-        if from != to {
-            try FileIO.remove(source)
-            try syncDirectorySoon(folder(from))
-        }
+extension SpoolEntry {
+    /// What a handler reads on stdin and in `DINGSTREAM_MESSAGE_FILE`: the stored entry, with
+    /// the attempts so far when there were any.
+    public var handlerInput: Data {
+        guard attempts > 0, var object = JSON.object(raw) else { return raw }
+        object["attempts"] = attempts
+        return Data(JSON.encode(object).utf8) + Data("\n".utf8)
     }
 }

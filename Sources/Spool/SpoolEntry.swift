@@ -12,6 +12,8 @@ public struct IntakeRecord: Sendable {
     public var data: String
     /// Id of the socket the frame arrived on (for the log and the entry).
     public var connection: String
+    /// `<app>/<conversationId>` of a bot message: its handlers run in order with the others there.
+    public var conversation: String?
     /// Epoch milliseconds of arrival; the entry name sorts by it.
     public var receivedMillis: Int64
     /// Whether `data` is a JSON object (stored as is) rather than other text (stored as a string).
@@ -33,6 +35,7 @@ public struct IntakeRecord: Sendable {
         self.receivedMillis = receivedMillis
         self.dataIsObject = JSONText.isObject(data)
         self.botMessage = Self.botMessage(kind: kind, data: data)
+        self.conversation = botMessage.flatMap { $0.conversationID.isEmpty ? nil : app + "/" + $0.conversationID }
     }
 
     /// The typed bot message in `data`, for a bot message whose data is an object.
@@ -48,6 +51,9 @@ public struct IntakeRecord: Sendable {
         if shaped, let msgID = frame.dataObjectMember("msgId") {
             guard let key = MessageKey(app: app, frame: frame, dataMsgID: msgID) else { return nil }
             self.init(app: app, key: key, frame: frame, connection: connection, receivedMillis: receivedMillis, dataIsObject: true, botMessage: nil)
+            if key.kind == .bot, case .some(.some(let id)) = frame.dataObjectMember("conversationId"), !id.isEmpty {
+                conversation = app + "/" + id
+            }
             return
         }
         // What the quick scan cannot vouch for gets the full parse, whose verdict is the reference.
@@ -72,6 +78,7 @@ public struct IntakeRecord: Sendable {
         self.receivedMillis = receivedMillis
         self.dataIsObject = dataIsObject
         self.botMessage = botMessage
+        self.conversation = botMessage.flatMap { $0.conversationID.isEmpty ? nil : app + "/" + $0.conversationID }
     }
 
     /// The entry file: `{app, kind, topic, key, headers, data, receivedAt, connection, attempts}`.

@@ -19,6 +19,10 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case closed
         /// The spool directory itself does not exist.
         case noSpool
+        /// Another process holds a lock on the database (SQLITE_BUSY): someone else writes to it.
+        case locked
+        /// A running daemon owns the spool; `detail` names its pid.
+        case inUse
     }
 
     public var code: Code
@@ -66,6 +70,10 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
             return "spool: \(path) is not a valid spool entry\(doing); inspect it, then move it away or purge it"
         case .ambiguous:
             return "spool: key \(path) matches several entries\(doing); give more of the name"
+        case .locked:
+            return "spool: the database \(path) is locked by another process\(doing); close other writers (a `sqlite3` shell holding a transaction), intake resumes by itself"
+        case .inUse:
+            return "spool: \(path) is in use\(doing); stop that daemon first, or give this one a spool_dir of its own"
         case .closed:
             return "spool: closed\(doing); the daemon is shutting down, the frame stays unacked and will be pushed again"
         }

@@ -6,6 +6,8 @@ public struct SpoolListing: Sendable, Equatable {
     public var state: EntryState
     public var name: EntryName
     public var app: String
+    /// `data.msgId` of a bot message, `eventId` of an event: what DingTalk and the logs call it.
+    public var businessID: String
     /// Sender nick and staff id of a bot message, the event type of an event.
     public var sender: String
     /// The start of the text (bot), or the message type / event type.
@@ -19,16 +21,20 @@ public struct SpoolListing: Sendable, Equatable {
 public struct ShownEntry: Sendable {
     public var state: EntryState
     public var name: EntryName
-    public var path: String
-    /// The entry file as stored.
+    /// The stored entry (what handlers get on stdin).
     public var contents: String
-    /// `failed/<name>.reason`, for dead letters.
+    /// Replies waiting for delivery or delivered, as the handlers printed them.
+    public var replies: [String]
+    public var delivered: Int
+    public var attempts: Int
+    /// A dead letter's reason.
     public var reason: String?
 }
 
-/// Read and repair the spool from outside the daemon (the `dingstream spool` command), while the
-/// daemon runs: reads need no lock because every state change is one rename; retry and purge only
-/// touch `failed/` and `done/`, which the daemon does not write into except by rename.
+/// Reads and repairs the spool from outside the daemon (the `dingstream spool` command), while
+/// the daemon runs: SQLite lets readers in beside the writer (WAL), and retry and purge are
+/// short transactions that only touch dead letters and finished entries, which the daemon no
+/// longer writes. Retried entries are picked up at the daemon's next rescan.
 public struct SpoolInspector: Sendable {
     public let directory: String
     let now: @Sendable () -> Date
@@ -38,43 +44,33 @@ public struct SpoolInspector: Sendable {
         self.now = now
     }
 
-    func folder(_ state: EntryState) -> String { "\(directory)/\(state.rawValue)" }
-    func path(of name: EntryName, in state: EntryState) -> String { "\(folder(state))/\(name.fileName)" }
+    var databasePath: String { "\(directory)/\(SQLiteStore.fileName)" }
 
-    /// A state folder the daemon has not made yet is empty; a missing spool is an error that says
-    /// where it looked.
-    func names(in state: EntryState) throws(SpoolError) -> [EntryName] {
-        guard FileIO.exists(directory) else {
-            throw SpoolError(.noSpool, path: directory)
+    /// A spool the daemon has not created yet is an error that says where it looked.
+    func store(readOnly: Bool = true) throws(SpoolError) -> SQLiteStore {
+        guard FileIO.exists(directory) else { throw SpoolError(.noSpool, path: directory) }
+        guard FileIO.exists(databasePath) else {
+            throw SpoolError(.noSpool, path: directory, detail: "(no \(SQLiteStore.fileName) yet)")
         }
-        guard FileIO.exists(folder(state)) else { return [] }
-        return try FileIO.list(folder(state)).compactMap { $0.hasSuffix(".json") ? EntryName($0) : nil }
+        return try SQLiteStore(existingAt: databasePath, readOnly: readOnly)
     }
 
-    /// Entries per state, newest first. An entry that moves or vanishes while listing is skipped;
-    /// one that does not parse is listed with `(corrupt)` as its excerpt.
-    /// - Throws: `SpoolError` when a state folder cannot be listed (wrong directory, permissions).
+    /// Entries per state, newest first (at most `limit` per state); one whose payload does not
+    /// parse is left out (`show` names it).
+    /// - Throws: `SpoolError` when the database cannot be read (wrong directory, permissions).
     public func list(states: [EntryState] = EntryState.allCases, limit: Int? = nil) throws(SpoolError) -> [SpoolListing] {
-        let nowMillis = Int64((now().timeIntervalSince1970 * 1000).rounded(.down))
-        var result: [SpoolListing] = []
-        for state in states {
-            var names = try names(in: state).sorted(by: >)
-            if let limit { names = Array(names.prefix(limit)) }
-            for name in names {
-                let file = path(of: name, in: state)
-                guard let raw = try? FileIO.readFile(file) else { continue }
-                let age = Duration.milliseconds(max(0, nowMillis - name.receivedMillis))
-                guard let entry = try? SpoolEntry.parse(raw, name: name, path: file) else {
-                    result.append(SpoolListing(state: state, name: name, app: name.app, sender: "", excerpt: "(corrupt)", age: age, attempts: 0))
-                    continue
-                }
-                let (sender, excerpt) = Self.summary(entry)
-                result.append(SpoolListing(
-                    state: state, name: name, app: entry.app, sender: sender, excerpt: excerpt, age: age,
-                    attempts: entry.attempts))
-            }
+        let nowMillis = Spool.millis(now())
+        return try store().listing(states: states, limit: limit).map { row in
+            let (sender, excerpt) = Self.summary(row.entry)
+            return SpoolListing(
+                state: row.state, name: row.entry.name, app: row.entry.app, businessID: row.entry.key, sender: sender,
+                excerpt: excerpt, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts)
         }
-        return result
+    }
+
+    /// How many entries each state holds.
+    public func counts() throws(SpoolError) -> [EntryState: Int] {
+        try store().counts()
     }
 
     static func summary(_ entry: SpoolEntry) -> (sender: String, excerpt: String) {
@@ -106,7 +102,7 @@ public struct SpoolInspector: Sendable {
             let rows = listings.filter { $0.state == state }
             guard !rows.isEmpty else { continue }
             if !out.isEmpty { out += "\n" }
-            out += "\(state.rawValue)/ (\(rows.count))\n"
+            out += "\(state.rawValue) (\(rows.count))\n"
             let cells = [["KEY", "APP", "SENDER", "AGE", "TEXT"]]
                 + rows.map { [$0.name.value, $0.app, $0.sender, formatAge($0.age), $0.excerpt] }
             var widths = [Int](repeating: 0, count: 5)
@@ -125,7 +121,7 @@ public struct SpoolInspector: Sendable {
     public static func json(_ listings: [SpoolListing]) -> String {
         let objects: [[String: Any]] = listings.map { listing in
             [
-                "state": listing.state.rawValue, "key": listing.name.value, "app": listing.app,
+                "state": listing.state.rawValue, "key": listing.name.value, "app": listing.app, "businessId": listing.businessID,
                 "sender": listing.sender, "text": listing.excerpt, "ageSeconds": listing.age.components.seconds,
                 "receivedAt": listing.name.receivedMillis, "attempts": listing.attempts,
             ]
@@ -147,111 +143,109 @@ public struct SpoolInspector: Sendable {
 
     /// Finds an entry by its full name, a unique prefix of it, or the business id (`msgId`, `eventId`).
     /// - Throws: `.notFound`, or `.ambiguous` when a prefix or id matches several entries.
-    public func resolve(_ key: String) throws(SpoolError) -> (state: EntryState, name: EntryName) {
-        var all: [(EntryState, EntryName)] = []
-        for state in EntryState.allCases { all += try names(in: state).map { (state, $0) } }
+    public func resolve(_ key: String) throws(SpoolError) -> StoredRow {
+        try resolve(key, in: store())
+    }
+
+    private func resolve(_ key: String, in store: SQLiteStore) throws(SpoolError) -> StoredRow {
         let trimmed = key.hasSuffix(".json") ? String(key.dropLast(5)) : key
-        if let exact = all.first(where: { $0.1.value == trimmed }) { return exact }
-        var matches = all.filter { $0.1.value.hasPrefix(trimmed) }
-        if matches.isEmpty {
-            // A business id: the name holds its hash, one per app and kind.
-            var hashes: Set<String> = []
-            for app in Set(all.map { $0.1.app }) {
-                for kind in [MessageKind.bot, .event, .card, .other] {
-                    hashes.insert(MessageKey(app: app, kind: kind, id: key).hash)
-                }
-            }
-            matches = all.filter { hashes.contains($0.1.keyHash) }
-        }
+        let matches = try store.lookup(trimmed)
         guard let first = matches.first else { throw SpoolError(.notFound, path: key) }
         guard matches.count == 1 else {
-            throw SpoolError(.ambiguous, path: key, detail: "(\(matches.prefix(5).map { $0.1.value }.joined(separator: ", ")))")
+            throw SpoolError(.ambiguous, path: key, detail: "(\(matches.prefix(5).map(\.value).joined(separator: ", ")))")
         }
-        return first
+        return try store.row(first)
     }
 
     /// The entry for `show KEY`.
-    /// - Throws: like `resolve`, or the read error of its file.
+    /// - Throws: like `resolve`.
     public func show(_ key: String) throws(SpoolError) -> ShownEntry {
-        let (state, name) = try resolve(key)
-        let file = path(of: name, in: state)
-        let contents = String(decoding: try FileIO.readFile(file), as: UTF8.self)
-        let reasonPath = "\(folder(.failed))/\(name.value).reason"
-        let reason = state == .failed ? (try? FileIO.readFile(reasonPath)).map { String(decoding: $0, as: UTF8.self) } : nil
-        return ShownEntry(state: state, name: name, path: file, contents: contents, reason: reason)
+        let row = try resolve(key)
+        return ShownEntry(
+            state: row.state, name: row.entry.name, contents: String(decoding: row.entry.raw, as: UTF8.self),
+            replies: row.entry.replies, delivered: row.entry.delivered, attempts: row.entry.attempts, reason: row.reason)
     }
 
-    /// Puts a dead letter back: to `outbox/` when it failed in delivery (it has replies), else to
-    /// `new/` to run the handlers again; attempts are reset and the reason file removed. The
-    /// running daemon picks it up at its next rescan.
-    /// - Throws: `.notFound` unless the key names an entry in `failed/`; I/O errors leave it there.
+    /// Puts a dead letter back: to `outbox` when it failed in delivery (it has replies), else to
+    /// `new` to run the handlers again; attempts are reset and the reason cleared. The running
+    /// daemon picks it up at its next rescan.
+    /// - Throws: `.notFound` unless the key names a dead letter.
     @discardableResult
     public func retry(_ key: String) throws(SpoolError) -> EntryName {
-        let (state, name) = try resolve(key)
-        guard state == .failed else {
-            throw SpoolError(.notFound, path: key, detail: "in failed/ (it is in \(state.rawValue)/)")
+        let store = try store(readOnly: false)
+        let row = try resolve(key, in: store)
+        guard row.state == .failed else {
+            throw SpoolError(.notFound, path: key, detail: "among the dead letters (it is \(row.state.rawValue))")
         }
-        try retry(name)
-        return name
+        try retry(row, in: store)
+        return row.entry.name
     }
 
     /// Retries every dead letter; returns their names.
     /// - Throws: the first failure; the entries before it were retried.
     public func retryAllFailed() throws(SpoolError) -> [EntryName] {
-        let all = try names(in: .failed).sorted()
-        for name in all { try retry(name) }
-        return all
+        let store = try store(readOnly: false)
+        let rows = try store.listing(states: [.failed], limit: nil).sorted { $0.entry.name < $1.entry.name }
+        for row in rows { try retry(row, in: store) }
+        return rows.map(\.entry.name)
     }
 
-    func retry(_ name: EntryName) throws(SpoolError) {
-        let source = path(of: name, in: .failed)
-        let raw = try FileIO.readFile(source)
-        guard var object = JSON.object(raw) else { throw SpoolError(.corrupt, path: source) }
-        let target: EntryState = (object["replies"] as? [Any])?.isEmpty == false ? .outbox : .new
-        object["attempts"] = 0
-        object["deliveryAttempts"] = 0
-        try FileIO.writeEntry(
-            object, from: source, through: "\(directory)/tmp/\(name.value).retry", to: path(of: name, in: target),
-            folder: folder(target))
-        try FileIO.remove(source)
-        try FileIO.remove("\(folder(.failed))/\(name.value).reason")
-        try FileIO.syncDirectory(folder(.failed))
+    private func retry(_ row: StoredRow, in store: SQLiteStore) throws(SpoolError) {
+        let target: EntryState = row.entry.replies.isEmpty ? .new : .outbox
+        let nowMillis = Spool.millis(now())
+        try store.begin()
+        do throws(SpoolError) {
+            try store.transition(
+                row.entry.name, from: [.failed], to: target,
+                change: RowChange(attempts: 0, notBeforeMillis: nowMillis, deliveryAttempts: 0, reason: .some(nil)),
+                nowMillis: nowMillis)
+            try store.commit()
+        } catch {
+            store.rollback()
+            throw error
+        }
     }
 
-    /// Removes entries of `done/` (or `failed/`, with their reasons) older than `age` by mtime,
-    /// recording their keys in `dedup.log` so that redeliveries within `dedupWindow` stay duplicates.
-    /// - Throws: `SpoolError`; entries not yet removed stay.
+    /// Removes entries of `done` (or `failed`, with their attachments) received more than `age`
+    /// ago. Those still within `dedupWindow` stay as tombstones without payload, so that a late
+    /// redelivery is still recognised.
+    /// - Returns: how many entries were removed.
     @discardableResult
     public func purge(_ state: EntryState = .done, olderThan age: Duration, dedupWindow: Duration = .seconds(24 * 3600)) throws(SpoolError) -> Int {
         guard state == .done || state == .failed else {
-            throw SpoolError(.notFound, path: folder(state), detail: "(only done/ and failed/ can be purged)")
+            throw SpoolError(.notFound, path: state.rawValue, detail: "(only done and failed entries can be purged)")
         }
-        let current = now()
-        let cutoff = current.addingTimeInterval(-Double(Spool.millis(age)) / 1000)
-        let windowStart = Int64((current.timeIntervalSince1970 * 1000).rounded(.down)) - Spool.millis(dedupWindow)
-        var old: [EntryName] = []
-        for name in try names(in: state) {
-            if let modified = FileIO.modified(path(of: name, in: state)), modified < cutoff { old.append(name) }
+        let store = try store(readOnly: false)
+        let nowMillis = Spool.millis(now())
+        let before = nowMillis - Spool.millis(age)
+        let doomed = state == .failed ? try store.listing(states: [.failed], limit: nil).filter { $0.entry.receivedMillis < before } : []
+        var total = 0
+        while true {
+            try store.begin()
+            let touched: Int
+            do throws(SpoolError) {
+                touched = try store.prune(states: [state], receivedBefore: before, dedupFrom: nowMillis - Spool.millis(dedupWindow), limit: 1000)
+                try store.commit()
+            } catch {
+                store.rollback()
+                throw error
+            }
+            total += touched
+            if touched < 1000 { break }
         }
-        let records = old.filter { $0.receivedMillis >= windowStart }.map { "\($0.receivedMillis) \($0.dedupKey)\n" }.joined()
-        if !records.isEmpty { try FileIO.appendLines("\(directory)/dedup.log", records, sync: true) }
-        for name in old {
-            try FileIO.remove(path(of: name, in: state))
-            if state == .failed {
-                try FileIO.remove("\(folder(.failed))/\(name.value).reason")
-                // Dead letters keep their downloaded attachments for a retry; a purge ends that.
-                let attachments = "\(directory)/attachments/\(name.value)"
-                if FileManager.default.fileExists(atPath: attachments) {
-                    do {
-                        try FileManager.default.removeItem(atPath: attachments)
-                    } catch {
-                        throw SpoolError(.io, path: attachments, detail: "removing the attachments of a purged entry: \(error)")
-                    }
+        // Dead letters keep their downloaded attachments for a retry; a purge ends that.
+        for row in doomed {
+            let attachments = "\(directory)/attachments/\(row.entry.name.value)"
+            if FileManager.default.fileExists(atPath: attachments) {
+                do {
+                    try FileManager.default.removeItem(atPath: attachments)
+                } catch {
+                    throw SpoolError(.io, path: attachments, detail: "removing the attachments of a purged entry: \(error)")
                 }
             }
         }
-        if !old.isEmpty { try FileIO.syncDirectory(folder(state)) }
-        return old.count
+        try? store.reclaimSpace()
+        return total
     }
 
     /// Parses `90s`, `15m`, `12h`, `7d`, `2w` (a bare number is seconds); nil when malformed.

@@ -2,6 +2,7 @@ import DingStream
 import Foundation
 import Logging
 import Simulator
+import Spool
 
 /// Durable ingest over real loopback, measured from the simulator's side: the daemon (in process,
 /// spool in a temporary folder on the real filesystem) and optionally a peer client in another
@@ -207,15 +208,9 @@ struct Bench {
         return sorted[min(max(rank, 0), sorted.count - 1)]
     }
 
-    /// Distinct entry names: the dispatcher may move a file between two listings, and it then
-    /// shows up in both.
+    /// Entries stored in the spool, in any state.
     static func countEntries(_ spool: String) -> Int {
-        var names = Set<String>()
-        for folder in ["new", "cur", "outbox", "done", "failed"] {
-            let listed = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []
-            names.formUnion(listed.filter { $0.hasSuffix(".json") })
-        }
-        return names.count
+        ((try? SpoolInspector(directory: spool).counts()) ?? [:]).values.reduce(0, +)
     }
 
     static func loadAverage() -> String {

@@ -72,27 +72,31 @@ struct SpoolCommand: AsyncParsableCommand {
             let inspector = try SpoolCommand.inspector(options)
             try reportingSpoolErrors {
                 let shown = try inspector.show(key)
-                print("\(shown.state.rawValue)/\(shown.name.fileName)")
-                print(shown.contents)
-                if let reason = shown.reason { print("--- reason ---\n\(reason)") }
+                print("\(shown.name)  \(shown.state.rawValue), \(shown.attempts) attempt\(shown.attempts == 1 ? "" : "s")")
+                print(shown.contents, terminator: shown.contents.hasSuffix("\n") ? "" : "\n")
+                if !shown.replies.isEmpty {
+                    print("--- replies (\(shown.delivered) of \(shown.replies.count) delivered) ---")
+                    for reply in shown.replies { print(reply) }
+                }
+                if let reason = shown.reason { print("--- reason ---\n\(reason)", terminator: reason.hasSuffix("\n") ? "" : "\n") }
             }
         }
     }
 
     struct Retry: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Move failed entries back to new/ so handlers run again.")
+        static let configuration = CommandConfiguration(abstract: "Put dead letters back: to new so handlers run again, or to outbox when only their reply failed.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "Entry to retry.") var key: String?
-        @Flag(help: "Retry every entry in failed/.") var allFailed = false
+        @Flag(help: "Retry every dead letter.") var allFailed = false
 
         func run() throws {
             let inspector = try SpoolCommand.inspector(options)
             try reportingSpoolErrors {
                 if allFailed {
                     let names = try inspector.retryAllFailed()
-                    print("\(names.count) entr\(names.count == 1 ? "y" : "ies") moved back to new/")
+                    print("\(names.count) entr\(names.count == 1 ? "y" : "ies") put back")
                 } else if let key {
-                    print("\(try inspector.retry(key)) moved back to new/")
+                    print("\(try inspector.retry(key)) put back")
                 } else {
                     throw ValidationError("name an entry or pass --all-failed")
                 }
@@ -102,7 +106,7 @@ struct SpoolCommand: AsyncParsableCommand {
 
     struct Purge: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Delete done/ or failed/ entries older than an age.",
+            abstract: "Delete done or failed entries received longer ago than an age.",
             discussion: "Their keys stay duplicates for dedup_window, so a late redelivery is still recognised.")
         @OptionGroup var options: ConfigOption
         @Option(help: "Age such as 7d, 12h.") var doneOlderThan: String?
@@ -122,7 +126,7 @@ struct SpoolCommand: AsyncParsableCommand {
                 guard let age = SpoolInspector.parseDuration(text) else { throw ValidationError("\(flag) \(text): write e.g. 7d or 12h") }
                 try reportingSpoolErrors {
                     let count = try inspector.purge(state, olderThan: age, dedupWindow: configuration.dedupWindow)
-                    print("\(count) entr\(count == 1 ? "y" : "ies") purged from \(state.rawValue)/")
+                    print("\(count) \(state.rawValue) entr\(count == 1 ? "y" : "ies") purged")
                 }
             }
         }

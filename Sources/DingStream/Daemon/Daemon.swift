@@ -28,8 +28,11 @@ public struct Daemon: Sendable {
         self.keepalive = keepalive
     }
 
+    /// Exit status when another running daemon owns the spool (EX_UNAVAILABLE).
+    public static let spoolInUseExitStatus: Int32 = 69
+
     /// Runs until SIGTERM/SIGINT (or cancellation). Returns the exit status: 0 after a clean stop,
-    /// 78 for a configuration error, 73 when the spool cannot be opened.
+    /// 78 for a configuration error, 73 when the spool cannot be opened, 69 when another daemon owns it.
     public func run(logger: Logger) async -> Int32 {
         let configuration: Configuration
         do {
@@ -56,8 +59,9 @@ public struct Daemon: Sendable {
         } catch {
             logger.critical("cannot open the spool: \(error)")
             _ = notifier.send(.status("spool error: \(error)"))
-            return 73
+            return error.code == .inUse ? Self.spoolInUseExitStatus : 73
         }
+        defer { spool.close() }
         let board = ConnectionBoard()
         let appClients = AppClients(environment: environment, logger: logger)
         let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {

@@ -73,10 +73,8 @@ final class Dispatcher: Service {
             // Graceful shutdown cancels the feed: the spool's stream only ends after the
             // dispatcher has stopped, so waiting for it would never return.
             await cancelWhenGracefulShutdown {
-                // Entries waiting from before the start (recovery, retries), then whatever commits.
-                if let pending = try? self.spool.pendingEntries() {
-                    for entry in pending { self.offer(entry.name) }
-                }
+                // The spool announces what waits from before the start (recovery, retries) first,
+                // then whatever commits.
                 for await name in self.spool.entries {
                     if Task.isCancelled { break }
                     self.offer(name)
@@ -92,13 +90,13 @@ final class Dispatcher: Service {
     }
 
     /// Queues `name` unless it is already queued or running, or not yet due. The entry is read
-    /// once, on the spool's I/O queue (in announcement order), for its conversation and its handling.
+    /// once, on the spool's writer thread (in announcement order), for its conversation and its handling.
     private func offer(_ name: EntryName) {
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        spool.onIOQueue { [self] in
+        spool.perform { [self] writer in
             let peeked: PeekedEntry?
             do throws(SpoolError) {
-                peeked = try spool.peek(name)
+                peeked = try writer.peek(name)
             } catch where error.code == .notFound {
                 _ = inFlight.withLock { $0.remove(name) }
                 return
@@ -142,15 +140,22 @@ final class Dispatcher: Service {
     private func handle(_ name: EntryName, peeked: SpoolEntry?) async {
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
+        let (scan, fresh) = handlerScans.current()
+        if fresh { logRefusals(scan) }
         let claimed: ClaimedEntry
         do {
-            claimed = try await spool.onIOQueue { [spool] () throws(SpoolError) in try spool.claim(name, entry: peeked) }
+            claimed = try await spool.perform { [runnable = !scan.runnable.isEmpty] writer throws(SpoolError) in
+                try writer.claim(name, entry: peeked, messageFile: runnable)
+            }
         } catch where error.code == .notFound {
+            return
+        } catch where error.code == .corrupt {
+            log.error("cannot read \(name): \(error)")
+            _ = try? await spool.perform { writer throws(SpoolError) in try writer.deadLetter(name, reason: "\(error)") }
             return
         } catch {
             log.error("cannot claim \(name): \(error)")
-            _ = try? await spool.onIOQueue { [spool] () throws(SpoolError) in try spool.deadLetter(name, reason: "\(error)") }
-            return
+            return  // still new: the next rescan offers it again
         }
         let entry = claimed.entry
         log[metadataKey: "app"] = "\(entry.app)"
@@ -161,7 +166,7 @@ final class Dispatcher: Service {
         if let actor = Self.actor(of: entry), let app = current.apps[entry.app], !app.allows(staffID: actor.staffID) {
             log.warning(
                 "\(actor.what) from \(actor.staffID ?? "unknown sender")\(actor.nick.map { " (\($0))" } ?? "") refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
-            await finish { [spool] () throws(SpoolError) in try spool.complete(name, replies: nil) }
+            await finish { writer throws(SpoolError) in try writer.complete(name, replies: nil) }
             return
         }
         var attachmentsFolder: String?
@@ -173,21 +178,19 @@ final class Dispatcher: Service {
             case .retryLater(let reason):
                 let (delay, due) = current.nextTry(afterAttempt: attempts)
                 log.warning("attachments not downloaded (\(reason)); message tried again in \(delay) (attempt \(attempts) of \(current.maxAttempts))")
-                await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 return
             }
         }
-        let (scan, fresh) = handlerScans.current()
-        if fresh { logRefusals(scan) }
         let environment = HandlerEnvironment.make(
-            app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path,
+            app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "",
             attachments: attachmentsFolder, base: baseEnvironment)
         var replies: [Data] = []
         for handler in scan.runnable {
             var handlerLog = log
             handlerLog[metadataKey: "handler.name"] = "\(handler.name)"
             let result = await HandlerRunner.run(
-                executable: handler.path, stdinPath: claimed.path, environment: environment,
+                executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
                 workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
                 stderrTailBytes: 4096)
             progress.add(1, ordering: .relaxed)
@@ -212,26 +215,26 @@ final class Dispatcher: Service {
                 if attempts >= current.maxAttempts {
                     handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
                     failedCount.add(1, ordering: .relaxed)
-                    await finish { [spool] () throws(SpoolError) in
-                        try spool.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
+                    await finish { writer throws(SpoolError) in
+                        try writer.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
                 } else {
                     let (delay, due) = current.nextTry(afterAttempt: attempts)
                     handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(delay)")
-                    await finish { [spool] () throws(SpoolError) in try spool.retryLater(name, attempts: attempts, notBefore: due) }
+                    await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 }
                 return
             case .failed(let reason):
                 handlerLog.error("handler failed: \(reason); message moved to failed/", metadata: ["message.id": "handlerFailed"])
                 failedCount.add(1, ordering: .relaxed)
-                await finish { [spool] () throws(SpoolError) in try spool.deadLetter(name, reason: result.reasonText) }
+                await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: result.reasonText) }
                 return
             }
         }
         if scan.runnable.isEmpty {
             log.warning("no runnable handler in \(handlerScans.path); message marked done without a reply (see dingstream handlers check)")
         }
-        await finish { [spool, replies] () throws(SpoolError) in try spool.complete(name, replies: replies.isEmpty ? nil : replies) }
+        await finish { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
         if !replies.isEmpty { outboxWake() }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
@@ -256,7 +259,7 @@ final class Dispatcher: Service {
 
     var failed: Int { failedCount.load(ordering: .relaxed) }
 
-    private func finish(_ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
+    private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
         await spool.change(logger: logger, body)
     }
 

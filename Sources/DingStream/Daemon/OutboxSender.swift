@@ -47,21 +47,22 @@ final class OutboxSender: Service {
         }
     }
 
-    /// Listing and reading are blocking file I/O: the spool's I/O queue does them.
+    /// Listing and reading are blocking database reads: the spool's writer thread does them.
     private func offerOutbox() {
-        spool.onIOQueue { [self] in
-            guard let names = try? spool.outboxEntries() else { return }
-            for name in names { offer(name) }
+        spool.perform { [self] writer in
+            guard let names = try? writer.outboxEntries() else { return }
+            for name in names { offer(name, writer: writer) }
         }
     }
 
-    /// Runs on the spool's I/O queue.
-    private func offer(_ name: EntryName) {
+    /// Runs on the spool's writer thread.
+    private func offer(_ name: EntryName, writer: Spool.Writer) {
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        guard let entry = try? spool.read(name, in: .outbox) else {
+        guard let row = try? writer.read(name), row.state == .outbox else {
             _ = inFlight.withLock { $0.remove(name) }
             return
         }
+        let entry = row.entry
         let conversation = entry.botMessage.map { entry.app + "/" + $0.conversationID } ?? name.value
         let accepted = scheduler.submit(conversation: conversation) { [self] in
             await deliver(entry)
@@ -77,7 +78,7 @@ final class OutboxSender: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
-            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
+            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
             return
         }
         var parts: [ReplyMessage] = []
@@ -92,10 +93,10 @@ final class OutboxSender: Service {
         let outcome = await deliverer.deliver(
             parts, to: target, firstAttemptAt: entry.receivedMillis, alreadyDelivered: entry.delivered
         ) { [total = parts.count] delivered in
-            // After the last part the rename into done/ below is the record. Rewriting the entry
-            // first (write, fsync, rename) only widens the window in which a kill sends it twice.
+            // After the last part the move to done below is the record. Rewriting the entry
+            // first (one more commit) only widens the window in which a kill sends it twice.
             guard delivered < total else { return }
-            _ = try? await spool.onIOQueue { () throws(SpoolError) in try spool.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts) }
+            _ = try? await spool.perform { writer throws(SpoolError) in try writer.updateOutbox(name, delivered: delivered, deliveryAttempts: attempts) }
         }
         switch outcome {
         case .delivered(let paths, let reported):
@@ -103,17 +104,17 @@ final class OutboxSender: Service {
             for user in reported {
                 log.warning("DingTalk did not deliver to user \(user.id): \(user.reason.rawValue)")
             }
-            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .delivered) }
+            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .delivered) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
             deadLettered.add(1, ordering: .relaxed)
-            await finish { () throws(SpoolError) in try spool.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
+            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart
         }
     }
 
-    private func finish(_ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
+    private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
         await spool.change(logger: logger, body)
     }
 }

@@ -3,11 +3,11 @@ import Logging
 import Spool
 
 extension Spool {
-    /// The watchdog's spool probe: a small file can still be written and synced in tmp/. A wedged
+    /// The watchdog's spool probe: a small file can still be written and synced beside the database. A wedged
     /// filesystem blocks here, the probe misses its deadline and the watchdog stops pinging.
     /// A full disk is not a hang: intake refuses frames and says so, the daemon stays up.
     func canCommit() -> Bool {
-        let failure = probeWriteAndSync(in: directory + "/tmp")
+        let failure = probeWriteAndSync(in: directory + "/running")
         return failure == 0 || failure == ENOSPC || failure == EDQUOT
     }
 }
@@ -26,13 +26,13 @@ func probeWriteAndSync(in directory: String) -> Int32 {
 }
 
 extension Spool {
-    /// Runs a state change of an entry on the spool's I/O queue (off the cooperative threads, its
-    /// directory sync batched with others'). A failure leaves the entry where it was (the error
-    /// says which path and why) and it is handled again after the next start, so logging is all
-    /// there is to do.
-    func change(logger: Logger, _ body: @escaping @Sendable () throws(SpoolError) -> Void) async {
+    /// Runs a state change of an entry on the spool's writer thread (off the cooperative threads,
+    /// its commit shared with the frames and changes of the same round). A failure leaves the
+    /// entry where it was (the error says which path and why) and it is handled again after the
+    /// next start, so logging is all there is to do.
+    func change(logger: Logger, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
         do {
-            try await onIOQueue(body)
+            try await perform(body)
         } catch {
             logger.error("spool: \(error)")
         }

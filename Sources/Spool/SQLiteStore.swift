@@ -1,0 +1,345 @@
+import Foundation
+import StreamProtocol
+
+/// The spool's state in `<spool_dir>/spool.db`: WAL journal with `synchronous=FULL`, so a COMMIT
+/// returns once its WAL frames are fsynced. The schema is described in docs/spool-schema.md.
+final class SQLiteStore: SpoolStore {
+    static let fileName = "spool.db"
+    /// Bumped with every change of the schema; `migrate` brings older files up to it.
+    static let schemaVersion: Int64 = 1
+    /// Rows removed by a prune are tombstones of this state while they still count for dedup.
+    static let purgedState = "purged"
+
+    let connection: SQLiteConnection
+    var path: String { connection.path }
+
+    /// Opens (creating when missing) and migrates the database at `path`.
+    /// - Throws: `SpoolError`; `.corrupt` when the file is not a usable database.
+    init(path: String, busyTimeoutMilliseconds: Int32 = 1000) throws(SpoolError) {
+        connection = try SQLiteConnection(path: path)
+        connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
+        try migrate()
+    }
+
+    /// Opens an existing database for reading and repairs by `dingstream spool` (no migration).
+    init(existingAt path: String, readOnly: Bool) throws(SpoolError) {
+        connection = try SQLiteConnection(path: path, readOnly: readOnly, create: false)
+        connection.setBusyTimeout(milliseconds: 5000)
+        let version = try connection.integer("PRAGMA user_version")
+        guard version <= Self.schemaVersion else {
+            throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); use the newer binary)")
+        }
+    }
+
+    /// Whole-file check, for start-up: a damaged file is moved aside rather than written to.
+    func quickCheck() throws(SpoolError) -> String? {
+        let result = try connection.text("PRAGMA quick_check")
+        return result == "ok" ? nil : result
+    }
+
+    private func migrate() throws(SpoolError) {
+        // auto_vacuum must be chosen before the first table exists.
+        try connection.execute("PRAGMA auto_vacuum = INCREMENTAL", doing: "setting auto_vacuum")
+        let mode = try connection.text("PRAGMA journal_mode = WAL")
+        guard mode == "wal" else {
+            throw SpoolError(.io, path: path, detail: "(the filesystem does not support a WAL journal: journal_mode is \(mode ?? "unknown"))")
+        }
+        try connection.execute("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF", doing: "setting durability")
+        let version = try connection.integer("PRAGMA user_version")
+        guard version <= Self.schemaVersion else {
+            throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); run the newer binary)")
+        }
+        if version == Self.schemaVersion { return }
+        try connection.execute("BEGIN IMMEDIATE", doing: "migrating the schema")
+        do throws(SpoolError) {
+            if version < 1 {
+                try connection.execute(
+                    """
+                    CREATE TABLE message (
+                        id INTEGER PRIMARY KEY,
+                        name TEXT NOT NULL,
+                        app TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        business_id TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        conversation TEXT,
+                        received_ms INTEGER NOT NULL,
+                        changed_ms INTEGER NOT NULL,
+                        not_before_ms INTEGER NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        entry BLOB NOT NULL,
+                        replies TEXT,
+                        delivered INTEGER NOT NULL DEFAULT 0,
+                        delivery_attempts INTEGER NOT NULL DEFAULT 0,
+                        reason TEXT,
+                        UNIQUE (app, kind, business_id)
+                    );
+                    CREATE UNIQUE INDEX message_name ON message (name);
+                    CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox');
+                    CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
+                    """, doing: "creating the schema")
+            }
+            try connection.execute("PRAGMA user_version = \(Self.schemaVersion)", doing: "recording the schema version")
+            try connection.execute("COMMIT", doing: "migrating the schema")
+        } catch {
+            rollback()
+            throw error
+        }
+    }
+
+    // MARK: Transactions
+
+    func begin() throws(SpoolError) {
+        try connection.statement("BEGIN IMMEDIATE").step()
+    }
+
+    func commit() throws(SpoolError) {
+        try connection.statement("COMMIT").step()
+    }
+
+    func rollback() {
+        if connection.inTransaction { try? connection.execute("ROLLBACK") }
+    }
+
+    // MARK: Intake
+
+    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
+        let statement = try connection.statement(
+            """
+            INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
+            VALUES (?1, ?2, ?3, ?4, 'new', ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
+            """)
+        statement.bind(1, name.value)
+        statement.bind(2, record.app)
+        statement.bind(3, record.kind.rawValue)
+        statement.bind(4, record.key.id)
+        statement.bind(5, record.conversation)
+        statement.bind(6, record.receivedMillis)
+        statement.bind(7, nowMillis)
+        statement.bind(8, bytes: bytes)
+        try statement.step()
+        return connection.changes == 1
+    }
+
+    // MARK: Entries
+
+    private static let rowColumns =
+        "name, state, entry, attempts, replies, delivered, delivery_attempts, not_before_ms, changed_ms, reason"
+
+    private func readRow(_ statement: SQLiteStatement) throws(SpoolError) -> StoredRow? {
+        guard let text = statement.text(0), let name = EntryName(text) else { return nil }
+        guard let state = EntryState(rawValue: statement.text(1) ?? "") else { return nil }
+        var entry = try SpoolEntry.parse(statement.data(2), name: name, path: "\(path) entry \(name)")
+        entry.attempts = statement.int(3)
+        if let replies = statement.text(4) { entry.replies = Self.strings(replies) }
+        entry.delivered = statement.int(5)
+        entry.deliveryAttempts = statement.int(6)
+        return StoredRow(
+            entry: entry, state: state, notBeforeMillis: statement.int64(7), changedMillis: statement.int64(8),
+            reason: statement.text(9))
+    }
+
+    func row(_ name: EntryName) throws(SpoolError) -> StoredRow {
+        let statement = try connection.statement("SELECT \(Self.rowColumns) FROM message WHERE name = ?1 AND state != 'purged'")
+        statement.bind(1, name.value)
+        defer { statement.reset() }
+        guard try statement.step(), let row = try readRow(statement) else {
+            throw SpoolError(.notFound, path: name.value)
+        }
+        return row
+    }
+
+    func transition(_ name: EntryName, from: Set<EntryState>, to: EntryState, change: RowChange, nowMillis: Int64) throws(SpoolError) {
+        // One statement per shape of change, each prepared once.
+        var assignments = ["state = ?2", "changed_ms = ?3"]
+        if change.attempts != nil { assignments.append("attempts = ?4") }
+        if change.notBeforeMillis != nil { assignments.append("not_before_ms = ?5") }
+        if change.replies != nil { assignments.append("replies = ?6") }
+        if change.delivered != nil { assignments.append("delivered = ?7") }
+        if change.deliveryAttempts != nil { assignments.append("delivery_attempts = ?8") }
+        if change.reason != nil { assignments.append("reason = ?9") }
+        let states = from.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
+        let statement = try connection.statement(
+            "UPDATE message SET \(assignments.joined(separator: ", ")) WHERE name = ?1 AND state IN (\(states))")
+        statement.bind(1, name.value)
+        statement.bind(2, to.rawValue)
+        statement.bind(3, nowMillis)
+        if let attempts = change.attempts { statement.bind(4, attempts) }
+        if let notBefore = change.notBeforeMillis { statement.bind(5, notBefore) }
+        if let replies = change.replies { statement.bind(6, JSON.encode(replies)) }
+        if let delivered = change.delivered { statement.bind(7, delivered) }
+        if let deliveryAttempts = change.deliveryAttempts { statement.bind(8, deliveryAttempts) }
+        if let reason = change.reason { statement.bind(9, reason) }
+        try statement.step()
+        guard connection.changes == 1 else {
+            throw SpoolError(.notFound, path: name.value, detail: "in \(states)")
+        }
+    }
+
+    func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)] {
+        let statement = try connection.statement(
+            "SELECT name, not_before_ms FROM message WHERE state = ?1 AND not_before_ms <= ?2 ORDER BY name LIMIT ?3")
+        statement.bind(1, state.rawValue)
+        statement.bind(2, dueBy ?? Int64.max)
+        statement.bind(3, limit)
+        var result: [(name: EntryName, notBeforeMillis: Int64)] = []
+        while try statement.step() {
+            if let text = statement.text(0), let name = EntryName(text) { result.append((name, statement.int64(1))) }
+        }
+        return result
+    }
+
+    func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow] {
+        var rows: [StoredRow] = []
+        let statement = try connection.statement(
+            "SELECT \(Self.rowColumns) FROM message WHERE state = ?1 ORDER BY name DESC LIMIT ?2")
+        for state in states {
+            statement.reset()
+            statement.bind(1, state.rawValue)
+            statement.bind(2, limit ?? Int.max)
+            while try statement.step() {
+                do throws(SpoolError) {
+                    if let row = try readRow(statement) { rows.append(row) }
+                } catch {
+                    continue  // an unreadable payload is shown by `show`, not fatal to a listing
+                }
+            }
+        }
+        return rows
+    }
+
+    func counts() throws(SpoolError) -> [EntryState: Int] {
+        let statement = try connection.statement("SELECT state, count(*) FROM message GROUP BY state")
+        var result: [EntryState: Int] = [:]
+        while try statement.step() {
+            if let state = EntryState(rawValue: statement.text(0) ?? "") { result[state] = statement.int(1) }
+        }
+        return result
+    }
+
+    func lookup(_ key: String) throws(SpoolError) -> [EntryName] {
+        let exact = try connection.statement("SELECT name FROM message WHERE (name = ?1 OR business_id = ?1) AND state != 'purged' LIMIT 6")
+        exact.bind(1, key)
+        var names: [EntryName] = []
+        while try exact.step() { if let name = statement(exact) { names.append(name) } }
+        if !names.isEmpty { return names }
+        // A prefix of a name: names sort by arrival, so the range scan uses the name index.
+        let prefix = try connection.statement(
+            "SELECT name FROM message WHERE name >= ?1 AND name < ?2 AND state != 'purged' ORDER BY name LIMIT 6")
+        prefix.bind(1, key)
+        // Names are made of [0-9A-Za-z._-], all below '~'.
+        prefix.bind(2, key + "~")
+        while try prefix.step() { if let name = statement(prefix) { names.append(name) } }
+        return names
+    }
+
+    static func strings(_ json: String) -> [String] {
+        (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String] ?? []
+    }
+
+    private func statement(_ statement: SQLiteStatement) -> EntryName? {
+        statement.text(0).flatMap { EntryName($0) }
+    }
+
+    // MARK: Maintenance
+
+    func resetRunning() throws(SpoolError) -> Int {
+        try connection.statement("UPDATE message SET state = 'new' WHERE state = 'running'").step()
+        return connection.changes
+    }
+
+    func prune(states: Set<EntryState>, receivedBefore before: Int64, dedupFrom: Int64, limit: Int) throws(SpoolError) -> Int {
+        let list = states.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
+        let bound = EntryName.lowerBound(receivedMillis: before)
+        let window = EntryName.lowerBound(receivedMillis: dedupFrom)
+        // Older than the dedup window: gone, as are tombstones that have left it.
+        let delete = try connection.statement(
+            """
+            DELETE FROM message WHERE id IN (SELECT id FROM message WHERE name < ?1 AND name < ?2 AND state IN (\(list), 'purged') LIMIT ?3)
+            """)
+        delete.bind(1, bound)
+        delete.bind(2, window)
+        delete.bind(3, limit)
+        try delete.step()
+        var touched = connection.changes
+        guard touched < limit, before > dedupFrom else { return touched }
+        // Still within the dedup window: the payload goes, the row stays to recognise a redelivery.
+        let tombstone = try connection.statement(
+            """
+            UPDATE message SET state = 'purged', entry = x'', replies = NULL, reason = NULL
+            WHERE id IN (SELECT id FROM message WHERE name >= ?2 AND name < ?1 AND state IN (\(list)) LIMIT ?3)
+            """)
+        tombstone.bind(1, bound)
+        tombstone.bind(2, window)
+        tombstone.bind(3, limit - touched)
+        try tombstone.step()
+        touched += connection.changes
+        return touched
+    }
+
+    func reclaimSpace() throws(SpoolError) {
+        try connection.execute("PRAGMA incremental_vacuum(256)", doing: "reclaiming free pages")
+    }
+
+    // MARK: Upgrade from the folder layout
+
+    /// Dedup records of the folder layout (`dedup.log`): app and key hash, no business id.
+    func insertLegacySeen(_ key: String, receivedMillis: Int64) throws(SpoolError) {
+        let statement = try connection.statement("INSERT OR REPLACE INTO legacy_seen (key, received_ms) VALUES (?1, ?2)")
+        statement.bind(1, key)
+        statement.bind(2, receivedMillis)
+        try statement.step()
+    }
+
+    func legacySeen(since: Int64) throws(SpoolError) -> Set<String> {
+        try connection.statement("DELETE FROM legacy_seen WHERE received_ms < ?1").bindAndStep(since)
+        let statement = try connection.statement("SELECT key FROM legacy_seen")
+        var keys: Set<String> = []
+        while try statement.step() { if let key = statement.text(0) { keys.insert(key) } }
+        return keys
+    }
+
+    /// Stores an entry of the folder layout as it was, in its state.
+    func importEntry(
+        _ entry: SpoolEntry, state: EntryState, notBeforeMillis: Int64, changedMillis: Int64, reason: String?
+    ) throws(SpoolError) -> Bool {
+        let statement = try connection.statement(
+            """
+            INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms,
+                attempts, entry, replies, delivered, delivery_attempts, reason)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING
+            """)
+        statement.bind(1, entry.name.value)
+        statement.bind(2, entry.app)
+        statement.bind(3, entry.kind.rawValue)
+        statement.bind(4, entry.key)
+        statement.bind(5, state.rawValue)
+        statement.bind(6, entry.botMessage.map { entry.app + "/" + $0.conversationID })
+        statement.bind(7, entry.receivedMillis)
+        statement.bind(8, changedMillis)
+        statement.bind(9, notBeforeMillis)
+        statement.bind(10, entry.attempts)
+        statement.bind(11, data: entry.raw)
+        statement.bind(12, entry.replies.isEmpty ? nil : JSON.encode(entry.replies))
+        statement.bind(13, entry.delivered)
+        statement.bind(14, entry.deliveryAttempts)
+        statement.bind(15, reason)
+        try statement.step()
+        return connection.changes == 1
+    }
+}
+
+extension SQLiteStatement {
+    func bindAndStep(_ value: Int64) throws(SpoolError) {
+        bind(1, value)
+        try step()
+    }
+}
+
+extension EntryName {
+    /// The smallest name of an entry received at `receivedMillis`: names sort by arrival.
+    static func lowerBound(receivedMillis: Int64) -> String {
+        let millis = String(max(receivedMillis, 0))
+        return String(repeating: "0", count: max(0, 13 - millis.count)) + millis
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import StreamProtocol
+
+/// What a state change of an entry is allowed to start from; the store refuses anything else
+/// with `.notFound`, so a stale caller can never move an entry backwards.
+public struct StoredRow: Sendable {
+    public var entry: SpoolEntry
+    public var state: EntryState
+    /// When it may run (new) or be delivered again (outbox), epoch milliseconds.
+    public var notBeforeMillis: Int64
+    /// Millis of the last state change.
+    public var changedMillis: Int64
+    /// A dead letter's reason (with the handler's stderr tail).
+    public var reason: String?
+}
+
+/// The engine behind the spool: SQLite on one host, PostgreSQL for several. Every call runs on
+/// the spool's writer thread; the calls between `begin` and `commit` form one transaction, so
+/// that a batch of frames and the state changes queued with it cost one durable commit.
+///
+/// Errors: `.notFound` when the entry is not in a state the call may start from (nothing
+/// changed, the transaction goes on); every other `SpoolError` (disk full, I/O, locked) ends the
+/// transaction, which the caller then rolls back.
+protocol SpoolStore: AnyObject {
+    func begin() throws(SpoolError)
+    func commit() throws(SpoolError)
+    func rollback()
+
+    /// Inserts a new entry unless the same business message (app, kind, business id) is stored:
+    /// true when inserted, false for a duplicate.
+    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool
+
+    /// Reads an entry in any state.
+    func row(_ name: EntryName) throws(SpoolError) -> StoredRow
+    /// Moves a claim from `from` to `to`, setting the given fields; `.notFound` when it is not in `from`.
+    func transition(_ name: EntryName, from: Set<EntryState>, to: EntryState, change: RowChange, nowMillis: Int64) throws(SpoolError)
+
+    /// Names in `state` (`notBeforeMillis` at most `dueBy` when given), in arrival order.
+    func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)]
+    /// Entries per state (newest first, at most `limit` per state) for `dingstream spool ls`.
+    func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow]
+    /// Counts per state.
+    func counts() throws(SpoolError) -> [EntryState: Int]
+    /// Names whose name or business id matches `key` (exact name, name prefix, business id).
+    func lookup(_ key: String) throws(SpoolError) -> [EntryName]
+
+    /// Running entries back to new: what a crash interrupted runs again.
+    func resetRunning() throws(SpoolError) -> Int
+    /// Removes finished entries received before `before` (`done`, or the given states), keeping
+    /// a payload-less tombstone for those received at or after `dedupFrom`; at most `limit`.
+    /// Returns how many rows it touched.
+    func prune(states: Set<EntryState>, receivedBefore before: Int64, dedupFrom: Int64, limit: Int) throws(SpoolError) -> Int
+    /// Returns free pages to the filesystem, a few at a time.
+    func reclaimSpace() throws(SpoolError)
+}
+
+/// Fields a transition sets besides the state.
+public struct RowChange: Sendable {
+    public var attempts: Int?
+    public var notBeforeMillis: Int64?
+    public var replies: [String]?
+    public var delivered: Int?
+    public var deliveryAttempts: Int?
+    public var reason: String??
+
+    public init(
+        attempts: Int? = nil, notBeforeMillis: Int64? = nil, replies: [String]? = nil, delivered: Int? = nil,
+        deliveryAttempts: Int? = nil, reason: String?? = nil
+    ) {
+        self.attempts = attempts
+        self.notBeforeMillis = notBeforeMillis
+        self.replies = replies
+        self.delivered = delivered
+        self.deliveryAttempts = deliveryAttempts
+        self.reason = reason
+    }
+}

@@ -41,6 +41,13 @@ final class CommitQueue: @unchecked Sendable {
         return true
     }
 
+    /// Frames waiting for the next round.
+    var queuedCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return pending.count
+    }
+
     /// Asks the commit thread to finish; it commits what is queued, then `close` refuses the rest.
     func requestStop() {
         condition.lock()

@@ -16,6 +16,10 @@ final class SQLiteStore: SpoolStore {
     /// Opens (creating when missing) and migrates the database at `path`.
     /// - Throws: `SpoolError`; `.corrupt` when the file is not a usable database.
     init(path: String, busyTimeoutMilliseconds: Int32 = 1000) throws(SpoolError) {
+        // SQLite creates files 0644 and gives the WAL the database's mode: create it 0640 first.
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, FileIO.fileMode)
+        guard descriptor >= 0 else { throw SpoolError.posix(errno, path: path, doing: "creating") }
+        close(descriptor)
         connection = try SQLiteConnection(path: path)
         connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         try migrate()

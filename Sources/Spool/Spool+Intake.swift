@@ -126,7 +126,6 @@ extension Spool {
         writer.withLock { writer in
             guard let writer else {
                 failure = SpoolError(.closed, path: directory)
-                duplicates = batch
                 finishes = jobs.map { $0(nil) }
                 return
             }
@@ -153,16 +152,18 @@ extension Spool {
             } catch {
                 writer.store.rollback()
                 failure = error
+                // Jobs the failure came before are told too, without running.
+                finishes += jobs.dropFirst(finishes.count).map { $0(nil) }
             }
             writer.abort = nil
             if let failure {
-                if !stored.isEmpty || !duplicates.isEmpty {
+                if !batch.isEmpty {
                     if writer.fault?.code != failure.code { logFailure = failure }
                     writer.fault = failure
                 }
                 return
             }
-            if writer.fault != nil, !stored.isEmpty || !duplicates.isEmpty {
+            if writer.fault != nil, !batch.isEmpty {
                 writer.fault = nil
                 logRecovery = true
             }
@@ -182,8 +183,8 @@ extension Spool {
             logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
         }
         if let failure {
-            for item in stored { item.pending.completion(.failed(failure)) }
-            for pending in duplicates { pending.completion(.failed(failure)) }
+            // Every frame of the round, also those the failure came before.
+            for pending in batch { pending.completion(.failed(failure)) }
             for finish in finishes { finish(failure) }
             return
         }

@@ -29,6 +29,7 @@ func run(_ program: String, _ arguments: [String]) throws -> Int32 {
             let sink = LogSink()
             let spool = Spool(directory: root + "/spool", logger: sink.logger)
             try spool.open()
+            defer { spool.close() }
 
             try await withRunning(spool) {
                 guard case .stored = await spool.store(botRecord(msgID: "before")) else {
@@ -54,8 +55,7 @@ func run(_ program: String, _ arguments: [String]) throws -> Int32 {
                     #expect(error.description.contains("free space"))
                 }
                 // Nothing half-written, nothing visible to the dispatcher.
-                #expect(files(root + "/spool/tmp").isEmpty)
-                #expect(files(root + "/spool/new").count == 1)
+                #expect(try spool.names(in: .new).count == 1)
                 #expect(sink.count(.error, containing: "disk full") == 1)
 
                 try FileManager.default.removeItem(atPath: filler)
@@ -64,8 +64,8 @@ func run(_ program: String, _ arguments: [String]) throws -> Int32 {
                     Issue.record("intake must resume once space is free, got \(after)")
                     return
                 }
-                #expect(try spool.read(name, in: .new).key == "during")
-                #expect(files(root + "/spool/new").count == 2)
+                #expect(try spool.row(name).entry.key == "during")
+                #expect(try spool.names(in: .new).count == 2)
                 #expect(sink.count(.notice, containing: "recovered") == 1)
             }
         }

@@ -6,44 +6,37 @@ import Testing
 @testable import Spool
 
 @Suite struct SpoolRecoveryTests {
-    func write(_ root: String, _ folder: String, _ name: EntryName, attempts: Int = 0) throws {
-        let text = "{\"app\":\"helpdesk\",\"kind\":\"bot\",\"key\":\"\(name.keyHash)\",\"headers\":{},\"data\":{},\"attempts\":\(attempts)}\n"
-        try text.write(toFile: "\(root)/\(folder)/\(name.fileName)", atomically: false, encoding: .utf8)
-    }
-
     func name(_ id: String, _ millis: Int64 = 1_700_000_000_000) -> EntryName {
         EntryName(receivedMillis: millis, key: MessageKey(app: "helpdesk", kind: .bot, id: id))
     }
 
-    @Test(.timeLimit(.minutes(1))) func openRecoversAfterACrash() async throws {
+    /// A crash while handlers run (no `complete`) leaves the entry `running`; the next start
+    /// makes it runnable again and announces it, and its stale message file is gone.
+    @Test(.timeLimit(.minutes(1))) func entriesInterruptedByACrashRunAgain() async throws {
         try await withTemporaryDirectory { root in
-            try Spool(directory: root, logger: LogSink().logger).open()
-            try "{\"app\":\"help".write(toFile: root + "/tmp/partial.json", atomically: false, encoding: .utf8)
-            let handling = name("handling")
-            let replied = name("replied")
-            let finished = name("finished")
-            let waiting = name("waiting")
-            try write(root, "cur", handling)
-            try write(root, "cur", replied)
-            try write(root, "outbox", replied)  // crash after the outbox commit, before unlink of cur/
-            try write(root, "new", finished)
-            try write(root, "done", finished)  // crash between link into done/ and unlink of new/
-            try write(root, "new", waiting)
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            let stored = try await withRunning(spool) {
+                [await spool.store(botRecord(msgID: "handling")), await spool.store(botRecord(msgID: "waiting", millis: 1_700_000_000_001))]
+            }
+            guard case .stored(let handling) = stored[0], case .stored(let waiting) = stored[1] else {
+                Issue.record("expected both stored: \(stored)")
+                return
+            }
+            let claimed = try spool.claim(handling)
+            #expect(FileManager.default.fileExists(atPath: try #require(claimed.path)))
+            spool.close()  // the process dies here
 
             let sink = LogSink()
-            let spool = Spool(directory: root, logger: sink.logger)
-            try spool.open()
-            #expect(files(root + "/tmp").isEmpty)
-            #expect(files(root + "/cur").isEmpty)
-            #expect(try spool.newEntries() == [handling, waiting].sorted())
-            #expect(try spool.outboxEntries() == [replied])
-            #expect(files(root + "/done") == [finished.fileName])
-            #expect(sink.count(.notice, containing: "after a crash") == 2)
-
-            // Recovered entries are announced when the loop starts; the outbox entry is not.
-            let announced = try await withRunning(spool) {
+            let restarted = Spool(directory: root, logger: sink.logger)
+            try restarted.open()
+            defer { restarted.close() }
+            #expect(files(root + "/running").isEmpty)
+            #expect(try restarted.names(in: .new) == [handling, waiting])
+            #expect(sink.count(.notice, containing: "1 entries whose handlers were interrupted") == 1)
+            let announced = try await withRunning(restarted) {
                 var names: [EntryName] = []
-                for await name in spool.entries {
+                for await name in restarted.entries {
                     names.append(name)
                     if names.count == 2 { break }
                 }
@@ -53,164 +46,215 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1))) func pruneKeepsPrunedKeysDedupedWithinTheWindow() async throws {
-        try await withTemporaryDirectory { root in
-            let clock = TestClock()
-            let spool = Spool(
-                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600),
-                logger: LogSink().logger, now: clock.closure)
-            try spool.open()
-            let outcome = try await withRunning(spool) { await spool.store(botRecord(msgID: "old", millis: millis(clock.now))) }
-            guard case .stored(let stored) = outcome else {
-                Issue.record("not stored: \(outcome)")
-                return
-            }
-            _ = try spool.claim(stored)
-            try spool.complete(stored, replies: nil)
-
-            clock.advance(2 * 3600)  // past retention, within the dedup window
-            let restarted = Spool(
-                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600),
-                logger: LogSink().logger, now: clock.closure)
-            try restarted.open()
-            #expect(files(root + "/done").isEmpty)
-            let log = try String(contentsOfFile: root + "/dedup.log", encoding: .utf8)
-            #expect(log.contains(String(stored.dedupKey)))
-            let redelivered = try await withRunning(restarted) {
-                await restarted.store(botRecord(msgID: "old", millis: millis(clock.now)))
-            }
-            #expect(redelivered == .duplicate)
-
-            clock.advance(24 * 3600)  // the window has passed: the record is compacted away
-            let later = Spool(
-                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600),
-                logger: LogSink().logger, now: clock.closure)
-            try later.open()
-            #expect(try String(contentsOfFile: root + "/dedup.log", encoding: .utf8).isEmpty)
-            let fresh = try await withRunning(later) { await later.store(botRecord(msgID: "old", millis: millis(clock.now))) }
-            if case .stored = fresh {} else { Issue.record("expired key must be accepted again: \(fresh)") }
-        }
-    }
-
-    /// A day's worth of `done/` expiring at once is removed in slices by the writer thread, which
-    /// stores incoming frames between them; every pruned key stays a duplicate.
-    @Test(.timeLimit(.minutes(1))) func largePruneGoesInSlicesWhileFramesAreStored() async throws {
-        try await withTemporaryDirectory { root in
-            let clock = TestClock()
-            let sink = LogSink()
-            let spool = Spool(
-                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600), rescanInterval: .milliseconds(20),
-                logger: sink.logger, now: clock.closure)
-            try spool.open()
-            try await withRunning(spool) {
-                let total = Spool.pruneSliceLimit * 2 + 500
-                let names = await withTaskGroup(of: IntakeOutcome.self) { group in
-                    for index in 0..<total {
-                        group.addTask { await spool.store(botRecord(msgID: "old-\(index)", millis: millis(clock.now))) }
-                    }
-                    var names: [EntryName] = []
-                    for await case .stored(let name) in group { names.append(name) }
-                    return names
-                }
-                try #require(names.count == total)
-                for name in names {
-                    _ = try spool.claim(name)
-                    try spool.complete(name, replies: nil)
-                }
-                try #require(files(root + "/done").count == total)
-
-                clock.advance(2 * 3600)  // past retention and the prune interval, within the dedup window
-                var storedWhilePruning = 0
-                var index = 0
-                while true {
-                    let left = files(root + "/done").count
-                    if left == 0 { break }
-                    let outcome = await spool.store(botRecord(msgID: "new-\(index)", millis: millis(clock.now)))
-                    if case .stored = outcome {} else { Issue.record("not stored while pruning: \(outcome)") }
-                    if left < total { storedWhilePruning += 1 }
-                    index += 1
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                let slices = sink.messages(containing: "spool: pruned done entries")
-                #expect(slices.count == 3, "\(slices)")
-                #expect(slices.allSatisfy { $0.contains("spool.pruned=1000") || $0.contains("spool.pruned=500") }, "\(slices)")
-                #expect(slices.last?.contains("spool.pruneLeft=0") == true, "\(slices)")
-                #expect(storedWhilePruning > 0, "no frame was stored between two slices")
-                for probe in ["old-0", "old-\(total / 2)", "old-\(total - 1)"] {
-                    #expect(await spool.store(botRecord(msgID: probe, millis: millis(clock.now))) == .duplicate, "\(probe)")
-                }
-                #expect(files(root + "/new").count == index)
-            }
-        }
-    }
-
+    /// new → running (message file) → outbox (replies, progress) → done, every step a committed
+    /// transaction; the message file goes when the handlers are through.
     @Test(.timeLimit(.minutes(1))) func dispatchLifecycleThroughOutboxToDone() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            defer { spool.close() }
+            try await withRunning(spool) {
+                guard case .stored(let name) = await spool.store(botRecord(msgID: "m1")) else {
+                    Issue.record("not stored")
+                    return
+                }
+                let claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }
+                let file = try #require(claimed.path)
+                #expect(JSON.object(try Data(contentsOf: URL(fileURLWithPath: file)))?["key"] as? String == "m1")
+                #expect(try spool.row(name).state == .running)
+                // A second claim (a stale announcement) finds nothing to take.
+                await #expect(throws: SpoolError.self) { try await spool.perform { writer throws(SpoolError) in try writer.claim(name) } }
+
+                try await spool.perform { writer throws(SpoolError) in try writer.complete(name, replies: [Data("{\"msgtype\":\"text\"}".utf8), Data("second".utf8)]) }
+                #expect(!FileManager.default.fileExists(atPath: file))
+                var row = try spool.row(name)
+                #expect(row.state == .outbox)
+                #expect(row.entry.replies == ["{\"msgtype\":\"text\"}", "second"])
+                try await spool.perform { writer throws(SpoolError) in try writer.updateOutbox(name, delivered: 1, deliveryAttempts: 1) }
+                row = try spool.row(name)
+                #expect(row.entry.delivered == 1 && row.entry.deliveryAttempts == 1)
+                #expect(try await spool.perform { writer throws(SpoolError) in try writer.outboxEntries() } == [name])
+                try await spool.perform { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .delivered) }
+                #expect(try spool.row(name).state == .done)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func retryWaitsUntilDueAndDeadLetterKeepsItsReason() async throws {
         try await withTemporaryDirectory { root in
             let clock = TestClock()
             let spool = Spool(directory: root, rescanInterval: .milliseconds(20), logger: LogSink().logger, now: clock.closure)
             try spool.open()
+            defer { spool.close() }
             try await withRunning(spool) {
-                var iterator = spool.entries.makeAsyncIterator()
-                guard case .stored(let name) = await spool.store(botRecord(msgID: "flow", millis: millis(clock.now))) else {
+                guard case .stored(let name) = await spool.store(botRecord(msgID: "m1", millis: millis(clock.now))) else {
                     Issue.record("not stored")
                     return
                 }
+                var iterator = spool.entries.makeAsyncIterator()
                 #expect(await iterator.next() == name)
-
-                let claimed = try spool.claim(name)
-                #expect(claimed.path == root + "/cur/" + name.fileName)
-                #expect(claimed.entry.key == "flow")
-                #expect(throws: SpoolError.self) { try spool.claim(name) }
-
-                // Exit 75: back to new/, due in a minute; announced only once due.
+                _ = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }
                 let due = clock.now.addingTimeInterval(60)
-                try spool.retryLater(name, attempts: 1, notBefore: due)
-                let pending = try spool.pendingEntries()
-                #expect(pending.map(\.name) == [name])
-                #expect(abs(pending[0].notBefore.timeIntervalSince(due)) < 0.01)
-                #expect(try spool.read(name, in: .new).attempts == 1)
+                try await spool.perform { writer throws(SpoolError) in try writer.retryLater(name, attempts: 1, notBefore: due) }
+                // Not announced before it is due, however often the writer looks.
                 try await Task.sleep(for: .milliseconds(100))
+                #expect(try spool.row(name).state == .new)
                 clock.advance(61)
                 #expect(await iterator.next() == name)
-
-                _ = try spool.claim(name)
-                try spool.complete(name, replies: [Data("part one".utf8), Data("{\"msgtype\":\"markdown\"}".utf8)])
-                #expect(files(root + "/cur").isEmpty)
-                #expect(try spool.outboxEntries() == [name])
-                var outbox = try spool.read(name, in: .outbox)
-                #expect(outbox.replies == ["part one", "{\"msgtype\":\"markdown\"}"])
-                #expect(outbox.attempts == 1)
-                #expect(outbox.botMessage?.msgID == "flow")
-
-                try spool.updateOutbox(name, delivered: 1, deliveryAttempts: 2)
-                outbox = try spool.read(name, in: .outbox)
-                #expect(outbox.delivered == 1)
-                #expect(outbox.deliveryAttempts == 2)
-                #expect(outbox.replies.count == 2)
-
-                try spool.finishDelivery(name, outcome: .delivered)
-                #expect(files(root + "/done") == [name.fileName])
-                #expect(files(root + "/outbox").isEmpty)
-                #expect(files(root + "/tmp").isEmpty)
+                let claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }
+                #expect(claimed.entry.attempts == 1)
+                #expect(JSON.object(try Data(contentsOf: URL(fileURLWithPath: try #require(claimed.path))))?["attempts"] as? Int == 1)
+                try await spool.perform { writer throws(SpoolError) in try writer.deadLetter(name, reason: "handler 10-x exited 3\nstderr: boom") }
+                let row = try spool.row(name)
+                #expect(row.state == .failed)
+                #expect(row.reason == "handler 10-x exited 3\nstderr: boom\n")
             }
         }
     }
 
-    @Test(.timeLimit(.minutes(1))) func deadLetterWritesReason() async throws {
+    /// Done rows go after `retention`; while within `dedup_window` they stay as tombstones, so a
+    /// late redelivery is still a duplicate; after the window it is a new message.
+    @Test(.timeLimit(.minutes(1))) func pruneKeepsKeysDedupedWithinTheWindowAndGoesInSlices() async throws {
         try await withTemporaryDirectory { root in
-            let spool = Spool(directory: root, logger: LogSink().logger)
+            let clock = TestClock()
+            let spool = Spool(
+                directory: root, dedupWindow: .seconds(24 * 3600), retention: .seconds(3600), rescanInterval: .milliseconds(20),
+                pruneInterval: .milliseconds(50), logger: LogSink().logger, now: clock.closure)
             try spool.open()
-            let outcome = try await withRunning(spool) { await spool.store(eventRecord(eventID: "bad")) }
-            guard case .stored(let name) = outcome else {
-                Issue.record("not stored")
+            defer { spool.close() }
+            let count = 2500  // more than two prune slices
+            try await withRunning(spool) {
+                var names: [EntryName] = []
+                for index in 0..<count {
+                    if case .stored(let name) = await spool.store(botRecord(msgID: "m\(index)", millis: millis(clock.now))) {
+                        names.append(name)
+                    }
+                }
+                try #require(names.count == count)
+                for name in names {
+                    _ = try await spool.perform { writer throws(SpoolError) in
+                        _ = try writer.claim(name, messageFile: false)
+                        try writer.complete(name, replies: nil)
+                    }
+                }
+                clock.advance(2 * 3600)
+                // Frames keep being stored while the writer prunes in slices.
+                var during = 0
+                try await waitUntil("every done row pruned") {
+                    try spool.transaction { writer throws(SpoolError) in try writer.store.counts()[.done] ?? 0 } == 0
+                }
+                for index in 0..<20 {
+                    if case .stored = await spool.store(botRecord(msgID: "fresh\(index)", millis: millis(clock.now))) { during += 1 }
+                }
+                #expect(during == 20)
+                #expect(await spool.store(botRecord(msgID: "m7", millis: millis(clock.now))) == .duplicate)
+                // Pruned: no longer listed or shown, only its key remains.
+                #expect(throws: SpoolError.self) { try spool.row(names[7]) }
+
+                clock.advance(23 * 3600)
+                try await waitUntil("tombstones dropped after the window") {
+                    try spool.transaction { writer throws(SpoolError) -> Int in
+                        let statement = try (writer.store as! SQLiteStore).connection.statement("SELECT count(*) FROM message WHERE state = 'purged'")
+                        defer { statement.reset() }
+                        _ = try statement.step()
+                        return statement.int(0)
+                    } == 0
+                }
+                guard case .stored = await spool.store(botRecord(msgID: "m7", millis: millis(clock.now))) else {
+                    Issue.record("after the dedup window a redelivery is a new message")
+                    return
+                }
+            }
+        }
+    }
+
+    /// Upgrade from 0.1: a folder-layout spool with entries in every state, a crash's double copy,
+    /// a retry waiting in new/, a dead letter with its reason and dedup.log records is imported
+    /// once, with nothing lost or doubled, and the folders are gone.
+    @Test(.timeLimit(.minutes(1))) func folderLayoutIsImportedOnceWithNothingLostOrDoubled() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            for folder in ["tmp", "new", "cur", "outbox", "done", "failed", "handlers"] {
+                try FileManager.default.createDirectory(atPath: root + "/" + folder, withIntermediateDirectories: true)
+            }
+            func put(_ record: IntakeRecord, _ folder: String, change: (inout [String: Any]) -> Void = { _ in }) throws -> EntryName {
+                let name = EntryName(receivedMillis: record.receivedMillis, key: record.key)
+                var object = try #require(JSON.object(Data(record.encoded())))
+                change(&object)
+                try JSON.encode(object).write(toFile: "\(root)/\(folder)/\(name.fileName)", atomically: false, encoding: .utf8)
+                return name
+            }
+            let now = millis(clock.now)
+            let fresh = try put(botRecord(msgID: "fresh", millis: now - 5000), "new")
+            let retry = try put(botRecord(msgID: "retry", millis: now - 4000), "new") { $0["attempts"] = 2 }
+            try FileManager.default.setAttributes([.modificationDate: clock.now.addingTimeInterval(600)], ofItemAtPath: "\(root)/new/\(retry.fileName)")
+            let running = try put(botRecord(msgID: "running", millis: now - 3000), "cur")
+            let replied = try put(botRecord(msgID: "replied", millis: now - 2000), "outbox") {
+                $0["replies"] = ["{\"msgtype\":\"text\",\"text\":{\"content\":\"hi\"}}"]
+                $0["delivered"] = 0
+            }
+            _ = try put(botRecord(msgID: "replied", millis: now - 2000), "cur")  // crash between outbox and unlink of cur/
+            let finished = try put(botRecord(msgID: "finished", millis: now - 1000), "done")
+            let dead = try put(eventRecord(eventID: "dead", millis: now - 500), "failed")
+            try "handler 10-x exited 3\n".write(toFile: "\(root)/failed/\(dead.value).reason", atomically: false, encoding: .utf8)
+            try "{\"app\":\"help".write(toFile: root + "/tmp/partial.json", atomically: false, encoding: .utf8)
+            let pruned = botRecord(msgID: "pruned-earlier", millis: now - 60_000)
+            try "\(now - 60_000) helpdesk-\(pruned.key.hash)\n".write(toFile: root + "/dedup.log", atomically: false, encoding: .utf8)
+
+            let sink = LogSink()
+            let spool = Spool(directory: root, logger: sink.logger, now: clock.closure)
+            try spool.open()
+            #expect(sink.count(.notice, containing: "imported 6 entries") == 1)
+            for folder in ["tmp", "new", "cur", "outbox", "done", "failed"] {
+                #expect(!FileManager.default.fileExists(atPath: root + "/" + folder), "\(folder)/ removed")
+            }
+            #expect(!FileManager.default.fileExists(atPath: root + "/dedup.log"))
+            #expect(try spool.names(in: .new) == [fresh, retry, running])
+            #expect(try spool.row(retry).entry.attempts == 2)
+            #expect(abs(try spool.row(retry).notBeforeMillis - millis(clock.now.addingTimeInterval(600))) < 1000)
+            let outbox = try spool.row(replied)
+            #expect(outbox.state == .outbox && outbox.entry.replies.count == 1)
+            #expect(try spool.row(finished).state == .done)
+            let failed = try spool.row(dead)
+            #expect(failed.state == .failed && failed.reason == "handler 10-x exited 3\n")
+
+            // Everything imported, and everything in dedup.log, is a duplicate from now on.
+            let redeliveries = try await withRunning(spool) {
+                [
+                    await spool.store(botRecord(msgID: "fresh", millis: now)), await spool.store(botRecord(msgID: "replied", millis: now)),
+                    await spool.store(eventRecord(eventID: "dead", millis: now)),
+                    await spool.store(botRecord(msgID: "pruned-earlier", millis: now)),
+                ]
+            }
+            #expect(redeliveries == [.duplicate, .duplicate, .duplicate, .duplicate])
+            spool.close()
+
+            // A second start imports nothing again.
+            let again = Spool(directory: root, logger: LogSink().logger, now: clock.closure)
+            try again.open()
+            defer { again.close() }
+            #expect(try again.transaction { writer throws(SpoolError) in try writer.store.counts().values.reduce(0, +) } == 6)
+        }
+    }
+
+    /// A file that is not a database is moved aside with a critical log line, never emptied in
+    /// place, and a new spool starts.
+    @Test(.timeLimit(.minutes(1))) func corruptDatabaseIsMovedAsideNotEmptied() async throws {
+        try await withTemporaryDirectory { root in
+            let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            try garbage.write(to: URL(fileURLWithPath: root + "/spool.db"))
+            let sink = LogSink()
+            let spool = Spool(directory: root, logger: sink.logger)
+            try spool.open()
+            defer { spool.close() }
+            let aside = try #require(files(root).first { $0.hasPrefix("spool.db.corrupt-") })
+            #expect(try Data(contentsOf: URL(fileURLWithPath: root + "/" + aside)) == garbage)
+            #expect(sink.messages(containing: "is damaged").count == 1)
+            let outcome = try await withRunning(spool) { await spool.store(botRecord(msgID: "after")) }
+            guard case .stored = outcome else {
+                Issue.record("a new database takes frames: \(outcome)")
                 return
             }
-            _ = try spool.claim(name)
-            try spool.deadLetter(name, reason: "handler 10-echo exited 3\nstderr: boom")
-            #expect(files(root + "/failed") == [name.fileName, name.value + ".reason"])
-            #expect(try String(contentsOfFile: root + "/failed/\(name.value).reason", encoding: .utf8).contains("exited 3"))
-            #expect(mode(root + "/failed/\(name.value).reason") == 0o640)
-            #expect(throws: SpoolError(.notFound, path: name.value)) { try spool.deadLetter(name, reason: "again") }
         }
     }
 }

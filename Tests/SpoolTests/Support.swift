@@ -62,6 +62,32 @@ func withRunning<T: Sendable>(_ spool: Spool, _ body: () async throws -> T) asyn
 }
 
 extension Spool {
+    /// Reads an entry in its own transaction.
+    func row(_ name: EntryName) throws(SpoolError) -> StoredRow {
+        try transaction { writer throws(SpoolError) in try writer.read(name) }
+    }
+
+    func claim(_ name: EntryName, messageFile: Bool = true) throws(SpoolError) -> ClaimedEntry {
+        try transaction { writer throws(SpoolError) in try writer.claim(name, messageFile: messageFile) }
+    }
+
+    /// Names in `state`, in arrival order.
+    func names(in state: EntryState) throws(SpoolError) -> [EntryName] {
+        try transaction { writer throws(SpoolError) in try writer.store.names(in: state, dueBy: nil, limit: .max).map(\.name) }
+    }
+
+    func complete(_ name: EntryName, replies: [Data]?) throws(SpoolError) {
+        try transaction { writer throws(SpoolError) in try writer.complete(name, replies: replies) }
+    }
+
+    func deadLetter(_ name: EntryName, reason: String) throws(SpoolError) {
+        try transaction { writer throws(SpoolError) in try writer.deadLetter(name, reason: reason) }
+    }
+
+    func finishDelivery(_ name: EntryName, outcome: DeliveryOutcome) throws(SpoolError) {
+        try transaction { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: outcome) }
+    }
+
     /// Submits and waits for the outcome.
     func store(_ record: IntakeRecord) async -> IntakeOutcome {
         await withCheckedContinuation { continuation in
@@ -106,3 +132,17 @@ func mode(_ path: String) -> Int {
 }
 
 func millis(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970 * 1000) }
+
+struct WaitTimedOut: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Polls `condition` every 10 ms until it holds.
+/// - Throws: `WaitTimedOut` naming `what` after `timeout`.
+func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () throws -> Bool) async throws {
+    let end = ContinuousClock.now + timeout
+    while try !condition() {
+        if ContinuousClock.now >= end { throw WaitTimedOut(description: "after \(timeout) still waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}

@@ -91,6 +91,6 @@ let package = Package(
         .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", log], swiftSettings: swiftSettings),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", log], swiftSettings: swiftSettings),
-        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", log], swiftSettings: swiftSettings),
+        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", log], swiftSettings: swiftSettings),
     ]
 )

@@ -140,7 +140,7 @@ struct CrashTests {
                         Set(deliveredReplies(simulator, app: "helpdesk").map(\.msgId)).count >= injected.count
                     else { return false }
                     let spool = SpoolSnapshot(spool: harness.spool)
-                    return spool.count(in: "new") + spool.count(in: "cur") + spool.count(in: "outbox") == 0
+                    return spool.count(in: "new") + spool.count(in: "running") + spool.count(in: "outbox") == 0
                 }
                 // A graceful stop ends every delivery attempt and handler run: what follows is final.
                 try await daemon.terminate()

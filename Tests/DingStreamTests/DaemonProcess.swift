@@ -1,5 +1,6 @@
 import Foundation
 import Simulator
+import Spool
 import Testing
 
 /// The `dingstream` binary run as a child process with a TOML configuration pointing at a
@@ -142,22 +143,14 @@ func poll(timeout: Duration, _ what: String, _ condition: () -> Bool) async thro
     }
 }
 
-/// What a spool holds, read from its folders the way an operator would with `ls` and `cat`.
+/// What a spool holds, read the way an operator would with `dingstream spool ls`.
 struct SpoolSnapshot {
-    /// One row per entry file: the state (folder) and the bot message's msgId.
+    /// One row per entry: its state and the bot message's msgId.
     var entries: [(state: String, msgId: String?)] = []
 
     init(spool: String) {
-        for state in ["tmp", "new", "cur", "outbox", "done", "failed"] {
-            let folder = spool + "/" + state
-            let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-            for file in files where file.hasSuffix(".json") {
-                let data = FileManager.default.contents(atPath: folder + "/" + file) ?? Data()
-                let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
-                let message = object?["data"] as? [String: Any]
-                entries.append((state, message?["msgId"] as? String))
-            }
-        }
+        let listing = (try? SpoolInspector(directory: spool).list()) ?? []
+        entries = listing.map { ($0.state.rawValue, $0.businessID) }
     }
 
     func count(in state: String) -> Int { entries.filter { $0.state == state }.count }

@@ -1,6 +1,7 @@
 import DingStream
 import Foundation
 import Simulator
+import Spool
 import StreamProtocol
 import Testing
 
@@ -232,7 +233,7 @@ struct HandlerContractTests {
                     harness.lines(of: "runs").contains("finished") && harness.entries(in: "done").count == 1
                 }
                 #expect(harness.lines(of: "runs") == ["started", "finished"])
-                #expect(harness.entries(in: "new").isEmpty && harness.entries(in: "cur").isEmpty)
+                #expect(harness.entries(in: "new").isEmpty && harness.entries(in: "running").isEmpty)
                 #expect(simulator.acks(app: "helpdesk").filter { $0.messageId == push.messageId }.count == 1)
             }
         }
@@ -347,7 +348,7 @@ struct HandlerContractTests {
             #expect(Self.reply(to: never, in: simulator) == nil)
             #expect(simulator.webhookReplies().count == 1)
             let failed = try #require(harness.entries(in: "failed").first)
-            let reason = try String(contentsOfFile: harness.spool + "/failed/" + failed.dropLast(5) + ".reason", encoding: .utf8)
+            let reason = try #require(try SpoolInspector(directory: harness.spool).show(failed).reason)
             #expect(reason.contains("backend down"))
             #expect(reason.contains("attempts: 3 of max_attempts 3"))
             // Two retries each before the third try.

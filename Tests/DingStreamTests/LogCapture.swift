@@ -1,5 +1,6 @@
 import DingStream
 import Foundation
+import Spool
 import Logging
 import StreamClient
 import Synchronization
@@ -80,8 +81,11 @@ extension DaemonHarness {
     }
 
     /// JSON files in a spool folder.
-    func entries(in folder: String) -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: spool + "/" + folder)) ?? []).filter { $0.hasSuffix(".json") }
+    /// Names of the spool's entries in `state` (`new`, `running`, `outbox`, `done`, `failed`),
+    /// read as `dingstream spool ls` does.
+    func entries(in state: String) -> [String] {
+        guard let state = EntryState(rawValue: state) else { return [] }
+        return ((try? SpoolInspector(directory: spool).list(states: [state])) ?? []).map(\.name.value)
     }
 
     /// Lines of a file the handlers append to; empty when it does not exist yet.

@@ -1,6 +1,7 @@
 import DingStream
 import Foundation
 import Simulator
+import Spool
 import StreamClient
 import Synchronization
 import Testing
@@ -104,18 +105,6 @@ struct RotationTests {
 
     /// `data.msgId` of every bot message entry in the spool, whatever state it is in.
     func spooledMessageIDs(_ spool: String) throws -> [String] {
-        var ids: [String] = []
-        for folder in ["new", "cur", "done", "failed"] {
-            let path = spool + "/" + folder
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { continue }
-            for name in names where name.hasSuffix(".json") {
-                let data = try Data(contentsOf: URL(fileURLWithPath: path + "/" + name))
-                let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-                if let message = object?["data"] as? [String: Any], let id = message["msgId"] as? String {
-                    ids.append(id)
-                }
-            }
-        }
-        return ids
+        try SpoolInspector(directory: spool).list(states: [.new, .running, .done, .failed]).map(\.businessID)
     }
 }

@@ -369,14 +369,13 @@ if upgrade_out=$(ns dpkg -i /var/cache/dingstream-systest/dingstream.deb 2>&1); 
 else
     fail "dpkg -i over the installed package: $upgrade_out"
 fi
-echo "kept" | put /var/spool/dingstream/failed/left-behind 0640
 if remove_out=$(ns dpkg --purge dingstream 2>&1); then
     if [[ $(ns systemctl is-active dingstream 2>/dev/null) != active ]] && ! ns test -e /usr/bin/dingstream \
         && ! ns test -e /usr/lib/systemd/system/dingstream.service && ! ns test -e /etc/dingstream/dingstream.toml \
-        && ns test -e /var/spool/dingstream/failed/left-behind; then
+        && ns test -s /var/spool/dingstream/spool.db; then
         pass "dpkg --purge stopped the daemon and removed binary, unit and config; the spool is kept"
     else
-        fail "after dpkg --purge: active=$(ns systemctl is-active dingstream 2>&1) $(ns ls /usr/bin/dingstream /etc/dingstream 2>&1) spool: $(ns ls /var/spool/dingstream/failed 2>&1)"
+        fail "after dpkg --purge: active=$(ns systemctl is-active dingstream 2>&1) $(ns ls /usr/bin/dingstream /etc/dingstream 2>&1) spool: $(ns ls /var/spool/dingstream 2>&1)"
     fi
 else
     fail "dpkg --purge: $remove_out"

@@ -54,6 +54,7 @@ say:
 BENCH_VENV := .build/bench-venv
 bench: deps
 	$(SWIFT) build -c release --product dingstream-bench
+	$(SWIFT) build -c release --product dingstream
 	@peer=; \
 	if ! command -v python3 >/dev/null 2>&1; then \
 	  echo "bench: no peer comparison: python3 not found"; \

@@ -19,7 +19,7 @@ install -D -m 0644 "$root/systemd/dingstream.sysusers" "$usr/lib/sysusers.d/ding
 install -D -m 0644 "$root/systemd/dingstream.tmpfiles" "$usr/lib/tmpfiles.d/dingstream.conf"
 install -d -m 0755 "$usr/share/doc/dingstream/handlers"
 install -m 0644 "$root"/etc/handlers/* "$usr/share/doc/dingstream/handlers/"
-install -m 0644 "$root/README.md" "$root/docs/systemd.md" "$usr/share/doc/dingstream/"
+install -m 0644 "$root/README.md" "$root/docs/systemd.md" "$root/docs/spool-schema.md" "$usr/share/doc/dingstream/"
 install -d -m 0755 "$usr/share/man/man8"
 gzip -9n < "$root/docs/dingstream.8" > "$usr/share/man/man8/dingstream.8.gz"
 install -d -m 0755 "$usr/share/bash-completion/completions" "$usr/share/zsh/vendor-completions"

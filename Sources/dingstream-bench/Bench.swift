@@ -28,6 +28,7 @@ struct Bench {
     static func run(_ options: BenchOptions) async throws {
         var simulatorConfiguration = SimulatorConfiguration(apps: [
             SimulatedApp(name: "bench", clientId: "dingbench", clientSecret: "secret-bench"),
+            SimulatedApp(name: "bench2", clientId: "dingbench2", clientSecret: "secret-bench2"),
             SimulatedApp(name: "peer", clientId: "dingpeer", clientSecret: "secret-peer"),
         ])
         simulatorConfiguration.recordDetails = false
@@ -95,50 +96,69 @@ struct Bench {
 
     // MARK: the two subjects
 
+    /// The daemon as it is deployed: the `dingstream` binary beside this one, its own process
+    /// (so that its CPU and memory are its own), two apps of two sockets each, the default log
+    /// level, no handlers.
     static func measureDaemon(
         _ simulator: DingTalkSimulator, parent: String, _ options: BenchOptions, leftovers: inout [String]
     ) async throws -> LoadResult {
         let root = parent + "/dingstream-bench-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
         leftovers.append(root)
-
-        var configuration = Configuration()
-        configuration.spoolDirectory = root + "/spool"
-        configuration.runtimeDirectory = root + "/run"
-        configuration.shutdownGrace = .seconds(2)
-        configuration.readyTimeout = .seconds(5)
-        // The per-message info and warning lines (commit, no handler) would measure the terminal;
-        // `--daemon-log-level info 2>/dev/null` measures what they cost.
-        configuration.logLevel = options.daemonLogLevel
-        var app = Configuration.App(name: "bench", clientID: "dingbench", clientSecret: "secret-bench")
-        app.apiBase = simulator.baseURL
-        app.allowedUsers = ["*"]
-        configuration.apps = [app]
-        let settings = configuration
-        let daemon = Daemon(configurationPath: "(bench)", environment: ["PATH": "/usr/bin:/bin", "HOME": root])
-
-        return try await withThrowingTaskGroup(of: LoadResult?.self) { group in
-            group.addTask {
-                _ = await daemon.run(configuration: settings, logger: Logger(label: "bench.daemon"))
-                return nil
-            }
-            try await simulator.waitUntil(timeout: .seconds(20), "two live daemon sockets") {
-                $0.liveSockets(app: "bench").count == 2
-            }
-            // The dispatcher (no handlers here: each entry goes new/ → cur/ → done/) works off what
-            // the previous phase left in new/ before the next phase starts.
-            let newFolder = root + "/spool/new"
-            var result = try await measure(simulator, app: "bench", options) {
-                let deadline = Date().addingTimeInterval(120)
-                while Date() < deadline, ((try? FileManager.default.contentsOfDirectory(atPath: newFolder)) ?? []).contains(where: { $0.hasSuffix(".json") }) {
-                    usleep(50_000)
-                }
-            }
-            result.storedEntries = countEntries(root + "/spool")
-            group.cancelAll()
-            while try await group.next() != nil {}
-            return result
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dingstream").path
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw BenchOptions.Invalid(description: "no dingstream binary at \(binary); build it (make bench does)")
         }
+        var toml = """
+            spool_dir = "\(root)/spool"
+            runtime_dir = "\(root)/run"
+            shutdown_grace = "2s"
+            ready_timeout = "5s"
+
+            """
+        if let level = options.daemonLogLevel { toml += "log_level = \"\(level)\"\n" }
+        for (name, id) in [("bench", "dingbench"), ("bench2", "dingbench2")] {
+            toml += """
+
+                [[app]]
+                name = "\(name)"
+                client_id = "\(id)"
+                client_secret = "secret-\(name)"
+                allowed_users = ["*"]
+                api_base = "\(simulator.baseURL)"
+
+                """
+        }
+        try Data(toml.utf8).write(to: URL(fileURLWithPath: root + "/dingstream.toml"))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["run", "--config", root + "/dingstream.toml"]
+        process.environment = ["PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8"]
+        process.standardInput = FileHandle.nullDevice
+        // Logged at the default level, as deployed; journald's share is not the daemon's.
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGTERM)
+                process.waitUntilExit()
+            }
+        }
+        try await simulator.waitUntil(timeout: .seconds(20), "four live daemon sockets") {
+            $0.liveSockets(app: "bench").count == 2 && $0.liveSockets(app: "bench2").count == 2
+        }
+        // The dispatcher (no handlers here: each entry goes new → running → done) works off what
+        // the previous phase left before the next phase starts.
+        let inspector = SpoolInspector(directory: root + "/spool")
+        var result = try await measure(simulator, app: "bench", options, pid: process.processIdentifier) {
+            let deadline = Date().addingTimeInterval(120)
+            while Date() < deadline, ((try? inspector.counts()) ?? [:])[.new, default: 0] > 0 {
+                usleep(50_000)
+            }
+        }
+        result.storedEntries = countEntries(root + "/spool")
+        return result
     }
 
     static func measurePeer(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) async throws -> LoadResult {
@@ -159,7 +179,7 @@ struct Bench {
             }
         }
         try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
-        return try await measure(simulator, app: "peer", options)
+        return try await measure(simulator, app: "peer", options, pid: process.processIdentifier)
     }
 
     // MARK: the load
@@ -167,9 +187,12 @@ struct Bench {
     /// Warm-up, a paced run for latency, then a windowed burst for throughput. `settle` runs
     /// before each measured phase, so that one phase's backlog does not land in the next.
     static func measure(
-        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, settle: @escaping @Sendable () -> Void = {}
+        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, pid: Int32,
+        settle: @escaping @Sendable () -> Void = {}
     ) async throws -> LoadResult {
         let driver = LoadDriver(simulator: simulator, app: app)
+        try await Task.sleep(for: .seconds(1))
+        let idleRSS = ProcessCPU.residentMiB(pid)
         say("\(app): warm-up")
         _ = try await onOwnThread { try driver.burst(count: options.warmup, window: options.window, timeout: 60) }
         try await onOwnThread { settle() }
@@ -180,9 +203,12 @@ struct Bench {
         try await onOwnThread { settle() }
         say("\(app): burst of \(options.messages)")
         let cpu = MachineCPU()
+        let own = ProcessCPU(pid)
         let burst = try await onOwnThread { try driver.burst(count: options.messages, window: options.window, timeout: options.timeout) }
         var result = LoadResult(acked: burst.acked, offered: options.messages, elapsed: burst.elapsed)
         result.cpuMicrosPerMessage = cpu.microsPerMessage(burst.acked)
+        result.ownCPUMicrosPerMessage = own.microsPerMessage(burst.acked)
+        result.idleRSS = idleRSS
         result.p50 = percentile(latencies, 0.50)
         result.p99 = percentile(latencies, 0.99)
         result.maximum = latencies.last ?? .nan
@@ -232,7 +258,9 @@ struct Bench {
             ("ack latency p50 (ms), paced", { $0.p50 * 1000 }, 2),
             ("ack latency p99 (ms), paced", { $0.p99 * 1000 }, 2),
             ("ack latency max (ms), paced", { $0.maximum * 1000 }, 2),
+            ("own CPU per acked msg (us), burst", { $0.ownCPUMicrosPerMessage }, 1),
             ("machine CPU per acked msg (us), burst", { $0.cpuMicrosPerMessage }, 0),
+            ("RSS idle (MiB), sockets up", { $0.idleRSS }, 1),
             ("spool alone: stored msgs/s", { $0.spoolAlone }, 0),
             ("spool alone: machine CPU per msg (us)", { $0.spoolAloneCPU }, 0),
         ]
@@ -247,9 +275,10 @@ struct Bench {
         for line in lines {
             say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
-        say("dingstream acks after the entry is durable (written, syncfs, renamed, directory fsynced);")
+        say("dingstream acks after the entry is durable (its round's SQLite transaction committed, WAL fsynced);")
         say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
-        say("machine CPU: busy time of all cores during the burst (simulator, load driver and writeback")
+        say("own CPU: user + system time of the subject's process (/proc/PID/stat) during the burst; dingstream")
+        say("runs 2 apps x 2 sockets, the peer 1 socket. machine CPU: busy time of all cores during the burst (simulator, load driver and writeback")
         say("included) per acked message; 2 cores at 20,000 msgs/s leave 100 us. The spool alone gets")
         say("records straight from a thread: no sockets, no simulator, no dispatcher.")
         for (name, result) in ours {
@@ -271,6 +300,9 @@ struct LoadResult: Sendable {
     var samples = 0
     var storedEntries: Int?
     var cpuMicrosPerMessage = Double.nan
+    /// user + system time of the subject's own process.
+    var ownCPUMicrosPerMessage = Double.nan
+    var idleRSS = Double.nan
     var spoolAlone = Double.nan
     var spoolAloneCPU = Double.nan
 

@@ -14,8 +14,8 @@ struct BenchOptions: Sendable {
     var peerName = "python sdk"
     /// Where the temporary spool goes (default: the temporary folder). Put it on the filesystem you mean to measure.
     var spoolParent: String?
-    /// The daemon's `log_level`; above info, the per-message lines are filtered out.
-    var daemonLogLevel = "error"
+    /// The daemon's `log_level`; nil leaves the default (info), as deployed.
+    var daemonLogLevel: String?
 
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]

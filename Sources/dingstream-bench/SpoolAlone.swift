@@ -113,3 +113,38 @@ struct MachineCPU {
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
+
+/// CPU time (user + system) of one process, from `/proc/PID/stat`.
+struct ProcessCPU {
+    let pid: Int32
+    private let start: Double?
+
+    init(_ pid: Int32) {
+        self.pid = pid
+        start = Self.seconds(pid)
+    }
+
+    func microsPerMessage(_ messages: Int) -> Double {
+        guard let start, let end = Self.seconds(pid), messages > 0 else { return .nan }
+        return (end - start) / Double(messages) * 1e6
+    }
+
+    static func seconds(_ pid: Int32) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = text.lastIndex(of: ")")
+        else { return nil }
+        // After "pid (comm)": state is field 3, utime 14, stime 15.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// VmRSS of the process in MiB.
+    static func residentMiB(_ pid: Int32) -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kib = Double(line.split(separator: " ").dropFirst().first ?? "")
+        else { return .nan }
+        return kib / 1024
+    }
+}

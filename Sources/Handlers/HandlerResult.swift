@@ -22,8 +22,10 @@ public struct HandlerResult: Sendable, Equatable {
     public enum Outcome: Sendable, Equatable {
         /// Exit 0.
         case done
-        /// Exit 75 (EX_TEMPFAIL), or cancelled by shutdown: run again later.
+        /// Exit 75 (EX_TEMPFAIL): run again later, counted in max_attempts.
         case retryLater
+        /// Stopped by a graceful shutdown: runs again at the next start, costing no attempt.
+        case interrupted
         /// Anything else: a dead letter in `failed/`.
         case failed(reason: String)
     }
@@ -56,7 +58,8 @@ public struct HandlerResult: Sendable, Equatable {
     public var outcome: Outcome {
         switch status {
         case .exited(0): .done
-        case .exited(Self.exitTempFail), .cancelled: .retryLater
+        case .exited(Self.exitTempFail): .retryLater
+        case .cancelled: .interrupted
         default: .failed(reason: statusText)
         }
     }

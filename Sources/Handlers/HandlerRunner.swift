@@ -14,7 +14,7 @@ public enum HandlerRunner {
     /// Runs `executable` and returns how it ended; never throws.
     ///
     /// - On timeout: SIGTERM to the whole process group, SIGKILL after `killGrace`; `.timedOut`.
-    /// - On task cancellation (shutdown): the same, reported as `.cancelled` (retry later).
+    /// - On task cancellation (shutdown): the same, reported as `.cancelled` (the message runs again at the next start, costing no attempt).
     /// - After the handler exits, whatever is left of its group (background jobs) gets SIGKILL,
     ///   so nothing survives it. Output still open after that (a process that left the group)
     ///   is waited for at most `killGrace`.

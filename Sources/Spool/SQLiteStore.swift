@@ -193,6 +193,20 @@ final class SQLiteStore: SpoolStore {
         return result
     }
 
+    func due(byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement] {
+        let statement = try connection.statement(
+            "SELECT name, kind, conversation FROM message WHERE state = 'new' AND not_before_ms <= ?1 ORDER BY name LIMIT ?2")
+        statement.bind(1, byMillis)
+        statement.bind(2, limit)
+        var result: [Announcement] = []
+        while try statement.step() {
+            guard let text = statement.text(0), let name = EntryName(text) else { continue }
+            result.append(
+                Announcement(name: name, kind: MessageKind(rawValue: statement.text(1) ?? "") ?? .other, conversation: statement.text(2)))
+        }
+        return result
+    }
+
     func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow] {
         var rows: [StoredRow] = []
         let statement = try connection.statement(

@@ -51,9 +51,10 @@ extension Spool.Writer {
     public func claim(_ name: EntryName, entry: SpoolEntry? = nil, messageFile: Bool = true) throws(SpoolError) -> ClaimedEntry {
         try store.transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
         announced.remove(name)
-        committed.removeValue(forKey: name)
+        // Just committed by this process: built from memory, without reading and parsing the row.
+        let cached = committed.removeValue(forKey: name).map { $0.record.entry(name: name, bytes: $0.bytes) }
         let claimed: SpoolEntry
-        if let entry { claimed = entry } else { claimed = try store.row(name).entry }
+        if let found = entry ?? cached { claimed = found } else { claimed = try store.row(name).entry }
         guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
         let path = spool.messageFile(of: name)
         try FileIO.writeFile(path, Array(claimed.handlerInput), exclusive: false, sync: false)
@@ -77,8 +78,9 @@ extension Spool.Writer {
 
     /// Finishes an entry that no handler needs to see (no runnable handler, a refused sender)
     /// straight from `new`, without a claim.
+    /// - Throws: `.notFound` when it is no longer new (another announcement took it).
     public func skip(_ name: EntryName) throws(SpoolError) {
-        try store.transition(name, from: [.new, .running], to: .done, change: RowChange(), nowMillis: nowMillis)
+        try store.transition(name, from: [.new], to: .done, change: RowChange(), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
         removeMessageFile(name)

@@ -188,7 +188,9 @@ extension Spool {
             for finish in finishes { finish(failure) }
             return
         }
-        for item in stored { entriesContinuation.yield(item.name) }
+        for item in stored {
+            entriesContinuation.yield(Announcement(name: item.name, kind: item.pending.record.kind, conversation: item.pending.record.conversation))
+        }
         for item in stored { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
         for finish in finishes { finish(nil) }
@@ -237,14 +239,14 @@ extension Spool {
 
     /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI).
     func rescan() {
-        let fresh: [EntryName]
+        let fresh: [Announcement]
         do {
-            fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [EntryName] in
+            fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [Announcement] in
                 guard let writer else { return [] }
-                let due = try writer.store.names(in: .new, dueBy: nowMillis, limit: 10_000).map(\.name)
-                writer.announced.formIntersection(due)
-                let fresh = due.filter { !writer.announced.contains($0) }
-                writer.announced.formUnion(fresh)
+                let due = try writer.store.due(byMillis: nowMillis, limit: 10_000)
+                writer.announced.formIntersection(due.map(\.name))
+                let fresh = due.filter { !writer.announced.contains($0.name) }
+                writer.announced.formUnion(fresh.map(\.name))
                 return fresh
             }
         } catch {

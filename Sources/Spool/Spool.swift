@@ -13,6 +13,20 @@ public enum IntakeOutcome: Sendable, Equatable {
     case failed(SpoolError)
 }
 
+/// An entry ready to be handled, with what the dispatcher needs to queue it without reading it.
+public struct Announcement: Sendable, Equatable {
+    public var name: EntryName
+    public var kind: MessageKind
+    /// `<app>/<conversationId>` of a bot message; nil when it has none (it is then its own queue).
+    public var conversation: String?
+
+    public init(name: EntryName, kind: MessageKind, conversation: String?) {
+        self.name = name
+        self.kind = kind
+        self.conversation = conversation
+    }
+}
+
 /// The durable spool: one row per business message in `<directory>/spool.db` (see `SQLiteStore`),
 /// and beside it what people touch: `handlers/`, `attachments/`, and `running/`, which holds the
 /// message file of each entry whose handlers run (`DINGSTREAM_MESSAGE_FILE`).
@@ -35,11 +49,11 @@ public final class Spool: Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
 
-    /// Names ready to be handled, in arrival order: committed frames, recovered entries, retries
-    /// once due. Each name is announced once per stay in `new`; rarely twice, so the consumer
+    /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
+    /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
     /// ignores names it already holds and `.notFound` from `claim`. Single consumer.
-    public let entries: AsyncStream<EntryName>
-    let entriesContinuation: AsyncStream<EntryName>.Continuation
+    public let entries: AsyncStream<Announcement>
+    let entriesContinuation: AsyncStream<Announcement>.Continuation
 
     struct Pending {
         var record: IntakeRecord
@@ -77,7 +91,7 @@ public final class Spool: Sendable {
         self.pruneInterval = pruneInterval
         self.logger = logger
         self.now = now
-        (entries, entriesContinuation) = AsyncStream.makeStream(of: EntryName.self)
+        (entries, entriesContinuation) = AsyncStream.makeStream(of: Announcement.self)
     }
 
     // MARK: Paths

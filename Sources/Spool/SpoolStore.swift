@@ -37,6 +37,8 @@ protocol SpoolStore: AnyObject {
 
     /// Names in `state` (`notBeforeMillis` at most `dueBy` when given), in arrival order.
     func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)]
+    /// Entries in `new` whose time has come (`not_before` at most `byMillis`), in arrival order.
+    func due(byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement]
     /// Entries per state (newest first, at most `limit` per state) for `dingstream spool ls`.
     func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow]
     /// Counts per state.

@@ -27,7 +27,7 @@ final class DaemonProcess {
     }()
 
     /// Writes the configuration for every app of `simulator` into `harness.root`.
-    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2) throws {
+    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, settings: String = "") throws {
         root = harness.root
         configPath = root + "/dingstream.toml"
         logPath = root + "/daemon.log"
@@ -39,6 +39,7 @@ final class DaemonProcess {
             ready_timeout = "5s"
             shutdown_grace = "2s"
             log_level = "info"
+            \(settings)
 
             """
         for app in simulator.configuration.apps {
@@ -98,8 +99,12 @@ final class DaemonProcess {
         try await stop(signal: SIGTERM)
     }
 
+    /// Exit status of the last process that ended, nil before any did.
+    private(set) var lastExitStatus: Int32?
+
     private func stop(signal: Int32) async throws {
         guard let child = process else { return }
+        defer { if !child.isRunning { lastExitStatus = child.terminationStatus } }
         process = nil
         guard child.isRunning else { return }
         Foundation.kill(child.processIdentifier, signal)

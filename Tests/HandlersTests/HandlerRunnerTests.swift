@@ -232,6 +232,6 @@ import Testing
         task.cancel()
         let result = try await task.value
         #expect(result.status == .cancelled)
-        #expect(result.outcome == .retryLater)
+        #expect(result.outcome == .interrupted)
     }
 }

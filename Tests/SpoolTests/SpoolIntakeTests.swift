@@ -118,7 +118,7 @@ import Testing
                 let collector = Task {
                     var names: [EntryName] = []
                     for await name in spool.entries {
-                        names.append(name)
+                        names.append(name.name)
                         if names.count == count { break }
                     }
                     return names

@@ -75,9 +75,9 @@ final class Dispatcher: Service {
             await cancelWhenGracefulShutdown {
                 // The spool announces what waits from before the start (recovery, retries) first,
                 // then whatever commits.
-                for await name in self.spool.entries {
+                for await announcement in self.spool.entries {
                     if Task.isCancelled { break }
-                    self.offer(name)
+                    self.offer(announcement)
                 }
             }
             // No new handler starts; running ones get the grace period, then are cancelled
@@ -89,64 +89,56 @@ final class Dispatcher: Service {
         }
     }
 
-    /// Queues `name` unless it is already queued or running, or not yet due. The entry is read
-    /// once, on the spool's writer thread (in announcement order), for its conversation and its handling.
-    private func offer(_ name: EntryName) {
+    /// Queues an announced entry unless it is already queued or running. One conversation's
+    /// messages are handled in arrival order; without a conversation the message is its own
+    /// queue. Card callbacks are urgent: their ack waits for the answer.
+    private func offer(_ announcement: Announcement) {
+        let name = announcement.name
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        spool.perform { [self] writer in
-            let peeked: PeekedEntry?
-            do throws(SpoolError) {
-                peeked = try writer.peek(name)
-            } catch where error.code == .notFound {
-                _ = inFlight.withLock { $0.remove(name) }
-                return
-            } catch {
-                peeked = nil  // unreadable or corrupt: `handle` claims it and dead-letters it
-            }
-            if let peeked, peeked.notBefore.timeIntervalSinceNow > 0.5 {
-                _ = inFlight.withLock { $0.remove(name) }
-                return  // a retry not yet due; the spool's rescan offers it again
-            }
-            let (conversation, urgent) = Self.conversationKey(for: name, entry: peeked?.entry)
-            let accepted = scheduler.submit(conversation: conversation, urgent: urgent) { [self] in
-                await handle(name, peeked: peeked?.entry)
-                _ = inFlight.withLock { $0.remove(name) }
-            }
-            if !accepted { _ = inFlight.withLock { $0.remove(name) } }
+        let accepted = scheduler.submit(conversation: announcement.conversation ?? name.value, urgent: announcement.kind == .card) { [self] in
+            await handle(name, kind: announcement.kind)
+            _ = inFlight.withLock { $0.remove(name) }
         }
-    }
-
-    /// One conversation's messages are handled in arrival order; without a conversation the
-    /// message is its own queue. Card callbacks are urgent: their ack waits for the answer.
-    private static func conversationKey(for name: EntryName, entry: SpoolEntry?) -> (String, urgent: Bool) {
-        guard let entry else { return (name.value, false) }
-        if let message = entry.botMessage, !message.conversationID.isEmpty {
-            return (entry.app + "/" + message.conversationID, false)
-        }
-        return (name.value, entry.kind == .card)
+        if !accepted { _ = inFlight.withLock { $0.remove(name) } }
     }
 
     /// Logs the scan's refusals when they differ from the last ones logged (or with `force`).
     private func logRefusals(_ scan: HandlerScan, force: Bool = false) {
         var current = Set(scan.entries.filter { !$0.isRunnable }.map { "\($0.path) \($0.status)" })
         if let problem = scan.directoryProblem { current.insert("\(scan.directory) \(problem)") }
+        if scan.runnable.isEmpty { current.insert("no runnable handler") }
         let changed = loggedRefusals.withLock { logged in
             defer { logged = current }
             return logged != current
         }
-        if force || changed { scan.log(to: logger) }
+        guard force || changed else { return }
+        scan.log(to: logger)
+        // Said once while it lasts, not once per message.
+        if scan.runnable.isEmpty {
+            logger.warning("no runnable handler in \(handlerScans.path); messages are marked done without a reply until one is added (see dingstream handlers check)")
+        }
     }
 
-    private func handle(_ name: EntryName, peeked: SpoolEntry?) async {
+    private func handle(_ name: EntryName, kind: MessageKind) async {
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
+        if scan.runnable.isEmpty {
+            // Nothing would read it: done in one step, without a claim (logged once, in logRefusals).
+            do {
+                try await spool.perform { writer throws(SpoolError) in try writer.skip(name) }
+            } catch where error.code == .notFound {
+                // Announced twice and already done.
+            } catch {
+                log.error("spool: \(error)")
+            }
+            if kind == .card { cards?.finished(name) }
+            return
+        }
         let claimed: ClaimedEntry
         do {
-            claimed = try await spool.perform { [runnable = !scan.runnable.isEmpty] writer throws(SpoolError) in
-                try writer.claim(name, entry: peeked, messageFile: runnable)
-            }
+            claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }
         } catch where error.code == .notFound {
             return
         } catch where error.code == .corrupt {
@@ -183,7 +175,7 @@ final class Dispatcher: Service {
             }
         }
         let environment = HandlerEnvironment.make(
-            app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "",
+            app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "/dev/null",
             attachments: attachmentsFolder, base: baseEnvironment)
         var replies: [Data] = []
         for handler in scan.runnable {
@@ -224,15 +216,16 @@ final class Dispatcher: Service {
                     await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 }
                 return
+            case .interrupted:
+                // Left running: the next start makes it new again, with its attempts as they were.
+                handlerLog.notice("handler stopped by shutdown; the message runs again at the next start")
+                return
             case .failed(let reason):
                 handlerLog.error("handler failed: \(reason); message moved to failed/", metadata: ["message.id": "handlerFailed"])
                 failedCount.add(1, ordering: .relaxed)
                 await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: result.reasonText) }
                 return
             }
-        }
-        if scan.runnable.isEmpty {
-            log.warning("no runnable handler in \(handlerScans.path); message marked done without a reply (see dingstream handlers check)")
         }
         await finish { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
         if !replies.isEmpty { outboxWake() }

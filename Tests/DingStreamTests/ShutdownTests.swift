@@ -1,0 +1,57 @@
+import Foundation
+import Simulator
+import Spool
+import Testing
+
+/// A graceful stop (SIGTERM) of the real daemon binary while a handler runs.
+@Suite("Graceful shutdown of the daemon process", .serialized)
+struct ShutdownTests {
+    /// A handler cut off by a graceful stop costs the message no attempt: with max_attempts = 1
+    /// it runs again at the next start and its reply goes out, instead of becoming a dead letter
+    /// "asked to retry". The stop itself exits 0.
+    @Test(.timeLimit(.minutes(1)))
+    func aStopDuringAHandlerCostsNoAttemptAndExitsZero() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let runLog = harness.root + "/runs.log"
+        let gate = harness.root + "/let-it-finish"
+        // Waits (long past shutdown_grace) unless the gate file exists.
+        try harness.addHandler(
+            "10-slow",
+            """
+            #!/bin/sh
+            echo "run" >> '\(runLog)'
+            [ -e '\(gate)' ] || sleep 30
+            printf 'finished %s' "$DINGSTREAM_TEXT"
+
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator, settings: "max_attempts = 1")
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                let message = try simulator.injectText("patience", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the handler running") {
+                    (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("run") == true
+                }
+                try await daemon.terminate()
+                #expect(daemon.lastExitStatus == 0, "exit status of the graceful stop")
+                #expect(SpoolSnapshot(spool: harness.spool).count(in: "failed") == 0, "no dead letter after the stop")
+
+                FileManager.default.createFile(atPath: gate, contents: nil)
+                try daemon.start()
+                try await poll(timeout: .seconds(30), "the reply after the restart") {
+                    deliveredReplies(simulator, app: "helpdesk").contains { $0.content == "finished patience" }
+                }
+                try await poll(timeout: .seconds(10), "the entry done") { SpoolSnapshot(spool: harness.spool).count(in: "done") == 1 }
+                try await daemon.terminate()
+                #expect(daemon.lastExitStatus == 0)
+                let row = try SpoolInspector(directory: harness.spool).resolve(message.msgId)
+                #expect(row.state == .done && row.entry.attempts == 0, "state \(row.state), attempts \(row.entry.attempts)")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
+}

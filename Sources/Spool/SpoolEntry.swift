@@ -48,12 +48,10 @@ public struct IntakeRecord: Sendable {
     /// socket's event loop, and the typed bot message is built later, by the dispatcher.
     public init?(app: String, frame: StreamFrame, connection: String, receivedMillis: Int64) {
         let shaped = JSONText.hasObjectShape(frame.data)
-        if shaped, let msgID = frame.dataObjectMember("msgId") {
-            guard let key = MessageKey(app: app, frame: frame, dataMsgID: msgID) else { return nil }
+        if shaped, let members = frame.dataObjectMembers(["msgId", "conversationId"]) {
+            guard let key = MessageKey(app: app, frame: frame, dataMsgID: members[0]) else { return nil }
             self.init(app: app, key: key, frame: frame, connection: connection, receivedMillis: receivedMillis, dataIsObject: true, botMessage: nil)
-            if key.kind == .bot, case .some(.some(let id)) = frame.dataObjectMember("conversationId"), !id.isEmpty {
-                conversation = app + "/" + id
-            }
+            if key.kind == .bot, let id = members[1], !id.isEmpty { conversation = app + "/" + id }
             return
         }
         // What the quick scan cannot vouch for gets the full parse, whose verdict is the reference.

@@ -31,6 +31,57 @@ struct FastFrameReader {
         return reader.stringMember(member)
     }
 
+    /// As `stringMember`, for several members in one pass: nil when the scan cannot vouch for
+    /// the object, else each member's string value (nil when absent or not a string).
+    static func stringMembers(_ members: [String], ofObject bytes: UnsafeBufferPointer<UInt8>) -> [String?]? {
+        var reader = FastFrameReader(bytes)
+        reader.knownUTF8 = true
+        return reader.stringMembers(members.map { Array($0.utf8) })
+    }
+
+    private mutating func stringMembers(_ members: [[UInt8]]) -> [String?]? {
+        var values = [String?](repeating: nil, count: members.count)
+        var seen = [Bool](repeating: false, count: members.count)
+        guard beginObject() else { return nil }
+        while true {
+            skipSpace()
+            let first = firstMember
+            firstMember = false
+            if take(UInt8(ascii: "}")) {
+                skipSpace()
+                return index == bytes.count ? values : nil
+            }
+            guard first || take(UInt8(ascii: ",")) else { return nil }
+            skipSpace()
+            // Member names are compared as bytes; only an escaped name is decoded.
+            let nameStart = index + 1
+            guard skipString() else { return nil }
+            let raw = UnsafeBufferPointer(rebasing: bytes[nameStart..<(index - 1)])
+            let slot: Int?
+            if raw.contains(UInt8(ascii: "\\")) {
+                var copy = FastFrameReader(UnsafeBufferPointer(rebasing: bytes[(nameStart - 1)..<index]))
+                copy.knownUTF8 = true
+                guard let name = copy.string() else { return nil }
+                slot = members.firstIndex { $0.elementsEqual(name.utf8) }
+            } else {
+                slot = members.firstIndex { $0.elementsEqual(raw) }
+            }
+            skipSpace()
+            guard take(UInt8(ascii: ":")) else { return nil }
+            skipSpace()
+            if let slot {
+                guard !seen[slot] else { return nil }
+                seen[slot] = true
+                if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
+                    guard let text = string() else { return nil }
+                    values[slot] = text
+                    continue
+                }
+            }
+            guard skipValue(depth: 1) else { return nil }
+        }
+    }
+
     private mutating func stringMember(_ member: String) -> String?? {
         var value: String?
         var seen = false

@@ -113,6 +113,13 @@ public struct StreamFrame: Sendable, Equatable {
         return text.withUTF8 { FastFrameReader.stringMember(member, ofObject: $0) }
     }
 
+    /// As `dataObjectMember`, for several members in one scan: nil when the scan cannot vouch for
+    /// `data`, else each member's value when it is a string.
+    public func dataObjectMembers(_ members: [String]) -> [String?]? {
+        var text = data
+        return text.withUTF8 { FastFrameReader.stringMembers(members, ofObject: $0) }
+    }
+
     /// The `data` string parsed as a JSON object, or nil if it is not one.
     public func dataObject() -> [String: Any]? {
         guard let bytes = data.data(using: .utf8) else { return nil }

@@ -90,6 +90,9 @@ struct FrameCodecTests {
             #"{"msgId":"m1","text":{"content":" hi"},"atUsers":[{"dingtalkId":"$:LWCP"}],"createAt":1700000000000}"#,
             #" { "msgId" : "m\u00e9\ud83d\ude00\n" , "n": -0.5E+2, "t": true, "f": false, "z": null } "#,
             #"{"text":{"msgId":"nested only"}}"#,
+            #"{"msgId":"m2","conversationId":"cid==","conversationType":"2"}"#,
+            #"{"conversation\u0049d":"escaped name","msgId":"m3"}"#,
+            #"{"conversationId":"c1","conversationId":"c2","msgId":"m4"}"#,
             #"{"msgId":42}"#,
             #"{"msgId":"a","msgId":"b"}"#,
             #"{}"#,
@@ -112,11 +115,20 @@ struct FrameCodecTests {
             guard let scanned = frame.dataObjectMember("msgId") else { continue }
             #expect(reference != nil, "the scan took invalid data: \(text)")
             #expect(scanned == reference?["msgId"] as? String, "msgId differs for \(text)")
+            // The one-pass scan of several members, when it answers (a duplicate of a member it
+            // looks for sends it to the full parse), agrees with the parse.
+            guard let both = frame.dataObjectMembers(["msgId", "conversationId"]) else { continue }
+            #expect(both[0] == reference?["msgId"] as? String, "msgId differs in the one-pass scan for \(text)")
+            #expect(both[1] == reference?["conversationId"] as? String, "conversationId differs for \(text)")
         }
         // The usual bot message goes the quick way.
         let usual = StreamFrame(kind: .callback, headers: ["topic": Topic.botMessage], data: samples[0])
         #expect(usual.dataObjectMember("msgId") == .some("m1"))
         #expect(usual.dataObjectMember("missing") == .some(nil))
+        let withConversation = StreamFrame(kind: .callback, headers: ["topic": Topic.botMessage], data: samples[3])
+        #expect(withConversation.dataObjectMembers(["msgId", "conversationId"]) == ["m2", "cid=="])
+        let escapedName = StreamFrame(kind: .callback, headers: ["topic": Topic.botMessage], data: samples[4])
+        #expect(escapedName.dataObjectMembers(["msgId", "conversationId"]) == ["m3", "escaped name"])
     }
 
     @Test func keysDoNotDependOnTheMessageID() throws {

@@ -31,8 +31,9 @@ struct Intake: FrameSink {
                 } else {
                     context.ack(kind == .event ? .event(frame) : .callback(frame))
                 }
-                // msg.key is the spool name, as in every later line about this message.
-                logger.info(
+                // msg.key is the spool name, as in every later line about this message. Debug:
+                // at info, this line per message was the largest single cost of the intake.
+                logger.debug(
                     "message committed (\(key.kind) \(key.id))",
                     metadata: [
                         "message.id": "messageCommitted", "msg.key": "\(name.value)",

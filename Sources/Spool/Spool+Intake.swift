@@ -10,7 +10,8 @@ extension Spool {
     public final class Writer: @unchecked Sendable {
         unowned let spool: Spool
         let store: any SpoolStore
-        /// Names announced on `entries` and not claimed since.
+        /// Names announced by a rescan and not claimed since, so that the next rescan does not
+        /// announce a backlog again.
         var announced: Set<EntryName> = []
         /// Entries just committed, as `peek` would read them back. Bounded: without a consumer it stays small.
         var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
@@ -167,8 +168,9 @@ extension Spool {
                 writer.fault = nil
                 logRecovery = true
             }
+            // Not remembered as announced: a rescan that finds one of these still new announces
+            // it again, and the dispatcher ignores names it holds.
             for item in stored {
-                writer.announced.insert(item.name)
                 if writer.committed.count < Self.committedCacheLimit {
                     writer.committed[item.name] = (item.pending.record, item.pending.bytes)
                 }

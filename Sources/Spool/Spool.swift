@@ -55,11 +55,19 @@ public final class Spool: Sendable {
     public let entries: AsyncStream<Announcement>
     let entriesContinuation: AsyncStream<Announcement>.Continuation
 
-    struct Pending {
-        var record: IntakeRecord
+    /// A class: the writer moves it between lists, and a struct of this many fields would be
+    /// copied (a retain per field) at every move.
+    final class Pending: Sendable {
+        let record: IntakeRecord
         /// The entry as stored, encoded by the submitting thread so the writer only does SQL.
-        var bytes: [UInt8]
-        var completion: @Sendable (IntakeOutcome) -> Void
+        let bytes: [UInt8]
+        let completion: @Sendable (IntakeOutcome) -> Void
+
+        init(record: IntakeRecord, bytes: [UInt8], completion: @escaping @Sendable (IntakeOutcome) -> Void) {
+            self.record = record
+            self.bytes = bytes
+            self.completion = completion
+        }
     }
 
     let queue = CommitQueue()

@@ -94,6 +94,22 @@ final class Dispatcher: Service {
     /// queue. Card callbacks are urgent: their ack waits for the answer.
     private func offer(_ announcement: Announcement) {
         let name = announcement.name
+        let (scan, fresh) = handlerScans.current()
+        if fresh { logRefusals(scan) }
+        if scan.runnable.isEmpty {
+            // Nothing would read it: done in one change, queued with the writer's next round,
+            // without a task (logged once, in logRefusals). Announced twice, the second finds it done.
+            spool.perform { [cards, logger] writer in
+                do throws(SpoolError) {
+                    try writer.skip(name)
+                } catch where error.code == .notFound {
+                } catch {
+                    logger.error("spool: \(error)", metadata: ["msg.key": "\(name)"])
+                }
+                if announcement.kind == .card { cards?.finished(name) }
+            }
+            return
+        }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
         let accepted = scheduler.submit(conversation: announcement.conversation ?? name.value, urgent: announcement.kind == .card) { [self] in
             await handle(name, kind: announcement.kind)
@@ -124,18 +140,6 @@ final class Dispatcher: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
-        if scan.runnable.isEmpty {
-            // Nothing would read it: done in one step, without a claim (logged once, in logRefusals).
-            do {
-                try await spool.perform { writer throws(SpoolError) in try writer.skip(name) }
-            } catch where error.code == .notFound {
-                // Announced twice and already done.
-            } catch {
-                log.error("spool: \(error)")
-            }
-            if kind == .card { cards?.finished(name) }
-            return
-        }
         let claimed: ClaimedEntry
         do {
             claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }

@@ -83,7 +83,7 @@ extension Spool.Writer {
         try store.transition(name, from: [.new], to: .done, change: RowChange(), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
-        removeMessageFile(name)
+        // Never claimed, so it has no message file: no unlink (a syscall per message).
     }
 
     /// Puts a claimed entry back into `new` with `attempts` recorded; it is announced again

@@ -81,7 +81,8 @@ let package = Package(
         .testTarget(
             name: "StreamClientTests",
             dependencies: [
-                "StreamClient", "StreamProtocol", "Simulator", log,
+                "StreamClient", "StreamProtocol", "Simulator", log, nioCore, nioWebSocket,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

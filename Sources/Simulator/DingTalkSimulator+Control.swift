@@ -142,7 +142,8 @@ extension SimulatorFault {
     /// `{"kind":"registration","app"?,"failure":"unauthorized"|"unavailable"|"noAnswer"|"expiredTicket","count"}`,
     /// `{"kind":"http","endpoint","failure":"serverError"|"throttle"|"permissionDenied"|"delay","status"?,"delayMs"?,"count"}`,
     /// `{"kind":"clearHTTPFaults","endpoint"?}`, `{"kind":"expireTokens","app"}`, `{"kind":"expireWebhooks","app"?}`,
-    /// `{"kind":"throttleWebhooks","on"}`, `{"kind":"rotation","ageMs"?}`.
+    /// `{"kind":"throttleWebhooks","on"}`, `{"kind":"rotation","ageMs"?}`,
+    /// `{"kind":"oversizedFrame","app","socket"?,"bytes"}`; disconnect also takes `"mode":"blackHole"`.
     /// - Throws: `SimulatorError.invalidRequest` naming the bad field.
     public init(json: [String: Any]) throws {
         func bad(_ m: String) -> SimulatorError { SimulatorError(.invalidRequest, "fault: \(m)") }
@@ -183,6 +184,10 @@ extension SimulatorFault {
             self = .throttleWebhooks(json["on"] as? Bool ?? true)
         case "rotation":
             self = .rotation(age: (json["ageMs"] as? Int).map { .milliseconds($0) })
+        case "oversizedFrame":
+            guard let app else { throw bad("oversizedFrame needs app") }
+            guard let bytes = json["bytes"] as? Int, bytes > 0 else { throw bad("oversizedFrame needs bytes > 0") }
+            self = .oversizedFrame(app: app, socket: json["socket"] as? Int, bytes: bytes)
         default:
             throw bad("unknown kind")
         }

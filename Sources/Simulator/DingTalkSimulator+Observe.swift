@@ -32,7 +32,7 @@ extension DingTalkSimulator {
     public func sockets(app: String) -> [SocketInfo] {
         core.withLock { c in
             c.sockets.values.filter { $0.app == app }.sorted { $0.id < $1.id }
-                .map { SocketInfo(id: $0.id, app: $0.app, state: $0.state, openedAt: $0.openedAt) }
+                .map { SocketInfo(id: $0.id, app: $0.app, state: $0.state, openedAt: $0.openedAt, blackHoled: $0.blackHoled, closedAt: $0.closedAt) }
         }
     }
 
@@ -125,6 +125,8 @@ extension DingTalkSimulator {
             core.withLock { $0.webhookThrottle = on }
         case .rotation(let age):
             core.withLock { $0.rotationAge = age }
+        case .oversizedFrame(let app, let socket, let bytes):
+            try pushOversizedFrame(app: app, socket: socket, bytes: bytes)
         }
     }
 

@@ -14,6 +14,20 @@ final class AbortHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let name = "sim.abort"
 }
 
+/// Put right behind `AbortHandler` to make a TCP black hole: every byte in or out vanishes,
+/// while the channel itself stays open (and still notices the peer closing).
+final class BlackHoleHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+    func channelReadComplete(context: ChannelHandlerContext) {}
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        promise?.succeed(())
+    }
+    func flush(context: ChannelHandlerContext) {}
+}
+
 extension DingTalkSimulator {
     func configureChild(_ channel: any Channel) throws {
         let key = ObjectIdentifier(channel)
@@ -155,6 +169,11 @@ extension DingTalkSimulator {
             case .deaf:
                 c.setSocketState(id, .deaf, now: now)
                 return (s.channel, nil)
+            case .blackHole:
+                // The server cannot tell: the socket stays live and keeps getting pushes.
+                guard !s.blackHoled else { return (s.channel, nil) }
+                c.sockets[id]?.blackHoled = true
+                return (s.channel, "blackHole")
             case .abruptClose:
                 c.setSocketState(id, .closed, now: now)
                 return (s.channel, nil)
@@ -171,6 +190,13 @@ extension DingTalkSimulator {
         switch mode {
         case .deaf:
             break
+        case .blackHole:
+            guard text != nil else { break }
+            channel.eventLoop.execute {
+                let sync = channel.pipeline.syncOperations
+                guard let abort = try? sync.context(name: AbortHandler.name) else { return }
+                try? sync.addHandler(BlackHoleHandler(), position: .after(abort.handler))
+            }
         case .disconnectFrame:
             if let text { perform(PendingWrite(channel: channel, text: text)) }
             channel.eventLoop.scheduleTask(in: grace) { channel.close(promise: nil) }
@@ -187,6 +213,26 @@ extension DingTalkSimulator {
             }
         }
         logger.debug("socket disconnected", metadata: ["conn.id": "\(id)", "sim.mode": "\(mode.rawValue)"])
+    }
+
+    /// Writes one text frame of exactly `bytes` bytes, a CALLBACK padded to size, on `socket` or
+    /// on the app's oldest live socket. Not a delivery: never pushed again, its ack is ignored.
+    /// - Throws: `SimulatorError.noSuchSocket` when there is no such live socket.
+    @discardableResult
+    public func pushOversizedFrame(app: String, socket: Int? = nil, bytes: Int) throws -> Int {
+        _ = try self.app(named: app)
+        let target = core.withLock { c -> (Int, any Channel)? in
+            let live = c.sockets.values.filter { $0.app == app && $0.state == .live }.sorted { $0.id < $1.id }
+            guard let entry = socket.map({ id in live.first { $0.id == id } }) ?? live.first else { return nil }
+            return (entry.id, entry.channel)
+        }
+        guard let (id, channel) = target else { throw SimulatorError(.noSuchSocket, socket.map(String.init) ?? "no live socket of \(app)") }
+        let head = #"{"specVersion":"1.0","type":"CALLBACK","headers":{"contentType":"application/json","messageId":"oversized-\#(id)","topic":"/v1.0/im/bot/messages/get"},"data":"{\"pad\":\""#
+        let tail = #"\"}"}"#
+        let padding = max(bytes - head.utf8.count - tail.utf8.count, 0)
+        perform(PendingWrite(channel: channel, text: head + String(repeating: "x", count: padding) + tail))
+        logger.debug("oversized frame pushed", metadata: ["conn.id": "\(id)", "frame.bytes": "\(bytes)"])
+        return id
     }
 
     /// Disconnects every open socket of `app` (`socket` nil), including one whose client already

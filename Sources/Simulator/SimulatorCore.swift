@@ -40,6 +40,8 @@ struct SocketEntry {
     var connectionId: String
     /// Outstanding server pings: messageId → opaque.
     var pings: [String: String] = [:]
+    var blackHoled = false
+    var closedAt: Date?
 }
 
 struct TicketEntry {
@@ -142,6 +144,7 @@ struct SimulatorCore {
         let old = entry.state
         entry.state = new
         if new == .closed || new == .draining { entry.pings = [:] }
+        if new == .closed { entry.closedAt = now }
         sockets[id] = entry
         let app = entry.app
         let before = liveByApp[app, default: []].count

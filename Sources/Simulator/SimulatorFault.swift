@@ -6,6 +6,10 @@ public enum DisconnectMode: String, Sendable, Codable {
     case abruptClose
     /// Still answers WebSocket pings, but sends nothing more: no pushes, no SYSTEM pings.
     case deaf
+    /// A TCP black hole: not a byte passes either way, and nothing is closed. The socket still
+    /// counts as live, so pushes keep going into it and vanish (unacked, pushed again later).
+    /// Ends when the client closes its end, which the simulator does notice.
+    case blackHole
 }
 
 public enum RegistrationFailure: String, Sendable, Codable {
@@ -44,4 +48,7 @@ public enum SimulatorFault: Sendable {
     case throttleWebhooks(Bool)
     /// Rotate every socket once it is this old (nil: never).
     case rotation(age: Duration?)
+    /// One text frame of exactly `bytes` bytes (a padded CALLBACK, not tracked, never pushed
+    /// again) on `socket`, or on the app's oldest live socket when nil.
+    case oversizedFrame(app: String, socket: Int?, bytes: Int)
 }

@@ -29,6 +29,10 @@ public struct SocketInfo: Sendable {
     public var app: String
     public var state: SocketState
     public var openedAt: Date
+    /// Still `live` to the pushes, but nothing passes (`DisconnectMode.blackHole`).
+    public var blackHoled = false
+    /// When the simulator saw it close.
+    public var closedAt: Date? = nil
 }
 
 public enum FrameType: String, Sendable { case system = "SYSTEM", event = "EVENT", callback = "CALLBACK" }

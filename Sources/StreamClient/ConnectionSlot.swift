@@ -36,6 +36,9 @@ public struct AppConnectionSettings: Sendable {
     public var keepalive: KeepaliveSettings
     public var connections: Int
     public var maxConnectionAge: Duration
+    /// Frames with more payload than this are left out, and the socket that carried one is
+    /// replaced (`max_frame_size`).
+    public var maxFrameSize = StreamFrame.maximumSize
     /// How long a replaced socket may still deliver frames already on their way before we close it.
     public var drainTime: Duration = .seconds(15)
     /// A socket that stayed up this long has proven healthy and resets the backoff.
@@ -79,6 +82,9 @@ struct ConnectionSlot: Sendable {
         var firstSocket = true
         await withDiscardingTaskGroup { group in
             var current: StreamSocket?
+            // A silent or deaf socket has nothing left to deliver: it goes as soon as its
+            // replacement is up, and without waiting for a close handshake it would never answer.
+            var currentIsDead = false
             while !Task.isCancelled {
                 let socket: StreamSocket
                 do {
@@ -103,9 +109,11 @@ struct ConnectionSlot: Sendable {
                     // The replacement is live: only now let the old socket go.
                     board.rotated(app: settings.app)
                     board.socketDraining(app: settings.app, connectionID: old.id)
-                    group.addTask { await drain(old, closeAfter: settings.drainTime) }
+                    let dead = currentIsDead
+                    group.addTask { await drain(old, closeAfter: dead ? .zero : settings.drainTime) }
                 }
                 current = socket
+                currentIsDead = false
                 let census = board.census(app: settings.app, now: upSince)
                 logger.notice(
                     "socket up (\(census.up)/\(census.wanted) for this app; ages \(census.ages))",
@@ -138,9 +146,14 @@ struct ConnectionSlot: Sendable {
                         "server rotates socket after \(age.formattedAge) (\(reason)); opening its replacement first",
                         metadata: replacedMetadata(socket, age: age))
                 case .event(.deaf(let reason))?:
+                    currentIsDead = true
                     logger.warning(
                         "socket is deaf after \(age.formattedAge) (\(reason)); opening its replacement first",
                         metadata: replacedMetadata(socket, age: age))
+                case .event(.oversizedFrame(let bytes))?:
+                    logger.warning(
+                        "a frame of \(bytes) bytes exceeds max_frame_size (\(settings.maxFrameSize) bytes) and was left out unacked; replacing this socket, opening its replacement first",
+                        metadata: replacedMetadata(socket, age: age).merging(["frame.bytes": "\(bytes)"]) { $1 })
                 case .ageLimit?:
                     logger.info(
                         "socket reached its age limit at \(age.formattedAge); opening its replacement first",
@@ -178,7 +191,7 @@ struct ConnectionSlot: Sendable {
                 }
                 return try await StreamSocket.connect(
                     ticket: ticket, app: settings.app, settings: settings.network, keepalive: settings.keepalive,
-                    sink: sink, logger: logger)
+                    maxFrameSize: settings.maxFrameSize, sink: sink, logger: logger)
             } catch where error.code == .ticketExpired || error.code == .upgradeRefused {
                 lastError = error
                 if attempt == 0 {
@@ -216,16 +229,21 @@ struct ConnectionSlot: Sendable {
 
     /// Lets a replaced socket deliver what is already on its way, then closes it: when the server
     /// closes it, after `closeAfter`, or when the slot stops, whichever comes first. (Waiting for
-    /// the server alone would keep a deaf socket open for ever.)
+    /// the server alone would keep a deaf socket open for ever.) `closeAfter` zero: a dead socket,
+    /// dropped at once without a close handshake nobody would answer.
     private func drain(_ socket: StreamSocket, closeAfter: Duration) async {
-        let closed = socket.channel.closeFuture
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await closed.get() }
-            group.addTask { try? await Task.sleep(for: closeAfter) }
-            await group.next()
-            // Closing completes `closed`, so the group can end; a closed channel makes this a no-op.
-            if socket.channel.isActive { await socket.close() } else { try? await socket.channel.close().get() }
-            group.cancelAll()
+        if closeAfter == .zero {
+            try? await socket.channel.close().get()
+        } else {
+            let closed = socket.channel.closeFuture
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await closed.get() }
+                group.addTask { try? await Task.sleep(for: closeAfter) }
+                await group.next()
+                // Closing completes `closed`, so the group can end; a closed channel makes this a no-op.
+                if socket.channel.isActive { await socket.close() } else { try? await socket.channel.close().get() }
+                group.cancelAll()
+            }
         }
         board.socketDown(app: settings.app, connectionID: socket.id)
         logger.info("replaced socket closed", metadata: ["app": "\(settings.app)", "conn.id": "\(socket.id)"])

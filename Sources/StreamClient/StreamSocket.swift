@@ -69,18 +69,25 @@ final class AckWriter: Sendable {
     }
 }
 
-/// Keepalive and deaf-socket limits of one socket.
-public struct KeepaliveSettings: Sendable {
-    /// WebSocket pings go out this often…
-    public var pingInterval: Duration
-    /// …and a pong must come back within this, or the socket is deaf.
-    public var pongDeadline: Duration
-    /// No text frame at all (not even a SYSTEM ping) for this long also means deaf.
+/// How a socket shows that it is alive, and when it counts as dead.
+public struct KeepaliveSettings: Sendable, Equatable {
+    /// Nothing at all received for this long (no frame, not one byte) means the path is gone, as
+    /// in a TCP black hole: the socket is replaced. Any inbound byte counts as life, and we ping
+    /// whenever the socket has been quiet for a third of this, so a live link has two chances to
+    /// answer before the limit.
+    public var silenceTimeout: Duration
+    /// No Stream frame (not even a SYSTEM ping) for this long means deaf: pongs come back but
+    /// nothing is delivered.
     public var idleTimeout: Duration
 
-    public init(pingInterval: Duration = .seconds(20), pongDeadline: Duration = .seconds(10), idleTimeout: Duration = .seconds(90)) {
-        self.pingInterval = pingInterval
-        self.pongDeadline = pongDeadline
+    /// Quiet this long → a WebSocket ping (and again after as long while still quiet).
+    public var pingInterval: Duration { silenceTimeout / 3 }
+
+    /// Replaces a silent socket within 10 s: 6 s of silence plus a registration and a connect.
+    public static let defaultSilenceTimeout: Duration = .seconds(6)
+
+    public init(silenceTimeout: Duration = defaultSilenceTimeout, idleTimeout: Duration = .seconds(90)) {
+        self.silenceTimeout = silenceTimeout
         self.idleTimeout = idleTimeout
     }
 }
@@ -89,7 +96,10 @@ public struct KeepaliveSettings: Sendable {
 enum SocketEvent: Sendable, Equatable {
     /// SYSTEM `disconnect`: the server rotates this socket; nothing more will arrive on it.
     case disconnectRequested(reason: String)
+    /// Silent or deaf: nothing useful will arrive on it any more.
     case deaf(reason: String)
+    /// A frame over the size limit was left out; the socket still works but is replaced.
+    case oversizedFrame(bytes: UInt64)
     case closed(reason: String)
 }
 
@@ -123,7 +133,7 @@ final class StreamSocket: Sendable {
     ///   `.insecureEndpoint`); nothing stays open on failure.
     static func connect(
         ticket: StreamTicket, app: String, settings: NetworkSettings, keepalive: KeepaliveSettings,
-        sink: any FrameSink, logger: Logger
+        maxFrameSize: Int = StreamFrame.maximumSize, sink: any FrameSink, logger: Logger
     ) async throws(StreamClientError) -> StreamSocket {
         guard ContinuousClock.now - ticket.issuedAt < StreamTicket.usableFor else {
             throw StreamClientError(.ticketExpired, app: app)
@@ -200,12 +210,17 @@ final class StreamSocket: Sendable {
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
                     let frameHandler = StreamFrameHandler(
-                        connection: context, keepalive: keepalive, sink: sink, events: continuation, logger: logger)
+                        connection: context, keepalive: keepalive, maxFrameSize: maxFrameSize, sink: sink,
+                        events: continuation, logger: logger)
                     let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
-                        maxFrameSize: StreamFrame.maximumSize,
+                        maxFrameSize: maxFrameSize,
                         upgradePipelineHandler: { channel, _ in
                             channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandler(frameHandler)
+                                let sync = channel.pipeline.syncOperations
+                                // Raw bytes pass the guard before the decoder could choke on a frame.
+                                let decoder = try sync.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+                                try sync.addHandler(frameHandler.inboundGuard, position: .before(decoder))
+                                try sync.addHandler(frameHandler)
                                 return true
                             }
                         })
@@ -293,21 +308,30 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
+    /// Goes before the WebSocket decoder; tells us when the last byte came.
+    let inboundGuard: InboundGuard
     private let connection: ConnectionID
     private let keepalive: KeepaliveSettings
+    private let maxFrameSize: Int
     private let sink: any FrameSink
     private let events: AsyncStream<SocketEvent>.Continuation
     private let logger: Logger
     private var fragments: ByteBuffer?
     private var lastTextFrame = NIODeadline.now()
-    private var awaitingPongSince: NIODeadline?
+    private var lastPing = NIODeadline.distantPast
     private var timer: Scheduled<Void>?
     private var reportedDeaf = false
+    private var reportedOversized = false
     private var context: ConnectionContext?
 
-    init(connection: ConnectionID, keepalive: KeepaliveSettings, sink: any FrameSink, events: AsyncStream<SocketEvent>.Continuation, logger: Logger) {
+    init(
+        connection: ConnectionID, keepalive: KeepaliveSettings, maxFrameSize: Int, sink: any FrameSink,
+        events: AsyncStream<SocketEvent>.Continuation, logger: Logger
+    ) {
+        self.inboundGuard = InboundGuard(limit: maxFrameSize)
         self.connection = connection
         self.keepalive = keepalive
+        self.maxFrameSize = maxFrameSize
         self.sink = sink
         self.events = events
         self.logger = logger
@@ -316,40 +340,66 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = ConnectionContext(app: connection.app, connectionID: connection.id, channel: context.channel)
         lastTextFrame = .now()
-        scheduleKeepalive(context: context)
+        keepaliveTick(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
     }
 
-    private func scheduleKeepalive(context: ChannelHandlerContext) {
+    /// Pings a quiet socket and reports it once it stays silent (or deaf) too long. Runs again at
+    /// the next moment something could be due; inbound bytes do not touch the timer, so a busy
+    /// socket costs one check per ping interval.
+    private func keepaliveTick(context: ChannelHandlerContext) {
+        guard context.channel.isActive, !reportedDeaf else { return }
+        let now = NIODeadline.now()
+        let heard = max(inboundGuard.lastInbound, lastTextFrame)
+        let silence = TimeAmount(keepalive.silenceTimeout)
+        let idle = TimeAmount(keepalive.idleTimeout)
+        let pingEvery = TimeAmount(keepalive.pingInterval)
+        if now - heard >= silence {
+            reportDeaf("nothing received for \(keepalive.silenceTimeout)")
+            return
+        }
+        if now - lastTextFrame >= idle {
+            reportDeaf("no frame for \(keepalive.idleTimeout)")
+            return
+        }
+        if now - max(heard, lastPing) >= pingEvery {
+            lastPing = now
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "ka"))), promise: nil)
+        }
+        let next = min(heard + silence, lastTextFrame + idle, max(heard, lastPing) + pingEvery)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: TimeAmount(keepalive.pingInterval)) {
+        timer = context.eventLoop.scheduleTask(deadline: max(next, now + .milliseconds(10))) {
             let (handler, context) = loopBound.value
             handler.keepaliveTick(context: context)
         }
-    }
-
-    private func keepaliveTick(context: ChannelHandlerContext) {
-        guard context.channel.isActive else { return }
-        let now = NIODeadline.now()
-        if let since = awaitingPongSince, now - since > TimeAmount(keepalive.pongDeadline) {
-            reportDeaf("no pong within \(keepalive.pongDeadline)")
-        } else if now - lastTextFrame > TimeAmount(keepalive.idleTimeout) {
-            reportDeaf("no frame for \(keepalive.idleTimeout)")
-        }
-        if awaitingPongSince == nil {
-            awaitingPongSince = now
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "ka"))), promise: nil)
-        }
-        scheduleKeepalive(context: context)
     }
 
     private func reportDeaf(_ reason: String) {
         guard !reportedDeaf else { return }
         reportedDeaf = true
         events.yield(.deaf(reason: reason))
+    }
+
+    /// Once per socket: the slot replaces it; later oversized frames on it are left out quietly.
+    private func reportOversized(_ bytes: UInt64) {
+        fragments = nil
+        guard !reportedOversized else {
+            logger.debug("another oversized frame left out", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)", "frame.bytes": "\(bytes)"])
+            return
+        }
+        reportedOversized = true
+        events.yield(.oversizedFrame(bytes: bytes))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let skipped = event as? OversizedFrameSkipped {
+            reportOversized(skipped.payloadBytes)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -365,9 +415,8 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
             guard var buffer = fragments else { return }
             var more = frame.unmaskedData
             buffer.writeBuffer(&more)
-            if buffer.readableBytes > StreamFrame.maximumSize {
-                logger.warning("dropping an oversized fragmented frame", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)"])
-                fragments = nil
+            if buffer.readableBytes > maxFrameSize {
+                reportOversized(UInt64(buffer.readableBytes))
             } else if frame.fin {
                 fragments = nil
                 handleText(buffer)
@@ -377,13 +426,11 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
         case .ping:
             let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
-        case .pong:
-            awaitingPongSince = nil
         case .connectionClose:
             let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xE8]))
             context.writeAndFlush(wrapOutboundOut(close)).whenComplete { _ in context.close(promise: nil) }
         default:
-            break
+            break  // pongs: any byte already counted as life
         }
     }
 
@@ -392,7 +439,7 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
         guard let context = self.context else { return }
         let frame: StreamFrame
         do {
-            frame = try buffer.withUnsafeReadableBytes { bytes throws(FrameError) in try StreamFrame.decode(bytes) }
+            frame = try buffer.withUnsafeReadableBytes { bytes throws(FrameError) in try StreamFrame.decode(bytes, limit: maxFrameSize) }
         } catch {
             logger.warning("malformed frame: \(error)", metadata: ["conn.id": "\(connection.id)", "app": "\(connection.app)"])
             return

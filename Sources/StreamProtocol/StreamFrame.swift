@@ -47,14 +47,16 @@ public struct StreamFrame: Sendable, Equatable {
     public var messageID: String? { headers["messageId"] }
     public var topic: String? { headers["topic"] }
 
-    /// Frames above this size are refused rather than parsed; the Java SDK uses the same cap.
-    public static let maximumSize = 256 * 1024
+    /// The default frame size limit (`max_frame_size`): far above anything DingTalk sends (a long
+    /// rich-text message or a card is a few KiB), yet bounded so a broken peer cannot make us
+    /// buffer without end.
+    public static let maximumSize = 16 * 1024 * 1024
 
     /// Parses a text frame.
     /// - Throws: `FrameError` naming what is wrong; the caller logs it and drops the frame
     ///   without acking, so a well-behaved server pushes it again.
-    public static func decode(_ bytes: some Collection<UInt8>) throws(FrameError) -> StreamFrame {
-        guard bytes.count <= maximumSize else { throw FrameError(.tooLarge(bytes.count)) }
+    public static func decode(_ bytes: some Collection<UInt8>, limit: Int = maximumSize) throws(FrameError) -> StreamFrame {
+        guard bytes.count <= limit else { throw FrameError(.tooLarge(bytes.count)) }
         let fast = bytes.withContiguousStorageIfAvailable { FastFrameReader.decode($0) }
         if let frame = fast ?? nil { return frame }
         let object: Any
@@ -142,7 +144,7 @@ public struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch code {
         case .tooLarge(let size):
-            "frame of \(size) bytes exceeds the \(StreamFrame.maximumSize)-byte limit; dropped unacked"
+            "frame of \(size) bytes exceeds the frame size limit (max_frame_size); dropped unacked"
         case .notJSON: "frame is not valid JSON; dropped unacked"
         case .notAnObject: "frame is not a JSON object; dropped unacked"
         case .missingField(let name): "frame has no valid \"\(name)\"; dropped unacked"

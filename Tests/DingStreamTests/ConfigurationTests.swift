@@ -81,6 +81,24 @@ struct ConfigurationTests {
         #expect(range?.line == 5)
     }
 
+    @Test(.timeLimit(.minutes(1)))
+    func socketLimitsHaveDefaultsAndBounds() throws {
+        let app = "[[app]]\nname = \"a\"\nclient_id = \"b\"\nclient_secret = \"c\"\n"
+        let defaults = try parse(app).apps[0]
+        #expect(defaults.silenceTimeout == .seconds(6))
+        #expect(defaults.maxFrameSize == 16 * 1024 * 1024)
+        let set = try parse(app + "silence_timeout = \"3s\"\nmax_frame_size = 1048576\n").apps[0]
+        #expect(set.silenceTimeout == .seconds(3))
+        #expect(set.maxFrameSize == 1 << 20)
+        // Below a second a busy machine would look like a dead network.
+        let short = #expect(throws: ConfigurationError.self) { try parse(app + "silence_timeout = \"500ms\"\n") }
+        #expect(short?.line == 5)
+        #expect(short?.description.contains("silence_timeout") == true)
+        let small = #expect(throws: ConfigurationError.self) { try parse(app + "max_frame_size = 1000\n") }
+        #expect(small?.line == 5)
+        #expect(small?.description.contains("max_frame_size") == true)
+    }
+
     @Test func secretComesFromTheSystemdCredential() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cred-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

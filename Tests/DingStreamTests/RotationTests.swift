@@ -23,7 +23,7 @@ struct RotationTests {
         simulatorConfiguration.redeliveryTimeout = .seconds(3)
         simulatorConfiguration.disconnectGrace = .seconds(2)
         // The simulator pings live sockets every 200 ms, so 1.5 s of silence is a deaf socket.
-        let keepalive = KeepaliveSettings(pingInterval: .milliseconds(300), pongDeadline: .seconds(2), idleTimeout: .milliseconds(1500))
+        let keepalive = KeepaliveSettings(silenceTimeout: .seconds(2), idleTimeout: .milliseconds(1500))
 
         try await DingTalkSimulator.withRunning(simulatorConfiguration) { sim in
             let configuration = harness.configuration(for: sim, connections: 2)
@@ -58,10 +58,16 @@ struct RotationTests {
                             let live = sim.liveSockets(app: Self.app)
                             return live.count == 2 && !live.contains { $0.id == victim }
                         }
-                        if mode != .abruptClose {
+                        let old = sim.sockets(app: Self.app).first { $0.id == victim }
+                        if mode == .disconnectFrame {
                             // Make-before-break: the replacement is live while the old socket is still open.
-                            let old = sim.sockets(app: Self.app).first { $0.id == victim }
-                            #expect(old?.state == (mode == .deaf ? .deaf : .draining), "round \(round): old socket \(String(describing: old?.state))")
+                            #expect(old?.state == .draining, "round \(round): old socket \(String(describing: old?.state))")
+                        } else if mode == .deaf {
+                            // A deaf socket has nothing left to deliver and is dropped at once, but
+                            // only after its replacement was opened.
+                            let opened = try #require(sim.sockets(app: Self.app).filter { !before.contains($0.id) }.map(\.openedAt).min())
+                            let closed = old?.closedAt ?? .distantFuture  // still open: fine
+                            #expect(opened <= closed, "round \(round): old socket closed at \(closed), replacement opened at \(opened)")
                         }
                         // Let the replacement carry traffic before the next round.
                         let replacement = sim.liveSockets(app: Self.app).map(\.id).first { !before.contains($0) }!

@@ -125,7 +125,7 @@ func settings(
         subscriptions: [.bot, .events], userAgent: "dingstream-test/0", deadline: .seconds(10))
     var settings = AppConnectionSettings(
         registration: registration, network: network,
-        keepalive: KeepaliveSettings(pingInterval: .seconds(5), pongDeadline: .seconds(5), idleTimeout: .seconds(60)),
+        keepalive: KeepaliveSettings(idleTimeout: .seconds(60)),
         connections: connections, maxConnectionAge: .seconds(100 * 3600))
     settings.drainTime = .seconds(2)
     return settings

@@ -1,4 +1,5 @@
 import Foundation
+import StreamClient
 import StreamProtocol
 
 /// The daemon's configuration, read from a TOML file (DESIGN.md, "Configuration").
@@ -37,6 +38,11 @@ public struct Configuration: Sendable, Equatable {
         /// No frame at all for this long means a deaf socket. The server pings every few tens
         /// of seconds in observed traffic, so 90 s is three missed pings, not one slow one.
         public var idleTimeout: Duration = .seconds(90)
+        /// Nothing at all received for this long means a dead path (a TCP black hole); we ping a
+        /// quiet socket every third of it, so a live one always has something to answer.
+        public var silenceTimeout: Duration = KeepaliveSettings.defaultSilenceTimeout
+        /// Frames with more payload bytes are left out and cost only the socket that carried them.
+        public var maxFrameSize = StreamFrame.maximumSize
 
         public init(name: String, clientID: String, clientSecret: String) {
             self.name = name

@@ -79,6 +79,7 @@ struct ConfigurationReader {
             allowed: [
                 "name", "client_id", "client_secret", "client_secret_file", "connections", "subscriptions",
                 "allowed_users", "api_base", "proxy", "ca_file", "max_connection_age", "idle_timeout",
+                "silence_timeout", "max_frame_size",
             ],
             place: place)
         guard let name = try string(table, "name") else {
@@ -129,6 +130,15 @@ struct ConfigurationReader {
         }
         if let value = try duration(table, "max_connection_age") { app.maxConnectionAge = value }
         if let value = try duration(table, "idle_timeout") { app.idleTimeout = value }
+        if let value = try duration(table, "silence_timeout") {
+            // Below a second, a briefly busy machine would look like a dead network.
+            guard value >= .seconds(1) else {
+                throw fail(table["silence_timeout"]?.line, "silence_timeout must be at least 1s (the default is 6s)")
+            }
+            app.silenceTimeout = value
+        }
+        // The WebSocket decoder takes at most 4 GiB; 1 GiB is already far beyond any real frame.
+        if let value = try integer(table, "max_frame_size", in: 65_536...(1 << 30)) { app.maxFrameSize = value }
         return app
     }
 

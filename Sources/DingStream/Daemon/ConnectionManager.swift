@@ -41,11 +41,12 @@ final class ConnectionManager: Service {
             app: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase,
             subscriptions: app.subscriptions, userAgent: userAgent)
         let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
-        let keepalive = keepaliveOverride ?? KeepaliveSettings(
-            pingInterval: min(.seconds(20), app.idleTimeout / 3), pongDeadline: .seconds(10), idleTimeout: app.idleTimeout)
-        return AppConnectionSettings(
+        let keepalive = keepaliveOverride ?? KeepaliveSettings(silenceTimeout: app.silenceTimeout, idleTimeout: app.idleTimeout)
+        var settings = AppConnectionSettings(
             registration: registration, network: network, keepalive: keepalive, connections: app.connections,
             maxConnectionAge: app.maxConnectionAge)
+        settings.maxFrameSize = app.maxFrameSize
+        return settings
     }
 
     func run() async throws {

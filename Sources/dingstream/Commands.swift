@@ -75,7 +75,9 @@ struct SpoolCommand: AsyncParsableCommand {
                 print("\(shown.name)  \(shown.state.rawValue), \(shown.attempts) attempt\(shown.attempts == 1 ? "" : "s")")
                 print(shown.contents, terminator: shown.contents.hasSuffix("\n") ? "" : "\n")
                 if !shown.replies.isEmpty {
-                    print("--- replies (\(shown.delivered) of \(shown.replies.count) delivered) ---")
+                    // The last part's delivery is recorded by the move to done, not in the count.
+                    let delivered = shown.state == .done ? shown.replies.count : shown.delivered
+                    print("--- replies (\(delivered) of \(shown.replies.count) delivered) ---")
                     for reply in shown.replies { print(reply) }
                 }
                 if let reason = shown.reason { print("--- reason ---\n\(reason)", terminator: reason.hasSuffix("\n") ? "" : "\n") }

@@ -14,7 +14,7 @@ extension Spool {
         /// announce a backlog again.
         var announced: Set<EntryName> = []
         /// Entries just committed, as `peek` would read them back. Bounded: without a consumer it stays small.
-        var committed: [EntryName: (record: IntakeRecord, bytes: [UInt8])] = [:]
+        var committed: [EntryName: Pending] = [:]
         /// Dedup keys (`<app>-<hash>`) imported from a 0.1 spool's `dedup.log`, within the window.
         var legacySeen: Set<String> = []
         /// The intake failure already logged, so it is logged once rather than per round.
@@ -172,7 +172,7 @@ extension Spool {
             // it again, and the dispatcher ignores names it holds.
             for item in stored {
                 if writer.committed.count < Self.committedCacheLimit {
-                    writer.committed[item.name] = (item.pending.record, item.pending.bytes)
+                    writer.committed[item.name] = item.pending
                 }
             }
         }

@@ -3,7 +3,7 @@ import Foundation
 import StreamProtocol
 import Testing
 
-@Suite("Configuration")
+@Suite("Configuration", .timeLimit(.minutes(1)))
 struct ConfigurationTests {
     func parse(_ text: String, environment: [String: String] = [:]) throws(ConfigurationError) -> Configuration {
         try Configuration.parse(text, file: "test.toml", environment: environment)
@@ -97,5 +97,48 @@ struct ConfigurationTests {
         #expect(configuration.apps.count == 1)
         #expect(configuration.apps[0].clientID == "id")
         #expect(configuration.apps[0].allowedUsers == ["u1"])
+    }
+
+    static let minimalApp = "\n[[app]]\nname = \"a\"\nclient_id = \"b\"\nclient_secret = \"c\"\n"
+
+    /// Issue 15, bug 2: such values trapped (exit 132) in every command and killed a daemon on reload.
+    @Test(arguments: [
+        #"handler_timeout = "999999999999d""#, #"handler_timeout = "inf""#, #"handler_timeout = "nan""#,
+        #"handler_timeout = "1e400""#, #"handler_timeout = "-5s""#, #"handler_timeout = "99999999999999999999999ms""#,
+        "handler_timeout = 9223372036854775807", "handler_timeout = -1",
+    ])
+    func hugeOrNonFiniteDurationsAreConfigurationErrors(line: String) {
+        let error = #expect(throws: ConfigurationError.self) { try parse("workers = 2\n" + line + "\n" + Self.minimalApp) }
+        #expect(error?.line == 2)
+        #expect(error?.description.contains("handler_timeout") == true, "\(String(describing: error))")
+    }
+
+    /// Issue 15, bug 10: a zero handler_timeout failed every message.
+    @Test func zeroAndTooShortDurationsAreRefusedNamingTheMinimum() {
+        for (line, minimum) in [
+            (#"handler_timeout = "0s""#, "1s"), ("handler_timeout = 0", "1s"), (#"retry_delay = "0ms""#, "1s"),
+            (#"card_timeout = "10ms""#, "100ms"), (#"shutdown_grace = "0s""#, "1s"), (#"dedup_window = "5s""#, "1m"),
+        ] {
+            let error = #expect(throws: ConfigurationError.self) { try parse(line + "\n" + Self.minimalApp) }
+            #expect(error?.line == 1)
+            #expect(error?.description.contains("minimum \(minimum)") == true, "\(String(describing: error))")
+        }
+        let app = #expect(throws: ConfigurationError.self) { try parse(Self.minimalApp + "idle_timeout = \"0s\"\n") }
+        #expect(app?.description.contains("idle_timeout") == true)
+    }
+
+    @Test func durationsInEveryUnitAndAtTheBoundsAreRead() throws {
+        let configuration = try parse(
+            "handler_timeout = \"1.5m\"\nretry_delay = 2\ncard_timeout = \"100ms\"\nretention = \"3650d\"\nwebhook_margin = \"0s\"\n" + Self.minimalApp)
+        #expect(configuration.handlerTimeout == .seconds(90))
+        #expect(configuration.retryDelay == .seconds(2))
+        #expect(configuration.cardTimeout == .milliseconds(100))
+        #expect(configuration.retention == .seconds(3650 * 86_400))
+        #expect(configuration.webhookMargin == .zero)
+        #expect(DurationText.format(.seconds(90)) == "90s")
+        #expect(DurationText.format(.seconds(7 * 86_400)) == "7d")
+        #expect(DurationText.parse("12h") == .seconds(12 * 3600))
+        #expect(DurationText.parse("7x") == nil)
+        #expect(DurationText.parse("") == nil)
     }
 }

@@ -10,6 +10,7 @@ final class DaemonProcess {
     let configPath: String
     let logPath: String
     private var process: Process?
+    private let extraEnvironment: [String: String]
     /// Every pid this daemon ran as, in order.
     private(set) var pids: [String] = []
 
@@ -26,7 +27,12 @@ final class DaemonProcess {
     }()
 
     /// Writes the configuration for every app of `simulator` into `harness.root`.
-    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2) throws {
+    /// `environment` is added to the child's minimal one; `logLevel` is the configuration's.
+    init(
+        harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, logLevel: String = "info",
+        environment: [String: String] = [:]
+    ) throws {
+        extraEnvironment = environment
         root = harness.root
         configPath = root + "/dingstream.toml"
         logPath = root + "/daemon.log"
@@ -37,7 +43,7 @@ final class DaemonProcess {
             handler_timeout = "20s"
             ready_timeout = "5s"
             shutdown_grace = "2s"
-            log_level = "info"
+            log_level = "\(logLevel)"
 
             """
         for app in simulator.configuration.apps {
@@ -70,7 +76,7 @@ final class DaemonProcess {
         let child = Process()
         child.executableURL = URL(fileURLWithPath: executable)
         child.arguments = ["run", "--config", configPath]
-        child.environment = ["PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8"]
+        child.environment = ["PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8"].merging(extraEnvironment) { _, new in new }
         child.standardInput = FileHandle.nullDevice
         child.standardOutput = log
         child.standardError = log
@@ -80,6 +86,11 @@ final class DaemonProcess {
     }
 
     var isRunning: Bool { process?.isRunning ?? false }
+
+    /// Sends `signal` (SIGHUP to reload) without waiting for anything.
+    func send(signal: Int32) {
+        if let process { Foundation.kill(process.processIdentifier, signal) }
+    }
 
     /// SIGKILL, then waits for the exit: nothing of the daemon runs any more (its handler
     /// children live on in their own process groups, as they would after a real crash).

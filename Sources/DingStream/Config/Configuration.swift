@@ -106,18 +106,3 @@ extension Configuration {
         return nsError.localizedDescription
     }
 }
-
-/// Durations in the configuration: "500ms", "90s", "5m", "6h", "7d", or a number of seconds.
-enum DurationText {
-    static func parse(_ text: String) -> Duration? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
-        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-            let number = trimmed.dropLast(suffix.count)
-            guard let value = Double(number), value >= 0, value.isFinite else { return nil }
-            return .milliseconds(Int64((value * factor * 1000).rounded()))
-        }
-        if let seconds = Double(trimmed), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
-        return nil
-    }
-}

@@ -141,4 +141,19 @@ struct ConfigurationTests {
         #expect(DurationText.parse("7x") == nil)
         #expect(DurationText.parse("") == nil)
     }
+
+    /// Issue 15, bug 11: a NUL inside a path was accepted and cut the path short.
+    @Test func controlCharactersInStringsAndCommentsAreRefusedNamingTheLine() {
+        for text in [
+            "workers = 2\nspool_dir = \"/tmp/a\u{0}b\"\n", "workers = 2\nspool_dir = '/tmp/a\u{0}b'\n",
+            "workers = 2\nlog_level = \"in\u{1B}fo\"\n", "workers = 2\nspool_dir = \"/tmp/a\u{7F}\"\n",
+            "workers = 2\nspool_dir = \"/tmp/a\\u0000b\"\n", "workers = 2\n# a comment \u{0}\n",
+        ] {
+            let error = #expect(throws: ConfigurationError.self, "\(text.debugDescription)") { try parse(text + Self.minimalApp) }
+            #expect(error?.line == 2, "\(text.debugDescription)")
+            #expect(error?.description.contains("U+00") == true || error?.description.contains("NUL") == true, "\(String(describing: error))")
+        }
+        // A tab is allowed, and escapes still work.
+        #expect((try? parse("spool_dir = \"/tmp/a\tb\\tc\"\n" + Self.minimalApp))?.spoolDirectory == "/tmp/a\tb\tc")
+    }
 }

@@ -80,7 +80,7 @@ private struct Parser {
         var currentName = ""
         var definedTables: Set<String> = []
         while true {
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             guard let byte = peek() else { break }
             if byte == UInt8(ascii: "[") {
                 let tableLine = line
@@ -182,20 +182,32 @@ private struct Parser {
         while let byte = peek(), byte == 0x20 || byte == 0x09 { index += 1 }
     }
 
-    private mutating func skipComment() {
+    private mutating func skipComment() throws(TOMLDocument.ParseError) {
         if peek() == UInt8(ascii: "#") {
-            while let byte = peek(), byte != 0x0A { index += 1 }
+            while let byte = peek(), byte != 0x0A {
+                if byte != 0x0D { try refuseControl(byte, in: "a comment") }
+                index += 1
+            }
         }
     }
 
-    private mutating func skipWhitespaceAndNewlinesAndComments() {
+    /// TOML allows no control character but tab in strings and comments. A NUL would also cut a
+    /// path short when it reaches the C library, so it is refused here, naming the line.
+    private func refuseControl(_ byte: UInt8, in place: String) throws(TOMLDocument.ParseError) {
+        guard byte < 0x20 && byte != 0x09 || byte == 0x7F else { return }
+        let hex = String(byte, radix: 16, uppercase: true)
+        let code = "U+" + String(repeating: "0", count: 4 - hex.count) + hex
+        throw error("\(place) holds the control character \(code), which TOML does not allow; remove it (in a \"string\" write \\t or \\n instead)")
+    }
+
+    private mutating func skipWhitespaceAndNewlinesAndComments() throws(TOMLDocument.ParseError) {
         while let byte = peek() {
             switch byte {
             case 0x20, 0x09, 0x0D: index += 1
             case 0x0A:
                 index += 1
                 line += 1
-            case UInt8(ascii: "#"): skipComment()
+            case UInt8(ascii: "#"): try skipComment()
             default: return
             }
         }
@@ -210,7 +222,7 @@ private struct Parser {
 
     private mutating func endOfLine() throws(TOMLDocument.ParseError) {
         skipSpaces()
-        skipComment()
+        try skipComment()
         if peek() == 0x0D { index += 1 }
         guard let byte = peek() else { return }
         guard byte == 0x0A else { throw error("unexpected text after the value \(found())") }
@@ -304,13 +316,13 @@ private struct Parser {
         index += 1
         var items: [TOMLDocument.Value] = []
         while true {
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             if peek() == UInt8(ascii: "]") {
                 index += 1
                 return .array(items)
             }
             items.append(try parseValue())
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             if peek() == UInt8(ascii: ",") {
                 index += 1
                 continue
@@ -324,6 +336,7 @@ private struct Parser {
         let start = index
         while let byte = peek(), byte != UInt8(ascii: "'") {
             guard byte != 0x0A else { throw error("the string is not closed on this line") }
+            try refuseControl(byte, in: "the string")
             index += 1
         }
         guard peek() != nil else { throw error("the string is not closed") }
@@ -338,6 +351,7 @@ private struct Parser {
         while true {
             guard let byte = peek() else { throw error("the string is not closed") }
             guard byte != 0x0A else { throw error("the string is not closed on this line") }
+            try refuseControl(byte, in: "the string")
             index += 1
             if byte == UInt8(ascii: "\"") { break }
             guard byte == UInt8(ascii: "\\") else {
@@ -358,6 +372,8 @@ private struct Parser {
                     let code = UInt32(String(decoding: bytes[index..<index + length], as: UTF8.self), radix: 16),
                     let scalar = Unicode.Scalar(code)
                 else { throw error("invalid unicode escape in the string") }
+                // TOML allows an escaped NUL, but no value here may hold one: paths and ids go to C.
+                guard code != 0 else { throw error("the string holds \\u0000 (NUL), which no configuration value may contain; remove it") }
                 index += length
                 result.append(contentsOf: Array(String(Character(scalar)).utf8))
             default:

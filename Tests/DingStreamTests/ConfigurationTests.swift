@@ -156,4 +156,33 @@ struct ConfigurationTests {
         // A tab is allowed, and escapes still work.
         #expect((try? parse("spool_dir = \"/tmp/a\tb\\tc\"\n" + Self.minimalApp))?.spoolDirectory == "/tmp/a\tb\tc")
     }
+
+    /// Issue 15, bug 14: 16,000 [[app]] tables took 27 s (every key copied the list of apps).
+    @Test func manyAppsAreReadInLinearTime() throws {
+        let count = 12_000
+        var text = "workers = 2\n"
+        for index in 0..<count {
+            text += "[[app]]\nname = \"a\(index)\"\nclient_id = \"id\(index)\"\nclient_secret = \"s\"\nconnections = 1\n"
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let configuration = try parse(text)
+        let elapsed = clock.now - start
+        #expect(configuration.apps.count == count)
+        #expect(configuration.apps.last?.name == "a\(count - 1)")
+        // Linear: 0.3 s in a debug build; the quadratic reader took about 10 s.
+        #expect(elapsed < .seconds(3), "\(count) apps took \(elapsed)")
+    }
+
+    /// Issue 15, bug 14: a 10 MB file never finished; now it is refused at once, saying why.
+    @Test func anOversizedFileIsRefusedBeforeItIsRead() throws {
+        let huge = String(repeating: "# padding line of a configuration that is far too long\n", count: 25_000)
+        let error = #expect(throws: ConfigurationError.self) { try parse(huge + Self.minimalApp) }
+        #expect(error?.description.contains("1024 KiB") == true, "\(String(describing: error))")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("big-\(UUID().uuidString).toml").path
+        try Data(huge.utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let loaded = #expect(throws: ConfigurationError.self) { try Configuration.load(path: path, environment: [:]) }
+        #expect(loaded?.description.contains("--config") == true)
+    }
 }

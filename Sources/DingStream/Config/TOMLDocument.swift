@@ -44,6 +44,22 @@ struct TOMLDocument {
             if entries[key] == nil { keys.append(key) }
             entries[key] = entry
         }
+
+        /// Changes the value of `key` (an existing one, or nil) in place. The entry is out of the
+        /// dictionary while `body` runs, so a table or array inside it is not copied: one key or
+        /// one `[[app]]` costs the same in a file of ten apps as in one of ten thousand.
+        mutating func update(
+            _ key: String, line: Int, _ body: (inout Value?) throws(ParseError) -> Void
+        ) throws(ParseError) {
+            var taken = entries.removeValue(forKey: key)
+            var value = taken?.value
+            // Drop the entry's own reference, so that `value` is the only one.
+            taken?.value = .boolean(false)
+            try body(&value)
+            guard let value else { return }
+            if taken == nil { keys.append(key) }
+            entries[key] = Entry(value: value, line: taken?.line ?? line)
+        }
     }
 
     struct ParseError: Error {
@@ -96,15 +112,19 @@ private struct Parser {
                 if isArray {
                     try Self.modify(&root, path: path.dropLast().map { .key($0) }, line: tableLine) { table throws(TOMLDocument.ParseError) in
                         let key = path[path.count - 1]
-                        var list: [TOMLDocument.Table] = []
-                        if let existing = table[key] {
-                            guard case .tableArray(let tables) = existing.value else {
-                                throw TOMLDocument.ParseError(line: tableLine, message: "\"\(name)\" is already defined on line \(existing.line) as \(existing.value.typeName)")
+                        let definedOn = table[key]?.line
+                        try table.update(key, line: tableLine) { value throws(TOMLDocument.ParseError) in
+                            var list: [TOMLDocument.Table] = []
+                            if let existing = value {
+                                guard case .tableArray(let tables) = existing else {
+                                    throw TOMLDocument.ParseError(line: tableLine, message: "\"\(name)\" is already defined on line \(definedOn ?? 0) as \(existing.typeName)")
+                                }
+                                list = tables
+                                value = nil
                             }
-                            list = tables
+                            list.append(TOMLDocument.Table(name: name, line: tableLine))
+                            value = .tableArray(list)
                         }
-                        list.append(TOMLDocument.Table(name: name, line: tableLine))
-                        table.set(key, .init(value: .tableArray(list), line: table[key]?.line ?? tableLine))
                     }
                     current = path.dropLast().map { .key($0) } + [.lastElement(path[path.count - 1])]
                 } else {
@@ -149,26 +169,29 @@ private struct Parser {
         let rest = path.dropFirst()
         switch first {
         case .key(let key):
-            var child: TOMLDocument.Table
-            var childLine = line
-            if let existing = table[key] {
-                guard case .table(let existingTable) = existing.value else {
-                    throw TOMLDocument.ParseError(line: line, message: "\"\(key)\" is \(existing.value.typeName) (line \(existing.line)), not a table")
+            let definedOn = table[key]?.line
+            let name = table.name.isEmpty ? key : "\(table.name).\(key)"
+            try table.update(key, line: line) { value throws(TOMLDocument.ParseError) in
+                var child = TOMLDocument.Table(name: name, line: line)
+                if let existing = value {
+                    guard case .table(let existingTable) = existing else {
+                        throw TOMLDocument.ParseError(line: line, message: "\"\(key)\" is \(existing.typeName) (line \(definedOn ?? 0)), not a table")
+                    }
+                    child = existingTable
+                    value = nil
                 }
-                child = existingTable
-                childLine = existing.line
-            } else {
-                let name = table.name.isEmpty ? key : "\(table.name).\(key)"
-                child = TOMLDocument.Table(name: name, line: line)
+                try modify(&child, path: rest, line: line, body)
+                value = .table(child)
             }
-            try modify(&child, path: rest, line: line, body)
-            table.set(key, .init(value: .table(child), line: childLine))
         case .lastElement(let key):
-            guard let existing = table[key], case .tableArray(var list) = existing.value, !list.isEmpty else {
-                throw TOMLDocument.ParseError(line: line, message: "internal: missing array of tables \"\(key)\"")
+            try table.update(key, line: line) { value throws(TOMLDocument.ParseError) in
+                guard case .tableArray(var list) = value, !list.isEmpty else {
+                    throw TOMLDocument.ParseError(line: line, message: "internal: missing array of tables \"\(key)\"")
+                }
+                value = nil
+                try modify(&list[list.count - 1], path: rest, line: line, body)
+                value = .tableArray(list)
             }
-            try modify(&list[list.count - 1], path: rest, line: line, body)
-            table.set(key, .init(value: .tableArray(list), line: existing.line))
         }
     }
 

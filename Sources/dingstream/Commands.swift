@@ -181,10 +181,14 @@ struct Status: ParsableCommand {
 struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send a message proactively (cron jobs, alerts) to users or a group.",
-        discussion: "Reads the text from the arguments, or from stdin when it is \"-\" or absent.")
+        discussion: """
+            The text is the arguments after the options. Without text (or with "-") it is read from stdin, \
+            unless stdin is a terminal. Several receivers: --user ID --user ID, or --user ID,ID.
+            """)
     @OptionGroup var options: ConfigOption
     @Option(help: "The app (bot) that sends.") var app: String?
-    @Option(name: .customLong("user"), parsing: .upToNextOption, help: "Staff ids of the receivers.") var users: [String] = []
+    // One value per --user: with `.upToNextOption` the text after it was taken for a second id.
+    @Option(name: .customLong("user"), help: "Staff id of a receiver (repeat, or separate with commas).") var userOptions: [String] = []
     @Option(help: "openConversationId of the group.") var group: String?
     @Option(help: "Send as markdown with this title.") var markdown: String?
     @Argument(help: "The text, or - for stdin.") var text: [String] = []
@@ -195,13 +199,20 @@ struct Send: AsyncParsableCommand {
         guard let appConfiguration = app.map({ name in configuration.apps.first { $0.name == name } }) ?? (configuration.apps.count == 1 ? configuration.apps.first : nil) else {
             throw ValidationError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))")
         }
-        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID… or --group CID") }
+        let users = userOptions.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID (repeatable) or --group CID") }
         var body = text.joined(separator: " ")
         if body.isEmpty || body == "-" {
+            // A terminal on stdin means nobody is piping anything: waiting would look like a hang.
+            guard isatty(STDIN_FILENO) == 0 else {
+                throw ValidationError("no text to send; give it after the options (send --user ID \"text\") or pipe it on stdin")
+            }
             body = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         }
         body = body.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !body.isEmpty else { throw ValidationError("the message is empty") }
+        guard !body.isEmpty else {
+            throw ValidationError("the message is empty; give the text after the options (send --user ID \"text\") or pipe it on stdin")
+        }
         let message: ReplyMessage = markdown.map { .markdown(title: $0, text: body) } ?? .text(body)
         let network = NetworkSettings.resolve(proxy: appConfiguration.proxy, caFile: appConfiguration.caFile, environment: environment())
         let client = try network.makeHTTPClient(for: appConfiguration.apiBase)

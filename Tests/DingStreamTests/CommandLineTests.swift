@@ -48,4 +48,54 @@ struct CommandLineTests {
             }
         }
     }
+    /// A configuration with one app that talks to `simulator`.
+    static func configuration(for simulator: DingTalkSimulator, in folder: TemporaryFolder) throws -> String {
+        let app = simulator.configuration.apps[0]
+        return try folder.write(
+            "dingstream.toml",
+            """
+            spool_dir = "\(folder.path)/spool"
+            [[app]]
+            name = "\(app.name)"
+            client_id = "\(app.clientId)"
+            client_secret = "\(app.clientSecret)"
+            api_base = "\(simulator.baseURL)"
+
+            """)
+    }
+
+    /// The receivers and the text of every proactive private send the simulator took.
+    static func privateSends(_ simulator: DingTalkSimulator) -> [(users: [String], text: String)] {
+        simulator.openAPISends(app: "helpdesk").filter { $0.endpoint == .batchSend }.map { send in
+            let object = (try? JSONSerialization.jsonObject(with: Data(send.body.utf8))) as? [String: Any] ?? [:]
+            let param = (object["msgParam"] as? String).flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any]
+            return (object["userIds"] as? [String] ?? [], param?["content"] as? String ?? "")
+        }
+    }
+
+    /// Issue 15, bug 3: the README's `send --user ID "text"` took the text for a second user id;
+    /// from cron (stdin /dev/null) it said "the message is empty", with piped stdin it sent that.
+    @Test(.timeLimit(.minutes(1)))
+    func sendTakesTheTextAfterTheUserAndReadsStdinOnlyWithoutText() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let config = try Self.configuration(for: simulator, in: folder)
+            let cron = try await CommandRun.run(["send", "--config", config, "--user", "u1", "disk almost full"])
+            #expect(cron.status == 0, "\(cron.stdout) \(cron.stderr)")
+            let piped = try await CommandRun.run(["send", "--config", config, "--user", "u2", "from the argument"], stdin: Data("piped".utf8))
+            #expect(piped.status == 0, "\(piped.stdout) \(piped.stderr)")
+            let two = try await CommandRun.run(["send", "--config", config, "--user", "u3", "--user", "u4", "to both"])
+            #expect(two.status == 0, "\(two.stdout) \(two.stderr)")
+            let fromStdin = try await CommandRun.run(["send", "--config", config, "--user", "u5"], stdin: Data("from stdin\n".utf8))
+            #expect(fromStdin.status == 0, "\(fromStdin.stdout) \(fromStdin.stderr)")
+            let sends = Self.privateSends(simulator)
+            #expect(sends.map(\.users) == [["u1"], ["u2"], ["u3", "u4"], ["u5"]], "\(sends)")
+            #expect(sends.map(\.text) == ["disk almost full", "from the argument", "to both", "from stdin"], "\(sends)")
+            // Nothing to send: an error saying how to give the text, not a wait.
+            let empty = try await CommandRun.run(["send", "--config", config, "--user", "u6"], timeout: .seconds(10))
+            #expect(!empty.timedOut)
+            #expect(empty.status == 64, "\(empty.stderr)")
+        }
+    }
 }

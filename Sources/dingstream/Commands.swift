@@ -14,9 +14,16 @@ struct SimulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulator",
         abstract: "Run only the local DingTalk simulator (for system tests and experiments).")
-    @Option(help: "Port to listen on (127.0.0.1).") var port: Int = DingStream.Sandbox.defaultPort
+    @Option(help: "Port to listen on (127.0.0.1); 0 picks a free one.") var port: Int = DingStream.Sandbox.defaultPort
     @Option(help: "An app as NAME:CLIENT_ID:SECRET; repeat for several.") var app: [String] = ["sandbox:dingsandbox:sandbox-secret"]
     @Option(help: "Seconds between the server's SYSTEM pings.") var pingInterval: Int = 30
+
+    func validate() throws {
+        try checkPort(port, allowAny: true)
+        guard (1...3600).contains(pingInterval) else {
+            throw ValidationError("--ping-interval \(pingInterval) is out of range; use 1 to 3600 seconds")
+        }
+    }
 
     func run() async throws {
         let logger = DingStream.bootstrapLogging(environment: environment())
@@ -226,6 +233,15 @@ struct Send: AsyncParsableCommand {
         try? await client.shutdown()
         print(summary.lines.joined(separator: "\n"))
         throw ExitCode(summary.exitStatus)
+    }
+}
+
+/// A port from the command line, checked before it reaches a conversion that would trap or wrap
+/// (70000 became 4464). `allowAny`: 0 asks the system for a free port.
+func checkPort(_ port: Int, allowAny: Bool = false) throws {
+    let range = (allowAny ? 0 : 1)...65535
+    guard range.contains(port) else {
+        throw ValidationError("--port \(port) is not a TCP port; use \(range.lowerBound) to 65535")
     }
 }
 

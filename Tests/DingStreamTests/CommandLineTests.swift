@@ -98,4 +98,12 @@ struct CommandLineTests {
             #expect(empty.status == 64, "\(empty.stderr)")
         }
     }
+    /// Issue 15, bug 5: `sandbox say --port 70000` trapped, `simulator --port 70000` listened on 4464.
+    @Test(.timeLimit(.minutes(1)), arguments: [["sandbox", "say", "--port", "70000", "hi"], ["simulator", "--port", "70000"], ["simulator", "--port", "-1"], ["sandbox", "--port", "65536"]])
+    func outOfRangePortsAreUsageErrors(arguments: [String]) async throws {
+        let result = try await CommandRun.run(arguments, timeout: .seconds(10))
+        #expect(!result.timedOut)
+        #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
+        #expect(result.stderr.contains("port"), "\(result.stderr)")
+    }
 }

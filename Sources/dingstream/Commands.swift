@@ -38,7 +38,9 @@ struct SimulatorCommand: AsyncParsableCommand {
         configuration.pingInterval = .seconds(pingInterval)
         configuration.logger = logger
         let simulator = try await DingTalkSimulator.start(configuration)
-        print("simulator listening on \(simulator.baseURL)")
+        // Written to the descriptor at once: print() is block-buffered into a pipe or file, and
+        // whoever starts the simulator waits for this line.
+        FileHandle.standardOutput.write(Data("simulator listening on \(simulator.baseURL)\n".utf8))
         for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
         await simulator.shutdown()
     }

@@ -106,4 +106,35 @@ struct CommandLineTests {
         #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
         #expect(result.stderr.contains("port"), "\(result.stderr)")
     }
+    /// Issue 15, bug 13: with stdout a pipe, "listening on" stayed in the buffer.
+    @Test(.timeLimit(.minutes(1)))
+    func simulatorSaysWhereItListensThroughAPipe() async throws {
+        guard let executable = DaemonProcess.executable else { throw DaemonProcessError(message: "no dingstream binary") }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: executable)
+        child.arguments = ["simulator", "--port", "0"]
+        child.environment = ["PATH": "/usr/bin:/bin"]
+        let out = Pipe()
+        child.standardOutput = out
+        child.standardError = FileHandle.nullDevice
+        child.standardInput = FileHandle.nullDevice
+        try child.run()
+        defer {
+            kill(child.processIdentifier, SIGKILL)
+            child.waitUntilExit()
+        }
+        let seen = LineBuffer()
+        out.fileHandleForReading.readabilityHandler = { seen.append($0.availableData) }
+        defer { out.fileHandleForReading.readabilityHandler = nil }
+        try await poll(timeout: .seconds(15), "\"listening on\" on stdout") { seen.text.contains("listening on http://127.0.0.1:") }
+        kill(child.processIdentifier, SIGTERM)
+        try await poll(timeout: .seconds(10), "the simulator to stop on SIGTERM") { !child.isRunning }
+    }
+}
+
+final class LineBuffer: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    func append(_ more: Data) { lock.withLock { data.append(more) } }
+    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
 }

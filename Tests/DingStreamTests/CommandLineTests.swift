@@ -130,6 +130,33 @@ struct CommandLineTests {
         kill(child.processIdentifier, SIGTERM)
         try await poll(timeout: .seconds(10), "the simulator to stop on SIGTERM") { !child.isRunning }
     }
+    /// Issue 15, bug 9: at log_level debug the service group printed every service with its
+    /// environment dictionary: proxy passwords and tokens in the journal.
+    @Test(.timeLimit(.minutes(1)))
+    func debugLoggingNeverShowsTheEnvironment() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let sentinel = "pw-\(UUID().uuidString)"
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(
+                harness: harness, simulator: simulator, logLevel: "debug",
+                environment: ["HTTPS_PROXY_PASSWORD": sentinel, "NO_PROXY": "127.0.0.1,localhost"])
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                daemon.send(signal: SIGHUP)
+                try await poll(timeout: .seconds(20), "the reload") { daemon.log.contains("configuration reloaded") }
+                try await daemon.terminate()
+                // The log was written at debug level: the check below looks at real debug output.
+                #expect(daemon.log.contains("debug"), "\(daemon.log.prefix(2000))")
+                #expect(!daemon.log.contains(sentinel))
+                #expect(!daemon.log.contains("HTTPS_PROXY_PASSWORD"))
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
 }
 
 final class LineBuffer: @unchecked Sendable {

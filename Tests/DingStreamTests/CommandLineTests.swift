@@ -157,6 +157,35 @@ struct CommandLineTests {
             }
         }
     }
+
+    /// Issue 15, bug 4: a handler printing 1 MB made 210 chat messages in 14 s. Now the reply is
+    /// a few messages, the last one saying what was cut, and the log warns.
+    @Test(.timeLimit(.minutes(1)))
+    func aHandlerPrintingAMegabyteMakesAFewMessagesAndAWarning() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-flood", "#!/bin/sh\nyes 'a line of far too much output' | head -c 1000000\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                _ = try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("flood me")))
+                try await poll(timeout: .seconds(30), "the entry in done/") { SpoolSnapshot(spool: harness.spool).count(in: "done") == 1 }
+                try await daemon.terminate()
+                let replies = deliveredReplies(simulator, app: "helpdesk")
+                #expect(replies.count == 5)
+                #expect(replies.last?.content.contains("more bytes cut") == true, "\(replies.last?.content.suffix(200) ?? "")")
+                #expect(daemon.log.contains("reply cut to 5 messages"))
+                // No log line carries the reply itself.
+                let longest = daemon.log.split(separator: "\n").map(\.count).max() ?? 0
+                #expect(longest < 1000, "a log line of \(longest) characters")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log.suffix(4000))")
+                throw error
+            }
+        }
+    }
 }
 
 final class LineBuffer: @unchecked Sendable {

@@ -158,32 +158,54 @@ struct HandlersCommand: ParsableCommand {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What the running daemon is doing.")
+    static let configuration = CommandConfiguration(
+        abstract: "What the running daemon is doing.",
+        discussion: "Exits 3 when no daemon runs (no status file, or its pid is gone).")
     @OptionGroup var options: ConfigOption
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() throws {
         let runtime = (try? DingStream.Configuration.load(path: options.config, environment: environment()))?.runtimeDirectory ?? "/run/dingstream"
-        guard let data = FileManager.default.contents(atPath: runtime + "/status.json"),
+        let file = runtime + "/status.json"
+        guard let data = FileManager.default.contents(atPath: file),
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
         else {
-            print("dingstream is not running (no \(runtime)/status.json); try: systemctl status dingstream")
+            print("dingstream is not running (no \(file)); try: systemctl status dingstream")
+            throw ExitCode(3)
+        }
+        // After kill -9 the file stays behind: only a live dingstream process makes it true.
+        let pid = (object["pid"] as? NSNumber)?.int32Value ?? 0
+        guard Self.isDingstream(pid: pid) else {
+            print("dingstream is not running: pid \(pid) of \(file) is gone (the daemon was killed or crashed); try: systemctl status dingstream")
             throw ExitCode(3)
         }
         if json {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("dingstream pid \(object["pid"] ?? "?"): \(object["phase"] ?? "?"), \(object["queued"] ?? 0) queued, \(object["failed"] ?? 0) failed")
+        let now = Date().timeIntervalSince1970
+        let updated = (object["updatedAt"] as? NSNumber)?.doubleValue ?? now
+        let staleness = max(0, Int(now - updated))
+        // The daemon rewrites the file every 5 s: much older figures mean it is stuck.
+        let freshness = staleness > 30 ? "as of \(staleness)s ago, not updated since: the daemon may be stuck" : "as of \(staleness)s ago"
+        print("dingstream pid \(pid): \(object["phase"] ?? "?"), \(object["queued"] ?? 0) queued, \(object["failed"] ?? 0) failed (\(freshness))")
         let apps = object["apps"] as? [String: [String: Any]] ?? [:]
         for name in apps.keys.sorted() {
             let app = apps[name] ?? [:]
             print("  \(name): \(app["up"] ?? 0)/\(app["wanted"] ?? 0) sockets up, \(app["rotations"] ?? 0) rotations")
             for socket in app["sockets"] as? [[String: Any]] ?? [] {
-                print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(socket["ageSeconds"] ?? 0)s")
+                let age = (socket["openedAt"] as? NSNumber).map { max(0, Int(now - $0.doubleValue)) } ?? (socket["ageSeconds"] as? Int ?? 0)
+                print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(age)s")
             }
             if let error = app["lastError"] as? String { print("    last error: \(error)") }
         }
+    }
+
+    /// A process `pid` exists and is dingstream (a pid can be reused by another program).
+    static func isDingstream(pid: Int32) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return true }
+        return comm.hasPrefix("dingstream")
     }
 }
 

@@ -186,6 +186,42 @@ struct CommandLineTests {
             }
         }
     }
+
+    /// Issue 15, bug 6: after kill -9, `status` said "ready, 2/2 sockets up" and exited 0, and
+    /// socket ages stood still while the daemon ran.
+    @Test(.timeLimit(.minutes(1)))
+    func statusSeesAgesMoveAndADeadDaemonAsDead() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator, connections: 1)
+            do {
+                try daemon.start()
+                try await poll(timeout: .seconds(30), "status.json") { FileManager.default.fileExists(atPath: harness.root + "/run/status.json") }
+                try await poll(timeout: .seconds(30), "a ready status") {
+                    (try? String(contentsOfFile: harness.root + "/run/status.json", encoding: .utf8))?.contains("\"ready\"") == true
+                }
+                func age() async throws -> Int? {
+                    let status = try await CommandRun.run(["status", "--config", daemon.configPath])
+                    #expect(status.status == 0, "\(status.stdout) \(status.stderr)")
+                    guard let range = status.stdout.range(of: #"age (\d+)s"#, options: .regularExpression) else { return nil }
+                    return Int(status.stdout[range].dropFirst(4).dropLast())
+                }
+                let first = try #require(try await age())
+                try await Task.sleep(for: .seconds(3))
+                let second = try #require(try await age())
+                #expect(second >= first + 2, "ages \(first) then \(second)")
+
+                try await daemon.kill()
+                let dead = try await CommandRun.run(["status", "--config", daemon.configPath])
+                #expect(dead.status == 3, "\(dead.stdout)")
+                #expect(dead.stdout.contains("not running"), "\(dead.stdout)")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
 }
 
 final class LineBuffer: @unchecked Sendable {

@@ -245,6 +245,10 @@ struct Send: AsyncParsableCommand {
             throw ValidationError("the message is empty; give the text after the options (send --user ID \"text\") or pipe it on stdin")
         }
         let message: ReplyMessage = markdown.map { .markdown(title: $0, text: body) } ?? .text(body)
+        if let cut = message.split().last?.cutBytes {
+            FileHandle.standardError.write(Data(
+                "warning: the text is longer than \(ReplyMessage.defaultMaxParts) messages of \(ReplyMessage.defaultPartBytes) bytes; the last \(cut) bytes are cut\n".utf8))
+        }
         let network = NetworkSettings.resolve(proxy: appConfiguration.proxy, caFile: appConfiguration.caFile, environment: environment())
         let client = try network.makeHTTPClient(for: appConfiguration.apiBase)
         let credentials = AppCredentials(

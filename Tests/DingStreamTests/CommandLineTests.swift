@@ -92,6 +92,11 @@ struct CommandLineTests {
             let sends = Self.privateSends(simulator)
             #expect(sends.map(\.users) == [["u1"], ["u2"], ["u3", "u4"], ["u5"]], "\(sends)")
             #expect(sends.map(\.text) == ["disk almost full", "from the argument", "to both", "from stdin"], "\(sends)")
+            // Too long for a chat: five messages, and a warning on stderr.
+            let long = String(repeating: "a line of a long report\n", count: 2000)
+            let cut = try await CommandRun.run(["send", "--config", config, "--user", "u7"], stdin: Data(long.utf8))
+            #expect(cut.status == 0 && cut.stderr.contains("bytes are cut"), "\(cut.stderr)")
+            #expect(Self.privateSends(simulator).filter { $0.users == ["u7"] }.count == 5)
             // Nothing to send: an error saying how to give the text, not a wait.
             let empty = try await CommandRun.run(["send", "--config", config, "--user", "u6"], timeout: .seconds(10))
             #expect(!empty.timedOut)

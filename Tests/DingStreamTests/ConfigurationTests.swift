@@ -138,6 +138,8 @@ struct ConfigurationTests {
         #expect(DurationText.format(.seconds(90)) == "90s")
         #expect(DurationText.format(.seconds(7 * 86_400)) == "7d")
         #expect(DurationText.parse("12h") == .seconds(12 * 3600))
+        #expect(DurationText.parse("2w") == .seconds(14 * 86_400))
+        #expect(DurationText.parse("99999999999999999d") == nil)
         #expect(DurationText.parse("7x") == nil)
         #expect(DurationText.parse("") == nil)
     }

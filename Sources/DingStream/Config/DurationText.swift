@@ -1,12 +1,12 @@
 /// Durations as people write them, in the configuration and on the command line: "500ms",
-/// "90s", "5m", "6h", "7d", "1.5h", or a bare number of seconds. One grammar for every place.
+/// "90s", "5m", "6h", "7d", "2w", "1.5h", or a bare number of seconds. One grammar for every place.
 public enum DurationText {
     /// The longest duration read anywhere (100 years). Far beyond any sensible setting, and far
     /// enough from `Int64` nanoseconds (292 years) that no later conversion or sum can overflow.
     public static let limit: Duration = .seconds(100 * 365 * 86_400)
 
     private static let units: [(suffix: String, seconds: Double)] = [
-        ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400),
+        ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400), ("w", 604_800),
     ]
 
     /// The duration `text` stands for, or nil when it is not a plain decimal number with an
@@ -49,7 +49,8 @@ public enum DurationText {
         let (seconds, attoseconds) = duration.components
         let milliseconds = seconds * 1000 + attoseconds / 1_000_000_000_000_000
         if milliseconds == 0 { return "0s" }
-        for (suffix, unitSeconds) in units.reversed() {
+        // Weeks are read but not written: "14d" is clearer in a range than "2w".
+        for (suffix, unitSeconds) in units.dropLast().reversed() {
             let unit = Int64(unitSeconds * 1000)
             if milliseconds % unit == 0 { return "\(milliseconds / unit)\(suffix)" }
         }

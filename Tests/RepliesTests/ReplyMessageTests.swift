@@ -90,7 +90,7 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
     @Test(.timeLimit(.minutes(1))) func longTextSplitsAtParagraphsThenLines() {
         let paragraphs = (1...30).map { "paragraph \($0) " + String(repeating: "x", count: 200) }
         let text = paragraphs.joined(separator: "\n\n")
-        let parts = ReplyMessage.text(text).split(maxBytes: 1_000)
+        let parts = ReplyMessage.text(text).split(maxBytes: 1_000, maxParts: .max)
         #expect(parts.count > 1)
         var contents: [String] = []
         for part in parts {
@@ -104,7 +104,7 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
 
         let lines = (1...50).map { "line \($0) " + String(repeating: "y", count: 60) }
         let block = lines.joined(separator: "\n")
-        let lineParts = ReplyMessage.markdown(title: "log", text: block).split(maxBytes: 500)
+        let lineParts = ReplyMessage.markdown(title: "log", text: block).split(maxBytes: 500, maxParts: .max)
         var joined: [String] = []
         for part in lineParts {
             guard case .markdown(let title, let content) = part else { Issue.record("not markdown"); return }

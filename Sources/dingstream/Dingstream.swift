@@ -27,6 +27,9 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var options: ConfigOption
 
     func run() async throws {
+        // SIGHUP's default action ends the process: one arriving before the reloader listens
+        // (a reload during start-up) must not kill the daemon.
+        signal(SIGHUP, SIG_IGN)
         let logger = DingStream.bootstrapLogging(environment: environment())
         let status = await Daemon(configurationPath: options.config, environment: environment()).run(logger: logger)
         throw ExitCode(status)

@@ -57,7 +57,11 @@ struct CommandLineTests {
         try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
             let daemon = try DaemonProcess(harness: harness, simulator: simulator)
             try daemon.start()
-            try await Task.sleep(for: .milliseconds(20))
+            // Its first log line comes just before the service group starts the reloader: looked
+            // for every millisecond, so that the signal lands in between.
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(20)
+            while !daemon.log.contains(" starting: "), clock.now < end { try await Task.sleep(for: .milliseconds(1)) }
             daemon.send(signal: SIGHUP)
             try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
             #expect(daemon.isRunning, "\(daemon.log)")

@@ -108,7 +108,9 @@ public actor AccessTokenProvider {
             return .failure(ReplyError(.badResponse, endpoint: path, context: "app \(credentials.name): no accessToken/expireIn"))
         }
         logger.debug("replies: fetched access token", metadata: ["token.expire_in": "\(expireIn)"])
-        return .success(Cached(token: token, fetchedAt: started, expiresAt: started + Int64(expireIn) * 1000))
+        // DingTalk says 7200 s; a day at most whatever it says, so the sum cannot overflow.
+        let lifetime = Int64(min(expireIn, 86_400))
+        return .success(Cached(token: token, fetchedAt: started, expiresAt: started + lifetime * 1000))
     }
 }
 

@@ -100,7 +100,8 @@ struct JSONObject: @unchecked Sendable {
     func int(_ key: String) -> Int? {
         switch value[key] {
         case let number as Int: number
-        case let number as Double: Int(number)
+        // A huge or fractional number from the network must not reach a trapping conversion.
+        case let number as Double: number.isFinite && abs(number) < 0x1p53 ? Int(number) : nil
         case let string as String: Int(string)
         default: nil
         }

@@ -92,6 +92,13 @@ public struct ReplyDeliverer: Sendable {
         var paths: [DeliveryPath] = []
         var failures = 0
         var attempts = 0
+        if alreadyDelivered == 0 {
+            for part in parts {
+                guard let cut = part.cutBytes else { continue }
+                logger.warning(
+                    "replies: reply cut to \(ReplyMessage.defaultMaxParts) messages of \(ReplyMessage.defaultPartBytes) bytes; \(cut) bytes not sent (write long output to a file and reply with a link)")
+            }
+        }
         for index in max(alreadyDelivered, 0)..<parts.count {
             logger[metadataKey: "reply.part"] = "\(index + 1)/\(parts.count)"
             while true {

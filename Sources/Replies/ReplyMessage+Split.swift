@@ -5,19 +5,60 @@ extension ReplyMessage {
     /// when JSON escaping doubles some bytes.
     public static let defaultPartBytes = 5_000
 
+    /// The most messages one reply becomes. A handler printing 1 MB made 210 chat messages; a
+    /// chat is no place for that, so the rest is cut with a notice the reader sees.
+    public static let defaultMaxParts = 5
+
     /// Splits a long text or markdown message into parts of at most `maxBytes` UTF-8 bytes each,
     /// in order: at paragraph breaks first, then line breaks, then between characters as a last
     /// resort (never inside a UTF-8 sequence). Parts that would be only whitespace are dropped.
-    /// Markdown parts keep the title. Links, action cards and raw bodies are never split.
-    public func split(maxBytes: Int = ReplyMessage.defaultPartBytes) -> [ReplyMessage] {
+    /// Of more than `maxParts` parts the first are kept and the last kept one ends with a
+    /// notice of how many bytes were cut (see `cutBytes`). Markdown parts keep the title.
+    /// Links, action cards and raw bodies are never split.
+    public func split(maxBytes: Int = ReplyMessage.defaultPartBytes, maxParts: Int = ReplyMessage.defaultMaxParts) -> [ReplyMessage] {
         switch self {
         case .text(let content):
-            return Self.splitText(content, maxBytes: maxBytes).map { .text($0) }
+            return Self.capped(Self.splitText(content, maxBytes: maxBytes), maxParts: maxParts, maxBytes: maxBytes).map { .text($0) }
         case .markdown(let title, let text):
-            return Self.splitText(text, maxBytes: maxBytes).map { .markdown(title: title, text: $0) }
+            return Self.capped(Self.splitText(text, maxBytes: maxBytes), maxParts: maxParts, maxBytes: maxBytes).map {
+                .markdown(title: title, text: $0)
+            }
         case .link, .actionCard, .raw:
             return [self]
         }
+    }
+
+    /// The number of bytes cut from the reply this part ends, read from its notice; nil when
+    /// nothing was cut.
+    public var cutBytes: Int? {
+        let content: String
+        switch self {
+        case .text(let text), .markdown(_, let text): content = text
+        case .link, .actionCard, .raw: return nil
+        }
+        guard content.hasSuffix(Self.cutNoticeEnd), let start = content.range(of: Self.cutNoticeStart, options: .backwards) else { return nil }
+        let number = content[start.upperBound...].prefix { $0.isASCII && $0.isNumber }
+        return Int(number)
+    }
+
+    private static let cutNoticeStart = "\n\n[… "
+    private static let cutNoticeEnd = " more bytes cut: a reply is at most this long]"
+
+    private static func cutNotice(_ bytes: Int) -> String { cutNoticeStart + "\(bytes)" + cutNoticeEnd }
+
+    /// The first `maxParts` of `parts`, the last one shortened so that it still fits `maxBytes`
+    /// with the notice of what was cut.
+    static func capped(_ parts: [String], maxParts: Int, maxBytes: Int) -> [String] {
+        let keep = max(maxParts, 1)
+        guard parts.count > keep else { return parts }
+        var kept = Array(parts.prefix(keep))
+        var last = kept.removeLast()
+        var cut = parts.dropFirst(keep).reduce(0) { $0 + $1.utf8.count }
+        while !last.isEmpty, last.utf8.count + cutNotice(cut).utf8.count > maxBytes {
+            cut += last.removeLast().utf8.count
+        }
+        kept.append(last + cutNotice(cut))
+        return kept
     }
 
     static func splitText(_ text: String, maxBytes: Int) -> [String] {

@@ -41,14 +41,20 @@ public struct BotMessage: Sendable, Equatable {
         self.createAt = Self.int64(data["createAt"])
     }
 
+    /// Epoch milliseconds as DingTalk sends them (number or string). Anything outside
+    /// 0 ... 2^53 is not a time and is treated as absent, so no later sum or difference of
+    /// times can overflow, whatever the network sent.
     private static func int64(_ value: Any?) -> Int64? {
-        switch value {
-        case let number as Int64: number
-        case let number as Int: Int64(number)
-        case let number as Double: Int64(number)
-        case let string as String: Int64(string)
-        default: nil
-        }
+        let number: Int64? =
+            switch value {
+            case let number as Int64: number
+            case let number as Int: Int64(number)
+            case let number as Double: number.isFinite ? Int64(exactly: number.rounded()) : nil
+            case let string as String: Int64(string)
+            default: nil
+            }
+        guard let number, (0...(Int64(1) << 53)).contains(number) else { return nil }
+        return number
     }
 }
 

@@ -14,9 +14,16 @@ struct SimulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulator",
         abstract: "Run only the local DingTalk simulator (for system tests and experiments).")
-    @Option(help: "Port to listen on (127.0.0.1).") var port: Int = DingStream.Sandbox.defaultPort
+    @Option(help: "Port to listen on (127.0.0.1); 0 picks a free one.") var port: Int = DingStream.Sandbox.defaultPort
     @Option(help: "An app as NAME:CLIENT_ID:SECRET; repeat for several.") var app: [String] = ["sandbox:dingsandbox:sandbox-secret"]
     @Option(help: "Seconds between the server's SYSTEM pings.") var pingInterval: Int = 30
+
+    func validate() throws {
+        try checkPort(port, allowAny: true)
+        guard (1...3600).contains(pingInterval) else {
+            throw ValidationError("--ping-interval \(pingInterval) is out of range; use 1 to 3600 seconds")
+        }
+    }
 
     func run() async throws {
         let logger = DingStream.bootstrapLogging(environment: environment())
@@ -31,7 +38,9 @@ struct SimulatorCommand: AsyncParsableCommand {
         configuration.pingInterval = .seconds(pingInterval)
         configuration.logger = logger
         let simulator = try await DingTalkSimulator.start(configuration)
-        print("simulator listening on \(simulator.baseURL)")
+        // Written to the descriptor at once: print() is block-buffered into a pipe or file, and
+        // whoever starts the simulator waits for this line.
+        FileHandle.standardOutput.write(Data("simulator listening on \(simulator.baseURL)\n".utf8))
         for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
         await simulator.shutdown()
     }
@@ -155,42 +164,68 @@ struct HandlersCommand: ParsableCommand {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What the running daemon is doing.")
+    static let configuration = CommandConfiguration(
+        abstract: "What the running daemon is doing.",
+        discussion: "Exits 3 when no daemon runs (no status file, or its pid is gone).")
     @OptionGroup var options: ConfigOption
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() throws {
         let runtime = (try? DingStream.Configuration.load(path: options.config, environment: environment()))?.runtimeDirectory ?? "/run/dingstream"
-        guard let data = FileManager.default.contents(atPath: runtime + "/status.json"),
+        let file = runtime + "/status.json"
+        guard let data = FileManager.default.contents(atPath: file),
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
         else {
-            print("dingstream is not running (no \(runtime)/status.json); try: systemctl status dingstream")
+            print("dingstream is not running (no \(file)); try: systemctl status dingstream")
+            throw ExitCode(3)
+        }
+        // After kill -9 the file stays behind: only a live dingstream process makes it true.
+        let pid = (object["pid"] as? NSNumber)?.int32Value ?? 0
+        guard Self.isDingstream(pid: pid) else {
+            print("dingstream is not running: pid \(pid) of \(file) is gone (the daemon was killed or crashed); try: systemctl status dingstream")
             throw ExitCode(3)
         }
         if json {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("dingstream pid \(object["pid"] ?? "?"): \(object["phase"] ?? "?"), \(object["queued"] ?? 0) queued, \(object["failed"] ?? 0) failed")
+        let now = Date().timeIntervalSince1970
+        let updated = (object["updatedAt"] as? NSNumber)?.doubleValue ?? now
+        let staleness = max(0, Int(now - updated))
+        // The daemon rewrites the file every 5 s: much older figures mean it is stuck.
+        let freshness = staleness > 30 ? "as of \(staleness)s ago, not updated since: the daemon may be stuck" : "as of \(staleness)s ago"
+        print("dingstream pid \(pid): \(object["phase"] ?? "?"), \(object["queued"] ?? 0) queued, \(object["failed"] ?? 0) failed (\(freshness))")
         let apps = object["apps"] as? [String: [String: Any]] ?? [:]
         for name in apps.keys.sorted() {
             let app = apps[name] ?? [:]
             print("  \(name): \(app["up"] ?? 0)/\(app["wanted"] ?? 0) sockets up, \(app["rotations"] ?? 0) rotations")
             for socket in app["sockets"] as? [[String: Any]] ?? [] {
-                print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(socket["ageSeconds"] ?? 0)s")
+                let age = (socket["openedAt"] as? NSNumber).map { max(0, Int(now - $0.doubleValue)) } ?? (socket["ageSeconds"] as? Int ?? 0)
+                print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(age)s")
             }
             if let error = app["lastError"] as? String { print("    last error: \(error)") }
         }
+    }
+
+    /// A process `pid` exists and is dingstream (a pid can be reused by another program).
+    static func isDingstream(pid: Int32) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return true }
+        return comm.hasPrefix("dingstream")
     }
 }
 
 struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send a message proactively (cron jobs, alerts) to users or a group.",
-        discussion: "Reads the text from the arguments, or from stdin when it is \"-\" or absent.")
+        discussion: """
+            The text is the arguments after the options. Without text (or with "-") it is read from stdin, \
+            unless stdin is a terminal. Several receivers: --user ID --user ID, or --user ID,ID.
+            """)
     @OptionGroup var options: ConfigOption
     @Option(help: "The app (bot) that sends.") var app: String?
-    @Option(name: .customLong("user"), parsing: .upToNextOption, help: "Staff ids of the receivers.") var users: [String] = []
+    // One value per --user: with `.upToNextOption` the text after it was taken for a second id.
+    @Option(name: .customLong("user"), help: "Staff id of a receiver (repeat, or separate with commas).") var userOptions: [String] = []
     @Option(help: "openConversationId of the group.") var group: String?
     @Option(help: "Send as markdown with this title.") var markdown: String?
     @Argument(help: "The text, or - for stdin.") var text: [String] = []
@@ -201,14 +236,25 @@ struct Send: AsyncParsableCommand {
         guard let appConfiguration = app.map({ name in configuration.apps.first { $0.name == name } }) ?? (configuration.apps.count == 1 ? configuration.apps.first : nil) else {
             throw ValidationError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))")
         }
-        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID… or --group CID") }
+        let users = userOptions.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID (repeatable) or --group CID") }
         var body = text.joined(separator: " ")
         if body.isEmpty || body == "-" {
+            // A terminal on stdin means nobody is piping anything: waiting would look like a hang.
+            guard isatty(STDIN_FILENO) == 0 else {
+                throw ValidationError("no text to send; give it after the options (send --user ID \"text\") or pipe it on stdin")
+            }
             body = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         }
         body = body.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !body.isEmpty else { throw ValidationError("the message is empty") }
+        guard !body.isEmpty else {
+            throw ValidationError("the message is empty; give the text after the options (send --user ID \"text\") or pipe it on stdin")
+        }
         let message: ReplyMessage = markdown.map { .markdown(title: $0, text: body) } ?? .text(body)
+        if let cut = message.split().last?.cutBytes {
+            FileHandle.standardError.write(Data(
+                "warning: the text is longer than \(ReplyMessage.defaultMaxParts) messages of \(ReplyMessage.defaultPartBytes) bytes; the last \(cut) bytes are cut\n".utf8))
+        }
         let network = NetworkSettings.resolve(proxy: appConfiguration.proxy, caFile: appConfiguration.caFile, environment: environment())
         let client = try network.makeHTTPClient(for: appConfiguration.apiBase)
         let credentials = AppCredentials(
@@ -221,6 +267,15 @@ struct Send: AsyncParsableCommand {
         try? await client.shutdown()
         print(summary.lines.joined(separator: "\n"))
         throw ExitCode(summary.exitStatus)
+    }
+}
+
+/// A port from the command line, checked before it reaches a conversion that would trap or wrap
+/// (70000 became 4464). `allowAny`: 0 asks the system for a free port.
+func checkPort(_ port: Int, allowAny: Bool = false) throws {
+    let range = (allowAny ? 0 : 1)...65535
+    guard range.contains(port) else {
+        throw ValidationError("--port \(port) is not a TCP port; use \(range.lowerBound) to 65535")
     }
 }
 

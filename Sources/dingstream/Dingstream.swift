@@ -27,6 +27,9 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var options: ConfigOption
 
     func run() async throws {
+        // SIGHUP's default action ends the process: one arriving before the reloader listens
+        // (a reload during start-up) must not kill the daemon.
+        signal(SIGHUP, SIG_IGN)
         let logger = DingStream.bootstrapLogging(environment: environment())
         let status = await Daemon(configurationPath: options.config, environment: environment()).run(logger: logger)
         throw ExitCode(status)
@@ -43,6 +46,8 @@ struct Sandbox: AsyncParsableCommand {
         @Option(help: "Port of the simulator.") var port: Int = DingStream.Sandbox.defaultPort
         @Option(help: "Keep the sandbox spool here instead of a temporary folder.") var directory: String?
 
+        func validate() throws { try checkPort(port) }
+
         func run() async throws {
             let logger = DingStream.bootstrapLogging(environment: environment())
             let status = await DingStream.Sandbox(port: port, directory: directory).run(logger: logger, environment: environment())
@@ -56,6 +61,8 @@ struct Sandbox: AsyncParsableCommand {
         @Option(help: "Port of the sandbox simulator.") var port: Int = DingStream.Sandbox.defaultPort
         @Flag(help: "Send it in a group chat instead of a private chat.") var group = false
         @Option(help: "Staff id of the sender.") var sender = "0423297"
+
+        func validate() throws { try checkPort(port) }
 
         func run() async throws {
             throw ExitCode(await DingStream.Sandbox.say(text.joined(separator: " "), port: port, group: group, sender: sender))

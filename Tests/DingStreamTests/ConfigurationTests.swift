@@ -3,7 +3,7 @@ import Foundation
 import StreamProtocol
 import Testing
 
-@Suite("Configuration")
+@Suite("Configuration", .timeLimit(.minutes(1)))
 struct ConfigurationTests {
     func parse(_ text: String, environment: [String: String] = [:]) throws(ConfigurationError) -> Configuration {
         try Configuration.parse(text, file: "test.toml", environment: environment)
@@ -115,5 +115,94 @@ struct ConfigurationTests {
         #expect(configuration.apps.count == 1)
         #expect(configuration.apps[0].clientID == "id")
         #expect(configuration.apps[0].allowedUsers == ["u1"])
+    }
+
+    static let minimalApp = "\n[[app]]\nname = \"a\"\nclient_id = \"b\"\nclient_secret = \"c\"\n"
+
+    /// Issue 15, bug 2: such values trapped (exit 132) in every command and killed a daemon on reload.
+    @Test(arguments: [
+        #"handler_timeout = "999999999999d""#, #"handler_timeout = "inf""#, #"handler_timeout = "nan""#,
+        #"handler_timeout = "1e400""#, #"handler_timeout = "-5s""#, #"handler_timeout = "99999999999999999999999ms""#,
+        "handler_timeout = 9223372036854775807", "handler_timeout = -1",
+    ])
+    func hugeOrNonFiniteDurationsAreConfigurationErrors(line: String) {
+        let error = #expect(throws: ConfigurationError.self) { try parse("workers = 2\n" + line + "\n" + Self.minimalApp) }
+        #expect(error?.line == 2)
+        #expect(error?.description.contains("handler_timeout") == true, "\(String(describing: error))")
+    }
+
+    /// Issue 15, bug 10: a zero handler_timeout failed every message.
+    @Test func zeroAndTooShortDurationsAreRefusedNamingTheMinimum() {
+        for (line, minimum) in [
+            (#"handler_timeout = "0s""#, "1s"), ("handler_timeout = 0", "1s"), (#"retry_delay = "0ms""#, "1s"),
+            (#"card_timeout = "10ms""#, "100ms"), (#"shutdown_grace = "0s""#, "1s"), (#"dedup_window = "5s""#, "1m"),
+        ] {
+            let error = #expect(throws: ConfigurationError.self) { try parse(line + "\n" + Self.minimalApp) }
+            #expect(error?.line == 1)
+            #expect(error?.description.contains("minimum \(minimum)") == true, "\(String(describing: error))")
+        }
+        let app = #expect(throws: ConfigurationError.self) { try parse(Self.minimalApp + "idle_timeout = \"0s\"\n") }
+        #expect(app?.description.contains("idle_timeout") == true)
+    }
+
+    @Test func durationsInEveryUnitAndAtTheBoundsAreRead() throws {
+        let configuration = try parse(
+            "handler_timeout = \"1.5m\"\nretry_delay = 2\ncard_timeout = \"100ms\"\nretention = \"3650d\"\nwebhook_margin = \"0s\"\n" + Self.minimalApp)
+        #expect(configuration.handlerTimeout == .seconds(90))
+        #expect(configuration.retryDelay == .seconds(2))
+        #expect(configuration.cardTimeout == .milliseconds(100))
+        #expect(configuration.retention == .seconds(3650 * 86_400))
+        #expect(configuration.webhookMargin == .zero)
+        #expect(DurationText.format(.seconds(90)) == "90s")
+        #expect(DurationText.format(.seconds(7 * 86_400)) == "7d")
+        #expect(DurationText.parse("12h") == .seconds(12 * 3600))
+        #expect(DurationText.parse("2w") == .seconds(14 * 86_400))
+        #expect(DurationText.parse("99999999999999999d") == nil)
+        #expect(DurationText.parse("7x") == nil)
+        #expect(DurationText.parse("") == nil)
+    }
+
+    /// Issue 15, bug 11: a NUL inside a path was accepted and cut the path short.
+    @Test func controlCharactersInStringsAndCommentsAreRefusedNamingTheLine() {
+        for text in [
+            "workers = 2\nspool_dir = \"/tmp/a\u{0}b\"\n", "workers = 2\nspool_dir = '/tmp/a\u{0}b'\n",
+            "workers = 2\nlog_level = \"in\u{1B}fo\"\n", "workers = 2\nspool_dir = \"/tmp/a\u{7F}\"\n",
+            "workers = 2\nspool_dir = \"/tmp/a\\u0000b\"\n", "workers = 2\n# a comment \u{0}\n",
+        ] {
+            let error = #expect(throws: ConfigurationError.self, "\(text.debugDescription)") { try parse(text + Self.minimalApp) }
+            #expect(error?.line == 2, "\(text.debugDescription)")
+            #expect(error?.description.contains("U+00") == true || error?.description.contains("NUL") == true, "\(String(describing: error))")
+        }
+        // A tab is allowed, and escapes still work.
+        #expect((try? parse("spool_dir = \"/tmp/a\tb\\tc\"\n" + Self.minimalApp))?.spoolDirectory == "/tmp/a\tb\tc")
+    }
+
+    /// Issue 15, bug 14: 16,000 [[app]] tables took 27 s (every key copied the list of apps).
+    @Test func manyAppsAreReadInLinearTime() throws {
+        let count = 12_000
+        var text = "workers = 2\n"
+        for index in 0..<count {
+            text += "[[app]]\nname = \"a\(index)\"\nclient_id = \"id\(index)\"\nclient_secret = \"s\"\nconnections = 1\n"
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let configuration = try parse(text)
+        let elapsed = clock.now - start
+        #expect(configuration.apps.count == count)
+        #expect(configuration.apps.last?.name == "a\(count - 1)")
+        // Linear: 0.3 s in a debug build; the quadratic reader took about 10 s.
+        #expect(elapsed < .seconds(3), "\(count) apps took \(elapsed)")
+    }
+
+    /// Issue 15, bug 14: a 10 MB file never finished; now it is refused at once, saying why.
+    @Test func anOversizedFileIsRefusedBeforeItIsRead() throws {
+        let huge = String(repeating: "# padding line of a configuration that is far too long\n", count: 25_000)
+        let error = #expect(throws: ConfigurationError.self) { try parse(huge + Self.minimalApp) }
+        #expect(error?.description.contains("1024 KiB") == true, "\(String(describing: error))")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("big-\(UUID().uuidString).toml").path
+        try Data(huge.utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let loaded = #expect(throws: ConfigurationError.self) { try Configuration.load(path: path, environment: [:]) }
+        #expect(loaded?.description.contains("--config") == true)
     }
 }

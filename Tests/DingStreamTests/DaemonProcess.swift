@@ -11,6 +11,7 @@ final class DaemonProcess {
     let configPath: String
     let logPath: String
     private var process: Process?
+    private let extraEnvironment: [String: String]
     /// Every pid this daemon ran as, in order.
     private(set) var pids: [String] = []
 
@@ -27,7 +28,13 @@ final class DaemonProcess {
     }()
 
     /// Writes the configuration for every app of `simulator` into `harness.root`.
-    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, settings: String = "") throws {
+    /// `environment` is added to the child's minimal one; `logLevel` is the configuration's;
+    /// `settings` are more top-level lines of it.
+    init(
+        harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, logLevel: String = "info",
+        environment: [String: String] = [:], settings: String = ""
+    ) throws {
+        extraEnvironment = environment
         root = harness.root
         configPath = root + "/dingstream.toml"
         logPath = root + "/daemon.log"
@@ -38,7 +45,7 @@ final class DaemonProcess {
             handler_timeout = "20s"
             ready_timeout = "5s"
             shutdown_grace = "2s"
-            log_level = "info"
+            log_level = "\(logLevel)"
             \(settings)
 
             """
@@ -72,7 +79,7 @@ final class DaemonProcess {
         let child = Process()
         child.executableURL = URL(fileURLWithPath: executable)
         child.arguments = ["run", "--config", configPath]
-        child.environment = ["PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8"]
+        child.environment = ["PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8"].merging(extraEnvironment) { _, new in new }
         child.standardInput = FileHandle.nullDevice
         child.standardOutput = log
         child.standardError = log
@@ -82,6 +89,11 @@ final class DaemonProcess {
     }
 
     var isRunning: Bool { process?.isRunning ?? false }
+
+    /// Sends `signal` (SIGHUP to reload) without waiting for anything.
+    func send(signal: Int32) {
+        if let process { Foundation.kill(process.processIdentifier, signal) }
+    }
 
     /// SIGKILL, then waits for the exit: nothing of the daemon runs any more (its handler
     /// children live on in their own process groups, as they would after a real crash).

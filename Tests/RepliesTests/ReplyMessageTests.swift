@@ -90,7 +90,7 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
     @Test(.timeLimit(.minutes(1))) func longTextSplitsAtParagraphsThenLines() {
         let paragraphs = (1...30).map { "paragraph \($0) " + String(repeating: "x", count: 200) }
         let text = paragraphs.joined(separator: "\n\n")
-        let parts = ReplyMessage.text(text).split(maxBytes: 1_000)
+        let parts = ReplyMessage.text(text).split(maxBytes: 1_000, maxParts: .max)
         #expect(parts.count > 1)
         var contents: [String] = []
         for part in parts {
@@ -104,7 +104,7 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
 
         let lines = (1...50).map { "line \($0) " + String(repeating: "y", count: 60) }
         let block = lines.joined(separator: "\n")
-        let lineParts = ReplyMessage.markdown(title: "log", text: block).split(maxBytes: 500)
+        let lineParts = ReplyMessage.markdown(title: "log", text: block).split(maxBytes: 500, maxParts: .max)
         var joined: [String] = []
         for part in lineParts {
             guard case .markdown(let title, let content) = part else { Issue.record("not markdown"); return }
@@ -128,5 +128,30 @@ private func object(_ string: String) -> [String: Any] { object(Data(string.utf8
             rebuilt += content
         }
         #expect(rebuilt == text)
+    }
+
+    /// Issue 15, bug 4: 1 MB of handler output made 210 chat messages.
+    @Test(.timeLimit(.minutes(1))) func aHugeReplyIsCutToAFewPartsWithAVisibleNotice() throws {
+        let line = "a line of handler output, numbered so that nothing repeats exactly\n"
+        let text = String(repeating: line, count: 1_000_000 / line.utf8.count)
+        let parts = ReplyMessage.text(text).split()
+        #expect(parts.count == ReplyMessage.defaultMaxParts)
+        let uncapped = ReplyMessage.text(text).split(maxParts: .max)
+        #expect(Array(parts.dropLast()) == Array(uncapped.prefix(parts.count - 1)))
+        for part in parts {
+            guard case .text(let content) = part else { throw TestFailure("not text: \(part)") }
+            #expect(content.utf8.count <= ReplyMessage.defaultPartBytes)
+        }
+        let last = try #require(parts.last)
+        guard case .text(let content) = last else { throw TestFailure("not text: \(last)") }
+        #expect(content.contains("more bytes cut"))
+        let cut = try #require(last.cutBytes)
+        // Everything but the five parts sent (less the line breaks they were split at).
+        #expect(cut > 1_000_000 - 6 * ReplyMessage.defaultPartBytes && cut < 1_000_000, "cut \(cut)")
+        // Markdown keeps its title; a short reply is left alone.
+        let markdown = ReplyMessage.markdown(title: "T", text: text).split()
+        #expect(markdown.count == ReplyMessage.defaultMaxParts && markdown.last?.cutBytes != nil)
+        #expect(ReplyMessage.text("short").split() == [.text("short")])
+        #expect(ReplyMessage.text("short").cutBytes == nil)
     }
 }

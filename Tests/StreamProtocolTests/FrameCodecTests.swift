@@ -148,4 +148,17 @@ struct FrameCodecTests {
         #expect(backoff.delay(afterFailures: 10, unit: 0.5) == .seconds(30))
         #expect(backoff.delay(afterFailures: 10, unit: 0) == .zero)
     }
+
+    /// Issue 15, bug 2: numbers from the network never reach a trapping conversion; times that
+    /// cannot be times are absent.
+    @Test(.timeLimit(.minutes(1))) func impossibleTimesInABotMessageAreAbsent() throws {
+        for value in [1e300, -1e300, 1.5e19, -1] as [Any] + [Int64.min, "-9223372036854775808", "99999999999999999999"] {
+            let message = try #require(BotMessage(data: ["msgId": "m1", "createAt": value, "sessionWebhookExpiredTime": value]))
+            #expect(message.createAt == nil, "createAt \(value)")
+            #expect(message.sessionWebhookExpiredTime == nil, "sessionWebhookExpiredTime \(value)")
+        }
+        let message = try #require(BotMessage(data: ["msgId": "m1", "createAt": 1695283635765.0, "sessionWebhookExpiredTime": "1695289035996"]))
+        #expect(message.createAt == 1_695_283_635_765)
+        #expect(message.sessionWebhookExpiredTime == 1_695_289_035_996)
+    }
 }

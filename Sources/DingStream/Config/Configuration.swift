@@ -82,6 +82,10 @@ extension Configuration {
     /// - Parameter environment: used for `CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
     /// - Throws: `ConfigurationError` naming the file, line and key, and what to do.
     public static func load(path: String, environment: [String: String]) throws(ConfigurationError) -> Configuration {
+        // Checked before reading, so that a wrong path (a log, a device) is not read into memory.
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > maximumFileBytes {
+            throw tooLarge(path, bytes: size)
+        }
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -91,7 +95,17 @@ extension Configuration {
         return try parse(text, file: path, environment: environment)
     }
 
+    /// A configuration of a thousand apps takes about 150 KB; anything over this is not one.
+    public static let maximumFileBytes = 1 << 20
+
+    private static func tooLarge(_ file: String, bytes: Int) -> ConfigurationError {
+        ConfigurationError(
+            file: file, line: nil,
+            message: "the file is \(bytes) bytes, more than the \(maximumFileBytes / 1024) KiB a configuration may have; check that --config names the right file")
+    }
+
     public static func parse(_ text: String, file: String, environment: [String: String]) throws(ConfigurationError) -> Configuration {
+        guard text.utf8.count <= maximumFileBytes else { throw tooLarge(file, bytes: text.utf8.count) }
         let document: TOMLDocument
         do {
             document = try TOMLDocument(parsing: text)
@@ -110,20 +124,5 @@ extension Configuration {
             return String(cString: strerror(code.rawValue))
         }
         return nsError.localizedDescription
-    }
-}
-
-/// Durations in the configuration: "500ms", "90s", "5m", "6h", "7d", or a number of seconds.
-enum DurationText {
-    static func parse(_ text: String) -> Duration? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
-        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-            let number = trimmed.dropLast(suffix.count)
-            guard let value = Double(number), value >= 0, value.isFinite else { return nil }
-            return .milliseconds(Int64((value * factor * 1000).rounded()))
-        }
-        if let seconds = Double(trimmed), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
-        return nil
     }
 }

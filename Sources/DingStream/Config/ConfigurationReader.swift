@@ -22,17 +22,17 @@ struct ConfigurationReader {
         if let value = try string(root, "spool_dir") { configuration.spoolDirectory = value }
         if let value = try string(root, "runtime_dir") { configuration.runtimeDirectory = value }
         if let value = try integer(root, "workers", in: 1...256) { configuration.workers = value }
-        if let value = try duration(root, "handler_timeout") { configuration.handlerTimeout = value }
+        if let value = try duration(root, "handler_timeout", in: .seconds(1)...(.seconds(24 * 3600))) { configuration.handlerTimeout = value }
         if let value = try integer(root, "max_attempts", in: 1...1000) { configuration.maxAttempts = value }
-        if let value = try duration(root, "retry_delay") { configuration.retryDelay = value }
-        if let value = try duration(root, "dedup_window") { configuration.dedupWindow = value }
-        if let value = try duration(root, "retention") { configuration.retention = value }
+        if let value = try duration(root, "retry_delay", in: .seconds(1)...(.seconds(24 * 3600))) { configuration.retryDelay = value }
+        if let value = try duration(root, "dedup_window", in: .seconds(60)...(.seconds(365 * 86_400))) { configuration.dedupWindow = value }
+        if let value = try duration(root, "retention", in: .seconds(60)...(.seconds(10 * 365 * 86_400))) { configuration.retention = value }
         if let value = try integer(root, "max_attachment_bytes", in: 0...(1 << 40)) { configuration.maxAttachmentBytes = value }
-        if let value = try duration(root, "card_timeout") { configuration.cardTimeout = value }
-        if let value = try duration(root, "reply_deadline") { configuration.replyDeadline = value }
-        if let value = try duration(root, "webhook_margin") { configuration.webhookMargin = value }
-        if let value = try duration(root, "ready_timeout") { configuration.readyTimeout = value }
-        if let value = try duration(root, "shutdown_grace") { configuration.shutdownGrace = value }
+        if let value = try duration(root, "card_timeout", in: .milliseconds(100)...(.seconds(60))) { configuration.cardTimeout = value }
+        if let value = try duration(root, "reply_deadline", in: .seconds(60)...(.seconds(7 * 86_400))) { configuration.replyDeadline = value }
+        if let value = try duration(root, "webhook_margin", in: .zero...(.seconds(3600))) { configuration.webhookMargin = value }
+        if let value = try duration(root, "ready_timeout", in: .seconds(1)...(.seconds(3600))) { configuration.readyTimeout = value }
+        if let value = try duration(root, "shutdown_grace", in: .seconds(1)...(.seconds(3600))) { configuration.shutdownGrace = value }
         if let value = try string(root, "log_level") {
             let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             guard levels.contains(value) else {
@@ -128,15 +128,10 @@ struct ConfigurationReader {
             }
             app.caFile = value
         }
-        if let value = try duration(table, "max_connection_age") { app.maxConnectionAge = value }
-        if let value = try duration(table, "idle_timeout") { app.idleTimeout = value }
-        if let value = try duration(table, "silence_timeout") {
-            // Below a second, a briefly busy machine would look like a dead network.
-            guard value >= .seconds(1) else {
-                throw fail(table["silence_timeout"]?.line, "silence_timeout must be at least 1s (the default is 6s)")
-            }
-            app.silenceTimeout = value
-        }
+        if let value = try duration(table, "max_connection_age", in: .seconds(60)...(.seconds(7 * 86_400))) { app.maxConnectionAge = value }
+        if let value = try duration(table, "idle_timeout", in: .seconds(10)...(.seconds(3600))) { app.idleTimeout = value }
+        // Below a second, a briefly busy machine would look like a dead network.
+        if let value = try duration(table, "silence_timeout", in: .seconds(1)...(.seconds(3600))) { app.silenceTimeout = value }
         // The WebSocket decoder takes at most 4 GiB; 1 GiB is already far beyond any real frame.
         if let value = try integer(table, "max_frame_size", in: 65_536...(1 << 30)) { app.maxFrameSize = value }
         return app
@@ -232,19 +227,36 @@ struct ConfigurationReader {
         return int
     }
 
-    private func duration(_ table: TOMLDocument.Table, _ key: String) throws(ConfigurationError) -> Duration? {
+    /// A duration within `range`. Every configurable duration has bounds: too short makes no
+    /// sense (a zero `handler_timeout` fails every message), too long is a typo, and both are
+    /// errors at load (exit 78) rather than surprises, or traps, later.
+    private func duration(_ table: TOMLDocument.Table, _ key: String, in range: ClosedRange<Duration>) throws(ConfigurationError) -> Duration? {
         guard let entry = table[key] else { return nil }
+        let duration: Duration
         switch entry.value {
         case .string(let text):
-            guard let duration = DurationText.parse(text) else {
+            switch DurationText.read(text) {
+            case .duration(let parsed): duration = parsed
+            case .tooLong:
+                throw fail(entry.line, "\"\(key)\" = \"\(text)\" is longer than the maximum \(DurationText.format(range.upperBound)); use a value in \(DurationText.format(range.lowerBound))…\(DurationText.format(range.upperBound))")
+            case .malformed:
                 throw fail(entry.line, "\"\(key)\" = \"\(text)\" is not a duration; write e.g. \"500ms\", \"90s\", \"5m\", \"6h\" or \"7d\"")
             }
-            return duration
-        case .integer(let seconds) where seconds >= 0:
-            return .seconds(seconds)
+        case .integer(let seconds):
+            // A bare number is seconds; checked as written, before it becomes a Duration.
+            guard seconds >= 0, seconds <= range.upperBound.components.seconds else {
+                throw fail(entry.line, "\"\(key)\" = \(seconds) is out of range \(DurationText.format(range.lowerBound))…\(DurationText.format(range.upperBound))")
+            }
+            duration = .seconds(seconds)
         default:
             throw fail(entry.line, "\"\(key)\" must be a duration such as \"90s\", not \(entry.value.typeName)")
         }
+        guard range.contains(duration) else {
+            let written = DurationText.format(duration)
+            let bound = duration < range.lowerBound ? "shorter than the minimum \(DurationText.format(range.lowerBound))" : "longer than the maximum \(DurationText.format(range.upperBound))"
+            throw fail(entry.line, "\"\(key)\" = \(written) is \(bound); use a value in \(DurationText.format(range.lowerBound))…\(DurationText.format(range.upperBound))")
+        }
+        return duration
     }
 
     private static func distance(_ a: String, _ b: String) -> Int {

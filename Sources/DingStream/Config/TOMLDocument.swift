@@ -44,6 +44,22 @@ struct TOMLDocument {
             if entries[key] == nil { keys.append(key) }
             entries[key] = entry
         }
+
+        /// Changes the value of `key` (an existing one, or nil) in place. The entry is out of the
+        /// dictionary while `body` runs, so a table or array inside it is not copied: one key or
+        /// one `[[app]]` costs the same in a file of ten apps as in one of ten thousand.
+        mutating func update(
+            _ key: String, line: Int, _ body: (inout Value?) throws(ParseError) -> Void
+        ) throws(ParseError) {
+            var taken = entries.removeValue(forKey: key)
+            var value = taken?.value
+            // Drop the entry's own reference, so that `value` is the only one.
+            taken?.value = .boolean(false)
+            try body(&value)
+            guard let value else { return }
+            if taken == nil { keys.append(key) }
+            entries[key] = Entry(value: value, line: taken?.line ?? line)
+        }
     }
 
     struct ParseError: Error {
@@ -80,7 +96,7 @@ private struct Parser {
         var currentName = ""
         var definedTables: Set<String> = []
         while true {
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             guard let byte = peek() else { break }
             if byte == UInt8(ascii: "[") {
                 let tableLine = line
@@ -96,15 +112,19 @@ private struct Parser {
                 if isArray {
                     try Self.modify(&root, path: path.dropLast().map { .key($0) }, line: tableLine) { table throws(TOMLDocument.ParseError) in
                         let key = path[path.count - 1]
-                        var list: [TOMLDocument.Table] = []
-                        if let existing = table[key] {
-                            guard case .tableArray(let tables) = existing.value else {
-                                throw TOMLDocument.ParseError(line: tableLine, message: "\"\(name)\" is already defined on line \(existing.line) as \(existing.value.typeName)")
+                        let definedOn = table[key]?.line
+                        try table.update(key, line: tableLine) { value throws(TOMLDocument.ParseError) in
+                            var list: [TOMLDocument.Table] = []
+                            if let existing = value {
+                                guard case .tableArray(let tables) = existing else {
+                                    throw TOMLDocument.ParseError(line: tableLine, message: "\"\(name)\" is already defined on line \(definedOn ?? 0) as \(existing.typeName)")
+                                }
+                                list = tables
+                                value = nil
                             }
-                            list = tables
+                            list.append(TOMLDocument.Table(name: name, line: tableLine))
+                            value = .tableArray(list)
                         }
-                        list.append(TOMLDocument.Table(name: name, line: tableLine))
-                        table.set(key, .init(value: .tableArray(list), line: table[key]?.line ?? tableLine))
                     }
                     current = path.dropLast().map { .key($0) } + [.lastElement(path[path.count - 1])]
                 } else {
@@ -149,26 +169,29 @@ private struct Parser {
         let rest = path.dropFirst()
         switch first {
         case .key(let key):
-            var child: TOMLDocument.Table
-            var childLine = line
-            if let existing = table[key] {
-                guard case .table(let existingTable) = existing.value else {
-                    throw TOMLDocument.ParseError(line: line, message: "\"\(key)\" is \(existing.value.typeName) (line \(existing.line)), not a table")
+            let definedOn = table[key]?.line
+            let name = table.name.isEmpty ? key : "\(table.name).\(key)"
+            try table.update(key, line: line) { value throws(TOMLDocument.ParseError) in
+                var child = TOMLDocument.Table(name: name, line: line)
+                if let existing = value {
+                    guard case .table(let existingTable) = existing else {
+                        throw TOMLDocument.ParseError(line: line, message: "\"\(key)\" is \(existing.typeName) (line \(definedOn ?? 0)), not a table")
+                    }
+                    child = existingTable
+                    value = nil
                 }
-                child = existingTable
-                childLine = existing.line
-            } else {
-                let name = table.name.isEmpty ? key : "\(table.name).\(key)"
-                child = TOMLDocument.Table(name: name, line: line)
+                try modify(&child, path: rest, line: line, body)
+                value = .table(child)
             }
-            try modify(&child, path: rest, line: line, body)
-            table.set(key, .init(value: .table(child), line: childLine))
         case .lastElement(let key):
-            guard let existing = table[key], case .tableArray(var list) = existing.value, !list.isEmpty else {
-                throw TOMLDocument.ParseError(line: line, message: "internal: missing array of tables \"\(key)\"")
+            try table.update(key, line: line) { value throws(TOMLDocument.ParseError) in
+                guard case .tableArray(var list) = value, !list.isEmpty else {
+                    throw TOMLDocument.ParseError(line: line, message: "internal: missing array of tables \"\(key)\"")
+                }
+                value = nil
+                try modify(&list[list.count - 1], path: rest, line: line, body)
+                value = .tableArray(list)
             }
-            try modify(&list[list.count - 1], path: rest, line: line, body)
-            table.set(key, .init(value: .tableArray(list), line: existing.line))
         }
     }
 
@@ -182,20 +205,32 @@ private struct Parser {
         while let byte = peek(), byte == 0x20 || byte == 0x09 { index += 1 }
     }
 
-    private mutating func skipComment() {
+    private mutating func skipComment() throws(TOMLDocument.ParseError) {
         if peek() == UInt8(ascii: "#") {
-            while let byte = peek(), byte != 0x0A { index += 1 }
+            while let byte = peek(), byte != 0x0A {
+                if byte != 0x0D { try refuseControl(byte, in: "a comment") }
+                index += 1
+            }
         }
     }
 
-    private mutating func skipWhitespaceAndNewlinesAndComments() {
+    /// TOML allows no control character but tab in strings and comments. A NUL would also cut a
+    /// path short when it reaches the C library, so it is refused here, naming the line.
+    private func refuseControl(_ byte: UInt8, in place: String) throws(TOMLDocument.ParseError) {
+        guard byte < 0x20 && byte != 0x09 || byte == 0x7F else { return }
+        let hex = String(byte, radix: 16, uppercase: true)
+        let code = "U+" + String(repeating: "0", count: 4 - hex.count) + hex
+        throw error("\(place) holds the control character \(code), which TOML does not allow; remove it (in a \"string\" write \\t or \\n instead)")
+    }
+
+    private mutating func skipWhitespaceAndNewlinesAndComments() throws(TOMLDocument.ParseError) {
         while let byte = peek() {
             switch byte {
             case 0x20, 0x09, 0x0D: index += 1
             case 0x0A:
                 index += 1
                 line += 1
-            case UInt8(ascii: "#"): skipComment()
+            case UInt8(ascii: "#"): try skipComment()
             default: return
             }
         }
@@ -210,7 +245,7 @@ private struct Parser {
 
     private mutating func endOfLine() throws(TOMLDocument.ParseError) {
         skipSpaces()
-        skipComment()
+        try skipComment()
         if peek() == 0x0D { index += 1 }
         guard let byte = peek() else { return }
         guard byte == 0x0A else { throw error("unexpected text after the value \(found())") }
@@ -304,13 +339,13 @@ private struct Parser {
         index += 1
         var items: [TOMLDocument.Value] = []
         while true {
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             if peek() == UInt8(ascii: "]") {
                 index += 1
                 return .array(items)
             }
             items.append(try parseValue())
-            skipWhitespaceAndNewlinesAndComments()
+            try skipWhitespaceAndNewlinesAndComments()
             if peek() == UInt8(ascii: ",") {
                 index += 1
                 continue
@@ -324,6 +359,7 @@ private struct Parser {
         let start = index
         while let byte = peek(), byte != UInt8(ascii: "'") {
             guard byte != 0x0A else { throw error("the string is not closed on this line") }
+            try refuseControl(byte, in: "the string")
             index += 1
         }
         guard peek() != nil else { throw error("the string is not closed") }
@@ -338,6 +374,7 @@ private struct Parser {
         while true {
             guard let byte = peek() else { throw error("the string is not closed") }
             guard byte != 0x0A else { throw error("the string is not closed on this line") }
+            try refuseControl(byte, in: "the string")
             index += 1
             if byte == UInt8(ascii: "\"") { break }
             guard byte == UInt8(ascii: "\\") else {
@@ -358,6 +395,8 @@ private struct Parser {
                     let code = UInt32(String(decoding: bytes[index..<index + length], as: UTF8.self), radix: 16),
                     let scalar = Unicode.Scalar(code)
                 else { throw error("invalid unicode escape in the string") }
+                // TOML allows an escaped NUL, but no value here may hold one: paths and ids go to C.
+                guard code != 0 else { throw error("the string holds \\u0000 (NUL), which no configuration value may contain; remove it") }
                 index += length
                 result.append(contentsOf: Array(String(Character(scalar)).utf8))
             default:

@@ -109,7 +109,7 @@ public struct Daemon: Sendable {
         ] + extraServices
         let group = ServiceGroup(
             configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
+                services: services.map { .init(service: NamedService($0)) }, gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         logger.notice(
             "dingstream \(Self.version) starting: \(configuration.apps.count) app(s), spool \(configuration.spoolDirectory), \(configuration.workers) workers")
@@ -130,6 +130,17 @@ public struct Daemon: Sendable {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         return (try? await loop.submit { true }.get()) ?? false
     }
+}
+
+/// A service as the service group logs it: by its type name. The group prints every service at
+/// debug level, and a struct prints all its fields, the process environment among them (proxy
+/// passwords, tokens). Invariant 7: nothing logged may carry it.
+struct NamedService: Service, CustomStringConvertible {
+    private let service: any Service
+    init(_ service: any Service) { self.service = service }
+    var description: String { String(describing: type(of: service)) }
+    // Same task: the group's graceful-shutdown signal reaches the wrapped service unchanged.
+    func run() async throws { try await service.run() }
 }
 
 /// The spool's commit loop as a service: it ends when its task is cancelled, which graceful

@@ -6,7 +6,9 @@ import Synchronization
 import Systemd
 
 /// Keeps `STATUS=` and `<runtime_dir>/status.json` current, and says `READY=1` once every app has
-/// a live socket, or after `readyTimeout` with a degraded status.
+/// a live socket, or after `readyTimeout` with a degraded status. The file is rewritten when the
+/// status line changes and at least every `refreshInterval`, so that its `updatedAt` tells a
+/// reader how fresh the figures are.
 final class StatusReporter: Service {
     private let board: ConnectionBoard
     private let notifier: Notifier
@@ -16,6 +18,7 @@ final class StatusReporter: Service {
     private let logger: Logger
     private let phase = Mutex("starting")
     private let started = ContinuousClock.now
+    private let refreshInterval: Duration = .seconds(5)
 
     init(
         board: ConnectionBoard, notifier: Notifier, runtimeDirectory: String, readyTimeout: Duration,
@@ -37,6 +40,7 @@ final class StatusReporter: Service {
 
     func run() async throws {
         var lastLine = ""
+        var lastWrite = ContinuousClock.now
         var ready = false
         try? FileManager.default.createDirectory(atPath: runtimeDirectory, withIntermediateDirectories: true)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
@@ -58,9 +62,13 @@ final class StatusReporter: Service {
                 }
             }
             let text = line(phase: ready ? (allUp ? "ready" : "degraded") : "starting")
-            if text != lastLine {
+            let changed = text != lastLine
+            if changed {
                 lastLine = text
                 _ = notifier.send(.status(text))
+            }
+            if changed || ContinuousClock.now - lastWrite >= refreshInterval {
+                lastWrite = ContinuousClock.now
                 writeStatusFile(phase: ready ? (allUp ? "ready" : "degraded") : "starting")
             }
             try? await Task.sleep(for: .milliseconds(250))
@@ -81,6 +89,7 @@ final class StatusReporter: Service {
     private func writeStatusFile(phase: String) {
         let snapshot = board.snapshot()
         let now = ContinuousClock.now
+        let wallNow = Date().timeIntervalSince1970
         let (queued, failed) = counts()
         var apps: [String: Any] = [:]
         for (name, state) in snapshot {
@@ -93,13 +102,15 @@ final class StatusReporter: Service {
                     [
                         "slot": socket.slot, "id": socket.connectionID,
                         "ageSeconds": Int((now - socket.openedAt).components.seconds), "draining": socket.draining,
+                        // Wall time, so that a reader computes the age when it reads.
+                        "openedAt": wallNow - Double((now - socket.openedAt).components.seconds),
                     ] as [String: Any]
                 },
             ] as [String: Any]
         }
         let object: [String: Any] = [
             "pid": Int(getpid()), "phase": phase, "queued": queued, "failed": failed, "apps": apps,
-            "updatedAt": Date().timeIntervalSince1970,
+            "updatedAt": wallNow,
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }
         let path = runtimeDirectory + "/status.json"

@@ -26,7 +26,7 @@ public struct HandlerResult: Sendable, Equatable {
         case retryLater
         /// Stopped by a graceful shutdown: runs again at the next start, costing no attempt.
         case interrupted
-        /// Anything else: a dead letter in `failed/`.
+        /// Anything else: a dead letter (state failed).
         case failed(reason: String)
     }
 
@@ -75,7 +75,7 @@ public struct HandlerResult: Sendable, Equatable {
         }
     }
 
-    /// The text of `failed/<name>.reason`: handler, exit status, duration and the stderr tail.
+    /// A dead letter's reason: handler, exit status, duration and the stderr tail.
     public var reasonText: String {
         var text = """
             handler: \(executable)

@@ -27,7 +27,7 @@ public struct ReportedUser: Sendable, Equatable, Hashable {
 public enum DeliveryOutcome: Sendable, Equatable {
     /// Every part went out; `paths` has one entry per part sent by this call, in order.
     case delivered(paths: [DeliveryPath], reportedUsers: [ReportedUser])
-    /// No path can deliver (or the deadline passed): move the intent to `failed/`. `reason` says
+    /// No path can deliver (or the deadline passed): make the entry a dead letter. `reason` says
     /// what to fix.
     case deadLetter(reason: String)
     /// Cancelled (shutdown) after `delivered` parts; the intent stays in the outbox.

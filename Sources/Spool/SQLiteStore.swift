@@ -85,7 +85,7 @@ final class SQLiteStore: SpoolStore {
                         UNIQUE (app, kind, business_id)
                     );
                     CREATE UNIQUE INDEX message_name ON message (name);
-                    CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox');
+                    CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox', 'failed');
                     CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
                     """, doing: "creating the schema")
             }
@@ -230,6 +230,15 @@ final class SQLiteStore: SpoolStore {
             }
         }
         return rows
+    }
+
+    func count(in state: EntryState) throws(SpoolError) -> Int {
+        // Every state but done has the partial index: this reads the index, not the table.
+        let statement = try connection.statement("SELECT count(*) FROM message WHERE state = ?1")
+        statement.bind(1, state.rawValue)
+        defer { statement.reset() }
+        guard try statement.step() else { return 0 }
+        return statement.int(0)
     }
 
     func counts() throws(SpoolError) -> [EntryState: Int] {

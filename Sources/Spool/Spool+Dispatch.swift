@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import StreamProtocol
+import Synchronization
 
 /// An entry taken for handling.
 public struct ClaimedEntry: Sendable {
@@ -105,6 +106,7 @@ extension Spool.Writer {
         announced.remove(name)
         committed.removeValue(forKey: name)
         removeMessageFile(name)
+        spool.deadLetters.add(1, ordering: .relaxed)
         spool.logger.warning("spool: dead letter", metadata: ["msg.key": "\(name)", "spool.reason": "\(reason)"])
     }
 

@@ -245,6 +245,8 @@ extension Spool {
         do {
             fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [Announcement] in
                 guard let writer else { return [] }
+                // Dead letters come and go also through `dingstream spool retry` and `purge`.
+                deadLetters.store(try writer.store.count(in: .failed), ordering: .relaxed)
                 let due = try writer.store.due(byMillis: nowMillis, limit: 10_000)
                 writer.announced.formIntersection(due.map(\.name))
                 let fresh = due.filter { !writer.announced.contains($0.name) }

@@ -70,6 +70,10 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Dead letters in the spool, as of the last rescan or dead letter (`STATUS=`, `status`).
+    let deadLetters = Atomic<Int>(0)
+    public var deadLetterCount: Int { deadLetters.load(ordering: .relaxed) }
+
     let queue = CommitQueue()
     /// The database and the writer's memory; the writer thread holds it for a round, the
     /// synchronous calls (start-up, tests, `dingstream spool`) for one transaction.
@@ -145,6 +149,7 @@ public final class Spool: Sendable {
             logger.notice("spool: \(recovered) entries whose handlers were interrupted run again", metadata: ["spool.dir": "\(directory)"])
         }
         let counts = try store.counts()
+        deadLetters.store(counts[.failed] ?? 0, ordering: .relaxed)
         ownership.withLock { $0 = lock }
         self.writer.withLock { $0 = writer }
         logger.info(

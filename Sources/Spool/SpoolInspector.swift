@@ -248,15 +248,4 @@ public struct SpoolInspector: Sendable {
         return total
     }
 
-    /// Parses `90s`, `15m`, `12h`, `7d`, `2w` (a bare number is seconds); nil when malformed.
-    public static func parseDuration(_ text: String) -> Duration? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        guard let unit = trimmed.last else { return nil }
-        let factors: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
-        if let factor = factors[unit], let value = Int64(trimmed.dropLast()), value >= 0 {
-            return .seconds(value * factor)
-        }
-        if let value = Int64(trimmed), value >= 0 { return .seconds(value) }
-        return nil
-    }
 }

@@ -41,6 +41,8 @@ protocol SpoolStore: AnyObject {
     func due(byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement]
     /// Entries per state (newest first, at most `limit` per state) for `dingstream spool ls`.
     func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow]
+    /// Entries in `state` (cheap for every state but done).
+    func count(in state: EntryState) throws(SpoolError) -> Int
     /// Counts per state.
     func counts() throws(SpoolError) -> [EntryState: Int]
     /// Names whose name or business id matches `key` (exact name, name prefix, business id).

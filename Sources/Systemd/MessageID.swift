@@ -13,7 +13,7 @@ public enum MessageID: String, Sendable, CaseIterable {
     case messageCommitted = "16027d6b8fb045cd82815e1db6aa7944"
     /// A handler exited non-zero, was killed, or timed out.
     case handlerFailed = "a3c4d6d338884e3ab7364123180b6b4a"
-    /// A reply could not be delivered by any path and went to `failed/`.
+    /// A reply could not be delivered by any path and is a dead letter.
     case replyDeadLettered = "3024d04054d84cee92a3d9eb056b4f65"
     /// A configuration (at start or on reload) was rejected.
     case configRejected = "88063d51de834a139c6622600851c847"

@@ -18,7 +18,7 @@ public struct StatusLine: Sendable, Equatable {
     public var apps: [App]
     /// Messages committed but not yet handled (new/ + cur/).
     public var queued: Int
-    /// Dead letters in failed/.
+    /// Dead letters in the spool.
     public var failed: Int
 
     public init(phase: String, apps: [App], queued: Int, failed: Int) {

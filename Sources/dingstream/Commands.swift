@@ -134,7 +134,9 @@ struct SpoolCommand: AsyncParsableCommand {
             let inspector = SpoolInspector(directory: configuration.spoolDirectory)
             for (state, text, flag) in [(EntryState.done, doneOlderThan, "--done-older-than"), (.failed, failedOlderThan, "--failed-older-than")] {
                 guard let text else { continue }
-                guard let age = SpoolInspector.parseDuration(text) else { throw ValidationError("\(flag) \(text): write e.g. 7d or 12h") }
+                guard let age = DurationText.parse(text) else {
+                    throw ValidationError("\(flag) \(text): write an age such as 12h, 7d or 2w (at most 100 years)")
+                }
                 try reportingSpoolErrors {
                     let count = try inspector.purge(state, olderThan: age, dedupWindow: configuration.dedupWindow)
                     print("\(count) \(state.rawValue) entr\(count == 1 ? "y" : "ies") purged")

@@ -21,6 +21,21 @@ struct CommandLineTests {
         }
     }
 
+    /// Issue 15, bug 2: `spool purge` with an age beyond any clock trapped (exit 132); it is a
+    /// usage error that says what to write, and a sane age purges as before.
+    @Test(.timeLimit(.minutes(1)))
+    func hugePurgeAgeIsAUsageError() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let config = try folder.write("ok.toml", "spool_dir = \"\(folder.path)/spool\"\n" + Self.app)
+        let huge = try await CommandRun.run(["spool", "purge", "--done-older-than", "99999999999999999d", "--config", config])
+        #expect(huge.status == 64, "\(huge.status) \(huge.stderr)")
+        #expect(huge.stderr.contains("--done-older-than"), "\(huge.stderr)")
+        // Without a database yet, a valid age reaches the spool and says there is none.
+        let valid = try await CommandRun.run(["spool", "purge", "--done-older-than", "2w", "--config", config])
+        #expect(valid.status != 64 && valid.status != 132, "\(valid.status) \(valid.stderr)")
+    }
+
     /// Issue 15, bug 2: a SIGHUP reload of a file with a huge duration killed the daemon; a
     /// rejected reload keeps the running configuration.
     @Test(.timeLimit(.minutes(1)))
@@ -240,6 +255,51 @@ struct CommandLineTests {
                 let dead = try await CommandRun.run(["status", "--config", daemon.configPath])
                 #expect(dead.status == 3, "\(dead.stdout)")
                 #expect(dead.stdout.contains("not running"), "\(dead.stdout)")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
+}
+
+extension CommandLineTests {
+    /// Issue 15, bug 7: "failed" counted failures since the start, not dead letters: "0 failed"
+    /// after a restart with a dead letter, still "1 failed" after `spool retry`. It is the count
+    /// of dead letters in the spool.
+    @Test(.timeLimit(.minutes(1)))
+    func failedCountsTheDeadLettersInTheSpool() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let gate = harness.root + "/heal"
+        try harness.addHandler("10-flaky", "#!/bin/sh\n[ -e '\(gate)' ] || exit 3\necho healed\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator, connections: 1, settings: "retry_delay = \"1s\"")
+            func failedInStatusFile() -> Int? {
+                let data = FileManager.default.contents(atPath: harness.root + "/run/status.json") ?? Data()
+                return ((try? JSONSerialization.jsonObject(with: data)) as? [String: Any])?["failed"] as? Int
+            }
+            func failed() async throws -> String? {
+                let status = try await CommandRun.run(["status", "--config", daemon.configPath])
+                guard let range = status.stdout.range(of: #"\d+ failed"#, options: .regularExpression) else { return nil }
+                return String(status.stdout[range])
+            }
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                _ = try simulator.injectText("doomed", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the dead letter") { SpoolSnapshot(spool: harness.spool).count(in: "failed") == 1 }
+                try await daemon.terminate()
+                try daemon.start()
+                try await poll(timeout: .seconds(20), "1 failed after the restart") { failedInStatusFile() == 1 }
+                #expect(try await failed() == "1 failed")
+
+                FileManager.default.createFile(atPath: gate, contents: nil)
+                let retry = try await CommandRun.run(["spool", "retry", "--all-failed", "--config", daemon.configPath])
+                #expect(retry.status == 0, "\(retry.stdout) \(retry.stderr)")
+                try await poll(timeout: .seconds(20), "the retried message done") { SpoolSnapshot(spool: harness.spool).count(in: "done") == 1 }
+                try await poll(timeout: .seconds(20), "0 failed after the retry") { failedInStatusFile() == 0 }
+                try await daemon.terminate()
             } catch {
                 Issue.record("daemon log:\n\(daemon.log)")
                 throw error

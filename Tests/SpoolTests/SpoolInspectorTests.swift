@@ -148,12 +148,4 @@ import Testing
         }
     }
 
-    @Test func durationsParse() {
-        #expect(SpoolInspector.parseDuration("7d") == .seconds(7 * 86400))
-        #expect(SpoolInspector.parseDuration("90s") == .seconds(90))
-        #expect(SpoolInspector.parseDuration("12h") == .seconds(12 * 3600))
-        #expect(SpoolInspector.parseDuration("15") == .seconds(15))
-        #expect(SpoolInspector.parseDuration("7x") == nil)
-        #expect(SpoolInspector.parseDuration("") == nil)
-    }
 }

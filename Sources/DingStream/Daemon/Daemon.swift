@@ -85,7 +85,7 @@ public struct Daemon: Sendable {
         let status = StatusReporter(
             board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
             readyTimeout: configuration.readyTimeout,
-            counts: { (dispatcher.queued, dispatcher.failed + Int(outbox.deadLettered.load(ordering: .relaxed))) },
+            counts: { (dispatcher.queued, spool.deadLetterCount) },
             logger: logger)
         let reloader = Reloader(
             path: configurationPath, environment: environment, logger: logger,

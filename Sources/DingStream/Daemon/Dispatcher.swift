@@ -40,7 +40,6 @@ final class Dispatcher: Service {
     /// reported once, not once per message.
     private let loggedRefusals = Mutex<Set<String>>([])
     private let inFlight = Mutex<Set<EntryName>>([])
-    private let failedCount = Atomic<Int>(0)
     /// Bumped whenever a handler run ends; the watchdog checks it moves while work is queued.
     let progress = Atomic<Int>(0)
 
@@ -210,7 +209,6 @@ final class Dispatcher: Service {
                 let attempts = entry.attempts + 1
                 if attempts >= current.maxAttempts {
                     handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
-                    failedCount.add(1, ordering: .relaxed)
                     await finish { writer throws(SpoolError) in
                         try writer.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
@@ -225,8 +223,7 @@ final class Dispatcher: Service {
                 handlerLog.notice("handler stopped by shutdown; the message runs again at the next start")
                 return
             case .failed(let reason):
-                handlerLog.error("handler failed: \(reason); message moved to failed/", metadata: ["message.id": "handlerFailed"])
-                failedCount.add(1, ordering: .relaxed)
+                handlerLog.error("handler failed: \(reason); the message is a dead letter (dingstream spool show \(name))", metadata: ["message.id": "handlerFailed"])
                 await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: result.reasonText) }
                 return
             }
@@ -253,8 +250,6 @@ final class Dispatcher: Service {
         guard text.hasPrefix("{"), JSON.object(text) != nil else { return nil }
         return text
     }
-
-    var failed: Int { failedCount.load(ordering: .relaxed) }
 
     private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
         await spool.change(logger: logger, body)

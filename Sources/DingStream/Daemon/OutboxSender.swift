@@ -7,8 +7,8 @@ import Spool
 import StreamProtocol
 import Synchronization
 
-/// Delivers what handlers answered: every entry in `outbox/` goes out through the session
-/// webhook or the OpenAPI, one conversation at a time, and moves to `done/` or `failed/`.
+/// Delivers what handlers answered: every outbox entry goes out through the session
+/// webhook or the OpenAPI, one conversation at a time, and moves it to done, or makes it a dead letter.
 /// Delivery progress is written back so a restart resumes after the last part that went out.
 final class OutboxSender: Service {
     private let spool: Spool
@@ -18,7 +18,6 @@ final class OutboxSender: Service {
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
-    let deadLettered = Atomic<Int>(0)
 
     init(spool: Spool, deliverer: ReplyDeliverer, logger: Logger) {
         self.spool = spool
@@ -107,7 +106,6 @@ final class OutboxSender: Service {
             await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .delivered) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
-            deadLettered.add(1, ordering: .relaxed)
             await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart

@@ -38,7 +38,7 @@ public actor AccessTokenProvider {
         self.exchange = JSONExchange(httpClient: httpClient, timeout: requestTimeout, bodyCap: 64 * 1024)
         self.now = now
         var logger = logger
-        logger[metadataKey: "reply.app"] = "\(credentials.name)"
+        logger[metadataKey: "app"] = "\(credentials.name)"
         self.logger = logger
     }
 

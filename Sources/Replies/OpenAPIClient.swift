@@ -43,7 +43,7 @@ public struct OpenAPIClient: Sendable {
         self.tokens = tokens
         self.exchange = JSONExchange(httpClient: httpClient, timeout: requestTimeout, bodyCap: 256 * 1024)
         var logger = logger
-        logger[metadataKey: "reply.app"] = "\(credentials.name)"
+        logger[metadataKey: "app"] = "\(credentials.name)"
         self.logger = logger
     }
 

@@ -85,7 +85,7 @@ public struct ReplyDeliverer: Sendable {
         progress: @Sendable (Int) async -> Void
     ) async -> DeliveryOutcome {
         var logger = logger
-        logger[metadataKey: "reply.app"] = "\(target.app)"
+        logger[metadataKey: "app"] = "\(target.app)"
         logger[metadataKey: "reply.conversation"] = "\(target.conversationKey)"
         let deadline = firstAttemptAt + milliseconds(replyDeadline)
         var state = AttemptState()

@@ -12,25 +12,6 @@ public enum ReplyMessage: Sendable, Equatable {
     /// Any other webhook body a handler printed; `body` is the JSON object, `msgtype` its type.
     case raw(msgtype: String, body: Data)
 
-    /// Interprets a handler's stdout: a JSON object with a string `msgtype` becomes that message,
-    /// anything else is text. Returns nil when the output is empty or only whitespace (no reply).
-    public init?(handlerOutput: Data) {
-        let text = String(decoding: handlerOutput, as: UTF8.self)
-        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if trimmed.isEmpty { return nil }
-        if trimmed.hasPrefix("{"),
-            let object = (try? JSONSerialization.jsonObject(with: Data(trimmed.utf8))) as? [String: Any],
-            object["msgtype"] is String
-        {
-            self.init(webhookObject: object)
-            return
-        }
-        // Only trailing newlines go: leading spaces may be deliberate indentation.
-        var content = Substring(text)
-        while let last = content.last, last.isNewline || last == " " || last == "\t" { content.removeLast() }
-        self = .text(String(content))
-    }
-
     /// Builds a message from a webhook body (`{"msgtype":"markdown","markdown":{…}}`). Bodies of
     /// unknown types, or known types with missing fields, become `.raw` and are sent unchanged.
     public init(webhookObject object: [String: Any]) {

@@ -16,12 +16,6 @@ public struct PeekedEntry: Sendable {
     public var notBefore: Date
 }
 
-/// How the delivery of an outbox entry ended.
-public enum DeliveryOutcome: Sendable, Equatable {
-    case delivered
-    case failed(reason: String)
-}
-
 extension Spool.Writer {
     private var nowMillis: Int64 { spool.nowMillis }
 
@@ -125,13 +119,11 @@ extension Spool.Writer {
             nowMillis: nowMillis)
     }
 
-    /// Ends the delivery of an outbox entry: `done`, or `failed` with the reason.
+    /// Ends the delivery of an outbox entry whose replies all went out: `done`. (One that cannot
+    /// be delivered becomes a dead letter through `deadLetter`.)
     /// - Throws: `SpoolError`; the entry then stays in `outbox` and is delivered again after a restart.
-    public func finishDelivery(_ name: EntryName, outcome: DeliveryOutcome) throws(SpoolError) {
-        switch outcome {
-        case .delivered: try store.transition(name, from: [.outbox], to: .done, change: RowChange(), nowMillis: nowMillis)
-        case .failed(let reason): try deadLetter(name, reason: reason)
-        }
+    public func finishDelivery(_ name: EntryName) throws(SpoolError) {
+        try store.transition(name, from: [.outbox], to: .done, change: RowChange(), nowMillis: nowMillis)
     }
 
     private func removeMessageFile(_ name: EntryName) {

@@ -103,7 +103,7 @@ import Testing
             try spool.deadLetter(names[0], reason: "timeout")
             _ = try spool.claim(names[1])
             try spool.complete(names[1], replies: [Data("hi".utf8)])
-            try spool.finishDelivery(names[1], outcome: .failed(reason: "webhook 300001, OpenAPI 403"))
+            try spool.deadLetter(names[1], reason: "webhook 300001, OpenAPI 403")
             #expect(try spool.names(in: .failed).count == 2)
 
             let inspector = SpoolInspector(directory: root)

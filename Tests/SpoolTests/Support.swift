@@ -84,9 +84,6 @@ extension Spool {
         try transaction { writer throws(SpoolError) in try writer.deadLetter(name, reason: reason) }
     }
 
-    func finishDelivery(_ name: EntryName, outcome: DeliveryOutcome) throws(SpoolError) {
-        try transaction { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: outcome) }
-    }
 
     /// Submits and waits for the outcome.
     func store(_ record: IntakeRecord) async -> IntakeOutcome {

@@ -77,7 +77,7 @@ final class OutboxSender: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
-            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
+            await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to") }
             return
         }
         var parts: [ReplyMessage] = []
@@ -103,10 +103,10 @@ final class OutboxSender: Service {
             for user in reported {
                 log.warning("DingTalk did not deliver to user \(user.id): \(user.reason.rawValue)")
             }
-            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .delivered) }
+            await finish { writer throws(SpoolError) in try writer.finishDelivery(name) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
-            await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
+            await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: "reply not delivered: \(reason)\n") }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart
         }

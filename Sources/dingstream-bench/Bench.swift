@@ -193,6 +193,7 @@ struct Bench {
         let driver = LoadDriver(simulator: simulator, app: app)
         try await Task.sleep(for: .seconds(1))
         let idleRSS = ProcessCPU.residentMiB(pid)
+        let idleAnonymous = ProcessCPU.residentMiB(pid, field: "RssAnon")
         say("\(app): warm-up")
         _ = try await onOwnThread { try driver.burst(count: options.warmup, window: options.window, timeout: 60) }
         try await onOwnThread { settle() }
@@ -209,6 +210,7 @@ struct Bench {
         result.cpuMicrosPerMessage = cpu.microsPerMessage(burst.acked)
         result.ownCPUMicrosPerMessage = own.microsPerMessage(burst.acked)
         result.idleRSS = idleRSS
+        result.idleAnonymous = idleAnonymous
         result.p50 = percentile(latencies, 0.50)
         result.p99 = percentile(latencies, 0.99)
         result.maximum = latencies.last ?? .nan
@@ -261,6 +263,7 @@ struct Bench {
             ("own CPU per acked msg (us), burst", { $0.ownCPUMicrosPerMessage }, 1),
             ("machine CPU per acked msg (us), burst", { $0.cpuMicrosPerMessage }, 0),
             ("RSS idle (MiB), sockets up", { $0.idleRSS }, 1),
+            ("  of it anonymous (MiB)", { $0.idleAnonymous }, 1),
             ("spool alone: stored msgs/s", { $0.spoolAlone }, 0),
             ("spool alone: machine CPU per msg (us)", { $0.spoolAloneCPU }, 0),
         ]
@@ -303,6 +306,7 @@ struct LoadResult: Sendable {
     /// user + system time of the subject's own process.
     var ownCPUMicrosPerMessage = Double.nan
     var idleRSS = Double.nan
+    var idleAnonymous = Double.nan
     var spoolAlone = Double.nan
     var spoolAloneCPU = Double.nan
 

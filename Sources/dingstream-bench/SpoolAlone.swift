@@ -139,10 +139,11 @@ struct ProcessCPU {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// VmRSS of the process in MiB.
-    static func residentMiB(_ pid: Int32) -> Double {
+    /// A field of `/proc/PID/status` in MiB: `VmRSS` (all resident pages), `RssAnon` (the
+    /// process's own memory, without the shared code of its libraries).
+    static func residentMiB(_ pid: Int32, field: String = "VmRSS") -> Double {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }),
             let kib = Double(line.split(separator: " ").dropFirst().first ?? "")
         else { return .nan }
         return kib / 1024

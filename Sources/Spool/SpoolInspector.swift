@@ -10,8 +10,10 @@ public struct SpoolListing: Sendable, Equatable {
     public var businessID: String
     /// Sender nick and staff id of a bot message, the event type of an event.
     public var sender: String
-    /// The start of the text (bot), or the message type / event type.
-    public var excerpt: String
+    /// The text (bot), or the message type / event type, whole (`--json`).
+    public var text: String
+    /// Its start, for the table.
+    public var excerpt: String { SpoolInspector.excerpt(text) }
     /// Time since the frame was received.
     public var age: Duration
     public var attempts: Int
@@ -61,10 +63,10 @@ public struct SpoolInspector: Sendable {
     public func list(states: [EntryState] = EntryState.allCases, limit: Int? = nil) throws(SpoolError) -> [SpoolListing] {
         let nowMillis = Spool.millis(now())
         return try store().listing(states: states, limit: limit).map { row in
-            let (sender, excerpt) = Self.summary(row.entry)
+            let (sender, text) = Self.summary(row.entry)
             return SpoolListing(
                 state: row.state, name: row.entry.name, app: row.entry.app, businessID: row.entry.key, sender: sender,
-                excerpt: excerpt, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts)
+                text: text, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts)
         }
     }
 
@@ -73,20 +75,20 @@ public struct SpoolInspector: Sendable {
         try store().counts()
     }
 
-    static func summary(_ entry: SpoolEntry) -> (sender: String, excerpt: String) {
+    static func summary(_ entry: SpoolEntry) -> (sender: String, text: String) {
         let data = entry.dataObject() ?? [:]
         switch entry.kind {
         case .bot:
             let message = BotMessage(data: data)
             let sender = [message?.senderNick, message?.senderStaffID.map { "(\($0))" }].compactMap { $0 }.joined(separator: " ")
             let text = message?.text ?? "[\(message?.msgtype ?? "unknown")]"
-            return (sender, excerpt(text))
+            return (sender, text)
         case .event:
-            return (entry.headers["eventCorpId"] ?? "", excerpt(entry.headers["eventType"] ?? "event"))
+            return (entry.headers["eventCorpId"] ?? "", entry.headers["eventType"] ?? "event")
         case .card:
-            return (data["userId"] as? String ?? "", excerpt("card \(data["type"] as? String ?? "callback")"))
+            return (data["userId"] as? String ?? "", "card \(data["type"] as? String ?? "callback")")
         case .other:
-            return ("", excerpt(entry.topic ?? "other"))
+            return ("", entry.topic ?? "other")
         }
     }
 
@@ -122,7 +124,7 @@ public struct SpoolInspector: Sendable {
         let objects: [[String: Any]] = listings.map { listing in
             [
                 "state": listing.state.rawValue, "key": listing.name.value, "app": listing.app, "businessId": listing.businessID,
-                "sender": listing.sender, "text": listing.excerpt, "ageSeconds": listing.age.components.seconds,
+                "sender": listing.sender, "text": listing.text, "ageSeconds": listing.age.components.seconds,
                 "receivedAt": listing.name.receivedMillis, "attempts": listing.attempts,
             ]
         }

@@ -53,6 +53,7 @@ import Testing
                 #expect(json[0]["state"] as? String == "new")
                 #expect(json[0]["businessId"] as? String == "m2")
                 #expect(json[0]["text"] as? String == "third")
+                #expect(json[2]["text"] as? String == "second\nline", "--json keeps the whole text")
 
                 // show by full name, by unique prefix, by msgId.
                 let shown = try inspector.show(names[1].value)

@@ -54,4 +54,38 @@ struct ShutdownTests {
             }
         }
     }
+
+    /// During a DingTalk outage the outbox keeps retrying a reply; a graceful stop must still end
+    /// within the grace (not in systemd's SIGKILL), exit 0, and keep the reply for the next start.
+    @Test(.timeLimit(.minutes(1)))
+    func aStopDuringAnOutageEndsWithinTheGraceAndKeepsTheReply() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-echo", "#!/bin/sh\nprintf 'echo %s' \"$DINGSTREAM_TEXT\"\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            do {
+                for endpoint in [OpenAPIEndpoint.webhook, .batchSend, .groupMessages] {
+                    try simulator.apply(.http(endpoint: endpoint, failure: .serverError(status: 503), count: 1_000_000))
+                }
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                _ = try simulator.injectText("outage", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the reply in the outbox, retried") {
+                    SpoolSnapshot(spool: harness.spool).count(in: "outbox") == 1 && simulator.faultedCalls(.batchSend) >= 1
+                }
+                let clock = ContinuousClock()
+                let start = clock.now
+                try await daemon.terminate()
+                let took = clock.now - start
+                // shutdown_grace is 2 s in these tests; a few seconds more for the sockets and the spool.
+                #expect(took < .seconds(10), "the stop took \(took)")
+                #expect(daemon.lastExitStatus == 0)
+                #expect(SpoolSnapshot(spool: harness.spool).count(in: "outbox") == 1, "the reply waits for the next start")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
 }

@@ -73,7 +73,9 @@ public struct Daemon: Sendable {
                 attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
         }
         let clients = appClients.clients(for: configuration)
-        let outbox = OutboxSender(spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, logger: logger), logger: logger)
+        let outbox = OutboxSender(
+            spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, logger: logger),
+            shutdownGrace: configuration.shutdownGrace, logger: logger)
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),

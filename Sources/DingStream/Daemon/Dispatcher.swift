@@ -82,6 +82,10 @@ final class Dispatcher: Service {
             // No new handler starts; running ones get the grace period, then are cancelled
             // (their process groups killed) and their entries go back to new/ at the next start.
             scheduler.shutdown()
+            let running = scheduler.snapshot.running
+            if running > 0 {
+                logger.notice("stopping: waiting up to \(shutdownGrace) for \(running) running handlers; those still running then are stopped and run again after the next start")
+            }
             group.addTask { [shutdownGrace] in try? await Task.sleep(for: shutdownGrace) }
             await group.next()
             group.cancelAll()

@@ -14,13 +14,15 @@ final class OutboxSender: Service {
     private let spool: Spool
     private let deliverer: Mutex<ReplyDeliverer>
     private let logger: Logger
+    private let shutdownGrace: Duration
     private let scheduler = ConversationScheduler(workers: 8)
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
 
-    init(spool: Spool, deliverer: ReplyDeliverer, logger: Logger) {
+    init(spool: Spool, deliverer: ReplyDeliverer, shutdownGrace: Duration, logger: Logger) {
         self.spool = spool
+        self.shutdownGrace = shutdownGrace
         self.deliverer = Mutex(deliverer)
         self.logger = logger
         (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -31,18 +33,28 @@ final class OutboxSender: Service {
     /// Called when something entered the outbox.
     func wake() { wakeContinuation.yield() }
 
+    /// Delivers until graceful shutdown; then deliveries under way get `shutdownGrace` to end
+    /// and are cancelled after it (a DingTalk outage would otherwise hold the stop until
+    /// systemd's SIGKILL). A cancelled delivery stays in the outbox for the next start.
     func run() async throws {
-        await withDiscardingTaskGroup { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.scheduler.run() }
             await withGracefulShutdownHandler {
                 wake()
                 for await _ in wakeStream {
                     offerOutbox()
                 }
-            } onGracefulShutdown: { [wakeContinuation, scheduler] in
+            } onGracefulShutdown: { [wakeContinuation] in
                 wakeContinuation.finish()
-                scheduler.shutdown()
             }
+            scheduler.shutdown()
+            let running = scheduler.snapshot.running
+            if running > 0 {
+                logger.notice("stopping: waiting up to \(shutdownGrace) for \(running) reply deliveries; what is left is sent after the next start")
+            }
+            group.addTask { [shutdownGrace] in try? await Task.sleep(for: shutdownGrace) }
+            await group.next()
+            group.cancelAll()
         }
     }
 

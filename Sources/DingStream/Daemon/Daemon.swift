@@ -103,7 +103,8 @@ public struct Daemon: Sendable {
             notifier: notifier,
             probes: [
                 WatchdogProbe(name: "event loop") { await Self.eventLoopResponds() },
-                WatchdogProbe(name: "spool") { spool.canCommit() },
+                WatchdogProbe(name: "spool") { await spool.canCommit() },
+                WatchdogProbe(name: "dispatcher") { dispatcher.isMakingProgress() },
             ],
             logger: logger)
         let services: [any Service] = [

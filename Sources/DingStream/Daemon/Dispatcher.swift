@@ -40,8 +40,9 @@ final class Dispatcher: Service {
     /// reported once, not once per message.
     private let loggedRefusals = Mutex<Set<String>>([])
     private let inFlight = Mutex<Set<EntryName>>([])
-    /// Bumped whenever a handler run ends; the watchdog checks it moves while work is queued.
-    let progress = Atomic<Int>(0)
+    /// When a handler run last ended (nanoseconds of the monotonic clock); the watchdog checks
+    /// that it moves while work is queued.
+    private let lastProgress = Atomic<Int64>(Dispatcher.monotonicNanoseconds())
 
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
@@ -64,6 +65,25 @@ final class Dispatcher: Service {
     }
 
     var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
+
+    /// The watchdog's dispatcher probe: with handlers running or waiting, one must have ended
+    /// within `handler_timeout` plus a minute (a run past its timeout is killed, which ends it),
+    /// else the dispatcher is stuck and systemd should restart the daemon.
+    func isMakingProgress() -> Bool {
+        guard queued > 0 else {
+            lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+            return true
+        }
+        let limit = settings.withLock { $0.handlerTimeout } + .seconds(60)
+        let idle = Self.monotonicNanoseconds() - lastProgress.load(ordering: .relaxed)
+        return idle < limit.components.seconds * 1_000_000_000
+    }
+
+    static func monotonicNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
 
     func run() async throws {
         logRefusals(handlerScans.current().scan, force: true)
@@ -192,7 +212,7 @@ final class Dispatcher: Service {
                 executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
                 workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
                 stderrTailBytes: 4096)
-            progress.add(1, ordering: .relaxed)
+            lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
             switch result.outcome {
             case .done where entry.kind == .card:
                 // A card's answer is the ack's response, not a message: it has no conversation.

@@ -3,12 +3,19 @@ import Logging
 import Spool
 
 extension Spool {
-    /// The watchdog's spool probe: a small file can still be written and synced beside the database. A wedged
-    /// filesystem blocks here, the probe misses its deadline and the watchdog stops pinging.
-    /// A full disk is not a hang: intake refuses frames and says so, the daemon stays up.
-    func canCommit() -> Bool {
-        let failure = probeWriteAndSync(in: directory + "/running")
-        return failure == 0 || failure == ENOSPC || failure == EDQUOT
+    /// The watchdog's spool probe, run as a job of the writer thread: a small file can still be
+    /// written and synced beside the database, and the writer gets to it. A wedged filesystem or
+    /// a stuck writer leaves it waiting (a suspended task, no thread held), the probe misses its
+    /// deadline and the watchdog stops pinging. A full disk is not a hang: intake refuses frames
+    /// and says so, the daemon stays up.
+    func canCommit() async -> Bool {
+        do {
+            let failure = try await perform { [directory] _ in probeWriteAndSync(in: directory + "/running") }
+            return failure == 0 || failure == ENOSPC || failure == EDQUOT
+        } catch {
+            // The writer answered, its round failed (disk full, a lock): alive, and saying so in the log.
+            return error.code != .closed
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Handlers
 import Logging
@@ -19,9 +20,11 @@ final class OutboxSender: Service {
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
     let deadLettered = Atomic<Int>(0)
+    private let metrics: DaemonMetrics
 
-    init(spool: Spool, deliverer: ReplyDeliverer, logger: Logger) {
+    init(spool: Spool, deliverer: ReplyDeliverer, metrics: DaemonMetrics = .disabled, logger: Logger) {
         self.spool = spool
+        self.metrics = metrics
         self.deliverer = Mutex(deliverer)
         self.logger = logger
         (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -78,6 +81,7 @@ final class OutboxSender: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
+            metrics.app(entry.app).deadLetters[.reply]?.increment()
             await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to")) }
             return
         }
@@ -108,6 +112,7 @@ final class OutboxSender: Service {
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
             deadLettered.add(1, ordering: .relaxed)
+            metrics.app(entry.app).deadLetters[.reply]?.increment()
             await finish { writer throws(SpoolError) in try writer.finishDelivery(name, outcome: .failed(reason: "reply not delivered: \(reason)\n")) }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart

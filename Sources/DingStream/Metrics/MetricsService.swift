@@ -114,13 +114,12 @@ final class MetricsService: Service {
                     }
             } catch {
                 logger.error(
-                    "metrics: cannot listen on \(address) (\(error)); trying again in \(Self.bindRetry). Is another process on that port? Change metrics_listen or free it",
-                    metadata: ["message.id": "metricsListenFailed"])
+                    "metrics: cannot listen on \(address) (\(error)); trying again in \(Self.bindRetry). Is another process on that port? Change metrics_listen or free it")
                 try? await Task.sleep(for: Self.bindRetry)
                 continue
             }
             let port = server.channel.localAddress?.port ?? address.port
-            logger.notice("metrics: serving http://\(address.hostForURL):\(port)/metrics", metadata: ["message.id": "metricsListening"])
+            logger.notice("metrics: serving http://\(address.hostForURL):\(port)/metrics")
             if !address.isLoopback {
                 logger.warning("metrics: \(address) is not a loopback address; anyone who can reach it reads the metrics, so firewall it")
             }

@@ -188,8 +188,9 @@ struct PerKind<Value: Sendable>: Sendable {
     }
 }
 
-/// The handles of one app's series.
-struct AppSeries: Sendable {
+/// The handles of one app's series. A class: the intake captures it in every frame's completion,
+/// and a reference costs one retain where a struct of these fields would cost dozens.
+final class AppSeries: Sendable {
     typealias Name = DaemonMetrics.Name
     let received: PerKind<CoreMetrics.Counter>
     let stored: PerKind<CoreMetrics.Counter>

@@ -122,8 +122,8 @@ public struct Daemon: Sendable {
                 WatchdogProbe(name: "spool") { spool.canCommit() },
             ],
             logger: logger)
-        // Second: it stops just before the spool, after the sockets and the dispatcher, so the
-        // last scrape and the last file show the final counts.
+        // Started right after the spool, so stopped right before it: after the sockets and the
+        // dispatcher, and the last scrape and the last file show the final counts.
         let metricsServices: [any Service] = registry.map { registry in
             [
                 MetricsService(

@@ -14,6 +14,8 @@ let nioWebSocket = Target.Dependency.product(name: "NIOWebSocket", package: "swi
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let coreMetrics = Target.Dependency.product(name: "CoreMetrics", package: "swift-metrics")
+let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
 
 let package = Package(
     name: "dingstream",
@@ -29,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.25.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Wire formats, keys, backoff and state machines: no I/O.
@@ -59,7 +63,7 @@ let package = Package(
         .target(
             name: "DingStream",
             dependencies: [
-                "StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle,
+                "StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle, coreMetrics, prometheus,
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"), nioCore, nioPosix, nioHTTP1, httpClient,
             ],
             swiftSettings: swiftSettings
@@ -92,6 +96,8 @@ let package = Package(
         .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", log], swiftSettings: swiftSettings),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", log], swiftSettings: swiftSettings),
-        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", log], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", log, httpClient, nioCore, nioHTTP1],
+            swiftSettings: swiftSettings),
     ]
 )

@@ -8,6 +8,7 @@ public actor AccessTokenProvider {
     public nonisolated let credentials: AppCredentials
     private let exchange: JSONExchange
     private let now: @Sendable () -> Int64
+    private let observer: ReplyObserver
     private let logger: Logger
 
     private struct Cached {
@@ -32,9 +33,10 @@ public actor AccessTokenProvider {
     ///   - now: epoch milliseconds; injected so tests can move time.
     public init(
         credentials: AppCredentials, httpClient: HTTPClient, requestTimeout: Duration = .seconds(10),
-        now: @escaping @Sendable () -> Int64 = epochMilliseconds, logger: Logger
+        now: @escaping @Sendable () -> Int64 = epochMilliseconds, observer: ReplyObserver = .none, logger: Logger
     ) {
         self.credentials = credentials
+        self.observer = observer
         self.exchange = JSONExchange(httpClient: httpClient, timeout: requestTimeout, bodyCap: 64 * 1024)
         self.now = now
         var logger = logger
@@ -78,7 +80,13 @@ public actor AccessTokenProvider {
         fetching = true
         let result = await Self.fetch(exchange: exchange, credentials: credentials, now: now, logger: logger)
         fetching = false
-        if case .success(let value) = result { cached = value }
+        switch result {
+        case .success(let value):
+            cached = value
+            observer.tokenRefresh(credentials.name, true)
+        case .failure:
+            observer.tokenRefresh(credentials.name, false)
+        }
         let waiting = waiters
         waiters = []
         for waiter in waiting { waiter.resume(returning: result) }

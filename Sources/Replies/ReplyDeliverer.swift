@@ -48,6 +48,7 @@ public struct ReplyDeliverer: Sendable {
     private let now: @Sendable () -> Int64
     private let sleep: @Sendable (Duration) async throws -> Void
     private let random: @Sendable () -> Double
+    private let observer: ReplyObserver
     private let logger: Logger
 
     /// - Parameters:
@@ -62,6 +63,7 @@ public struct ReplyDeliverer: Sendable {
         now: @escaping @Sendable () -> Int64 = epochMilliseconds,
         sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
+        observer: ReplyObserver = .none,
         logger: Logger
     ) {
         self.clients = clients
@@ -72,6 +74,7 @@ public struct ReplyDeliverer: Sendable {
         self.now = now
         self.sleep = sleep
         self.random = random
+        self.observer = observer
         self.logger = logger
     }
 
@@ -164,8 +167,10 @@ public struct ReplyDeliverer: Sendable {
         if !state.webhookDead, let url = target.sessionWebhook, !url.isEmpty, webhookLive(target) {
             do {
                 try await webhook.post(part, to: url)
+                observer.attempt(target.app, .sessionWebhook, .ok)
                 return .delivered(.sessionWebhook)
             } catch {
+                observer.attempt(target.app, .sessionWebhook, ReplyAttemptResult(error))
                 switch error.code {
                 case .webhookThrottled:
                     return .retry(error)
@@ -190,6 +195,8 @@ public struct ReplyDeliverer: Sendable {
                 )
             )
         }
+        // Set just before an OpenAPI call, so that its failure below is counted for its path.
+        var calledPath: DeliveryPath?
         do {
             switch target.conversation {
             case .private:
@@ -201,17 +208,21 @@ public struct ReplyDeliverer: Sendable {
                         )
                     )
                 }
+                calledPath = .privateChat
                 let result = try await client.sendToUsers([user], message: part, robotCode: target.robotCode)
                 if result.invalidStaffIDs.contains(user) {
                     state.report(ReportedUser(id: user, reason: .invalid))
+                    observer.attempt(target.app, .privateChat, .refused)
                     return giveUp(ReplyError(.invalidRecipient, endpoint: OpenAPIClient.batchSendPath, context: "user \(user)"))
                 }
                 if result.flowControlledStaffIDs.contains(user) {
                     state.report(ReportedUser(id: user, reason: .flowControlled))
+                    observer.attempt(target.app, .privateChat, .throttled)
                     return .retry(
                         ReplyError(.throttled, endpoint: OpenAPIClient.batchSendPath, context: "user \(user) is flow-controlled")
                     )
                 }
+                observer.attempt(target.app, .privateChat, .ok)
                 return .delivered(.privateChat)
             case .group:
                 guard let group = target.openConversationID, !group.isEmpty else {
@@ -222,10 +233,13 @@ public struct ReplyDeliverer: Sendable {
                         )
                     )
                 }
+                calledPath = .group
                 try await client.sendToGroup(group, message: part, robotCode: target.robotCode)
+                observer.attempt(target.app, .group, .ok)
                 return .delivered(.group)
             }
         } catch {
+            if let calledPath { observer.attempt(target.app, calledPath, ReplyAttemptResult(error)) }
             return giveUp(error)
         }
     }

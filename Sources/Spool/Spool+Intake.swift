@@ -124,6 +124,7 @@ extension Spool {
         var failure: SpoolError?
         var logFailure: SpoolError?
         var logRecovery = false
+        var commitTime: Duration?
         writer.withLock { writer in
             guard let writer else {
                 failure = SpoolError(.closed, path: directory)
@@ -149,7 +150,9 @@ extension Spool {
                     finishes.append(job(writer.abort == nil ? writer : nil))
                 }
                 if let abort = writer.abort { throw abort }
+                let commitStart = ContinuousClock.now
                 try writer.store.commit()
+                commitTime = ContinuousClock.now - commitStart
             } catch {
                 writer.store.rollback()
                 failure = error
@@ -190,6 +193,7 @@ extension Spool {
             for finish in finishes { finish(failure) }
             return
         }
+        if let commitTime { commitObserver(commitTime) }
         for item in stored {
             entriesContinuation.yield(Announcement(name: item.name, kind: item.pending.record.kind, conversation: item.pending.record.conversation))
         }

@@ -48,6 +48,8 @@ public final class Spool: Sendable {
     public let pruneInterval: Duration
     let logger: Logger
     let now: @Sendable () -> Date
+    /// Told how long each round's COMMIT took (metrics); called on the writer thread, so it must be quick.
+    let commitObserver: @Sendable (Duration) -> Void
 
     /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
     /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
@@ -91,10 +93,12 @@ public final class Spool: Sendable {
     ///   - dedupWindow: how long a business id stays a duplicate after its entry was pruned (default 24 h).
     ///   - retention: age (since arrival) after which done entries are pruned (default 7 days).
     ///   - now: the wall clock (names, ages, retention); injected for tests.
+    ///   - commitObserver: told the duration of every round's successful COMMIT, on the writer thread.
     public init(
         directory: String, dedupWindow: Duration = .seconds(24 * 3600), retention: Duration = .seconds(7 * 24 * 3600),
         rescanInterval: Duration = .seconds(5), pruneInterval: Duration = .seconds(3600),
-        logger: Logger, now: @escaping @Sendable () -> Date = { Date() }
+        logger: Logger, now: @escaping @Sendable () -> Date = { Date() },
+        commitObserver: @escaping @Sendable (Duration) -> Void = { _ in }
     ) {
         self.directory = directory.count > 1 && directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         self.dedupWindow = dedupWindow
@@ -103,6 +107,7 @@ public final class Spool: Sendable {
         self.pruneInterval = pruneInterval
         self.logger = logger
         self.now = now
+        self.commitObserver = commitObserver
         (entries, entriesContinuation) = AsyncStream.makeStream(of: Announcement.self)
     }
 

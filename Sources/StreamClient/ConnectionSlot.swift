@@ -131,6 +131,7 @@ struct ConnectionSlot: Sendable {
                 case .none:
                     break  // cancelled
                 case .event(.closed(let reason))?:
+                    board.replaced(app: settings.app, reason: .closed)
                     board.socketDown(app: settings.app, connectionID: socket.id)
                     current = nil
                     logger.warning(
@@ -142,19 +143,23 @@ struct ConnectionSlot: Sendable {
                         do { try await environment.sleep(delay) } catch { break }
                     }
                 case .event(.disconnectRequested(let reason))?:
+                    board.replaced(app: settings.app, reason: .disconnect)
                     logger.notice(
                         "server rotates socket after \(age.formattedAge) (\(reason)); opening its replacement first",
                         metadata: replacedMetadata(socket, age: age))
                 case .event(.deaf(let reason))?:
+                    board.replaced(app: settings.app, reason: .deaf)
                     currentIsDead = true
                     logger.warning(
                         "socket is deaf after \(age.formattedAge) (\(reason)); opening its replacement first",
                         metadata: replacedMetadata(socket, age: age))
                 case .event(.oversizedFrame(let bytes))?:
+                    board.replaced(app: settings.app, reason: .oversizedFrame)
                     logger.warning(
                         "a frame of \(bytes) bytes exceeds max_frame_size (\(settings.maxFrameSize) bytes) and was left out unacked; replacing this socket, opening its replacement first",
                         metadata: replacedMetadata(socket, age: age).merging(["frame.bytes": "\(bytes)"]) { $1 })
                 case .ageLimit?:
+                    board.replaced(app: settings.app, reason: .ageLimit)
                     logger.info(
                         "socket reached its age limit at \(age.formattedAge); opening its replacement first",
                         metadata: replacedMetadata(socket, age: age))

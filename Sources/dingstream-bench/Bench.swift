@@ -117,6 +117,7 @@ struct Bench {
 
             """
         if let level = options.daemonLogLevel { toml += "log_level = \"\(level)\"\n" }
+        if let address = options.daemonMetrics { toml += "metrics_listen = \"\(address)\"\n" }
         for (name, id) in [("bench", "dingbench"), ("bench2", "dingbench2")] {
             toml += """
 

@@ -16,10 +16,13 @@ struct BenchOptions: Sendable {
     var spoolParent: String?
     /// The daemon's `log_level`; nil leaves the default (info), as deployed.
     var daemonLogLevel: String?
+    /// The daemon's `metrics_listen` (e.g. "127.0.0.1:0"); nil leaves metrics off, the default.
+    var daemonMetrics: String?
 
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
-                                [--spool-parent DIR] [--daemon-log-level LEVEL] [--peer COMMAND] [--peer-name NAME]
+                                [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
+                                [--peer COMMAND] [--peer-name NAME]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -47,6 +50,7 @@ struct BenchOptions: Sendable {
             case "--timeout": timeout = try real()
             case "--spool-parent": spoolParent = value
             case "--daemon-log-level": daemonLogLevel = value
+            case "--daemon-metrics": daemonMetrics = value
             case "--peer": peerCommand = value
             case "--peer-name": peerName = value
             default: throw Invalid(description: "unknown option \(option)")

@@ -43,13 +43,16 @@ struct DaemonHarness {
     /// Runs the daemon while `body` runs, then stops it.
     func withDaemon<R: Sendable>(
         _ configuration: Configuration, keepalive: KeepaliveSettings? = nil,
+        onMetricsListening: (@Sendable (Int) -> Void)? = nil,
         _ body: @Sendable () async throws -> R
     ) async throws -> R {
         var configuredLogger = Logger(label: "test.daemon")
         configuredLogger.logLevel = .warning
         let logger = configuredLogger
         let configuration = configuration
-        let daemon = Daemon(configurationPath: "(test)", environment: ["PATH": "/usr/bin:/bin", "HOME": root], keepalive: keepalive)
+        let daemon = Daemon(
+            configurationPath: "(test)", environment: ["PATH": "/usr/bin:/bin", "HOME": root], keepalive: keepalive,
+            onMetricsListening: onMetricsListening)
         return try await withThrowingTaskGroup(of: R?.self) { group in
             group.addTask {
                 _ = await daemon.run(configuration: configuration, logger: logger)

@@ -21,6 +21,10 @@ public struct Configuration: Sendable, Equatable {
     public var readyTimeout: Duration = .seconds(30)
     public var shutdownGrace: Duration = .seconds(20)
     public var logLevel = "info"
+    /// Where `GET /metrics` is served; nil: not served.
+    public var metricsListen: MetricsAddress?
+    /// A `.prom` file for node_exporter's textfile collector, rewritten every 15 s; nil: none.
+    public var metricsFile: String?
     public var apps: [App] = []
 
     public struct App: Sendable, Equatable {

@@ -16,7 +16,7 @@ struct ConfigurationReader {
         let topLevel: Set<String> = [
             "spool_dir", "runtime_dir", "workers", "handler_timeout", "max_attempts", "retry_delay", "dedup_window",
             "retention", "max_attachment_bytes", "card_timeout", "reply_deadline", "webhook_margin",
-            "ready_timeout", "shutdown_grace", "log_level", "app", "channels_config",
+            "ready_timeout", "shutdown_grace", "log_level", "metrics_listen", "metrics_file", "app", "channels_config",
         ]
         try rejectUnknown(root, allowed: topLevel, place: "at the top level")
         if let value = try string(root, "spool_dir") { configuration.spoolDirectory = value }
@@ -39,6 +39,19 @@ struct ConfigurationReader {
                 throw fail(root["log_level"]?.line, "log_level \"\(value)\" is not one of \(levels.joined(separator: ", "))")
             }
             configuration.logLevel = value
+        }
+        if let value = try string(root, "metrics_listen") {
+            switch MetricsAddress.parse(value) {
+            case .success(let address): configuration.metricsListen = address
+            case .failure(let failure): throw fail(root["metrics_listen"]?.line, "metrics_listen \"\(value)\": \(failure.message)")
+            }
+        }
+        if let value = try string(root, "metrics_file") {
+            // The textfile collector reads only *.prom files, and a relative path depends on the working directory.
+            guard value.hasPrefix("/"), value.hasSuffix(".prom") else {
+                throw fail(root["metrics_file"]?.line, "metrics_file \"\(value)\" must be an absolute path ending in .prom, e.g. /var/lib/prometheus/node-exporter/dingstream.prom")
+            }
+            configuration.metricsFile = value
         }
 
         if let entry = root["app"] {

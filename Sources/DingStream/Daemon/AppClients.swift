@@ -41,10 +41,12 @@ final class AppClients: Sendable {
     private let environment: [String: String]
     private let logger: Logger
     private let retireAfter: Duration
+    private let observer: ReplyObserver
     private let entries = Mutex<[String: Entry]>([:])
 
-    init(environment: [String: String], logger: Logger, retireAfter: Duration = .seconds(120)) {
+    init(environment: [String: String], logger: Logger, retireAfter: Duration = .seconds(120), observer: ReplyObserver = .none) {
         self.environment = environment
+        self.observer = observer
         self.logger = logger
         self.retireAfter = retireAfter
     }
@@ -76,12 +78,14 @@ final class AppClients: Sendable {
         return current.mapValues { Client(openAPI: $0.openAPI, http: $0.http) }
     }
 
-    static func deliverer(_ configuration: Configuration, clients: [String: Client], logger: Logger) -> ReplyDeliverer {
+    static func deliverer(
+        _ configuration: Configuration, clients: [String: Client], observer: ReplyObserver = .none, logger: Logger
+    ) -> ReplyDeliverer {
         // Session webhooks are plain HTTPS to DingTalk: any app's client (its proxy and CA) will do.
         let webhookHTTP = configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? HTTPClient.shared
         return ReplyDeliverer(
             clients: clients.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
-            webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, logger: logger)
+            webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, observer: observer, logger: logger)
     }
 
     /// Shuts every client down; the daemon calls it once its services have stopped.
@@ -105,7 +109,7 @@ final class AppClients: Sendable {
             return nil
         }
         let credentials = AppCredentials(name: app.name, clientID: app.clientID, clientSecret: app.clientSecret, apiBase: app.apiBase)
-        let tokens = AccessTokenProvider(credentials: credentials, httpClient: http, logger: logger)
+        let tokens = AccessTokenProvider(credentials: credentials, httpClient: http, observer: observer, logger: logger)
         return Entry(identity: identity, http: http, openAPI: OpenAPIClient(credentials: credentials, httpClient: http, tokens: tokens, logger: logger))
     }
 }

@@ -8,7 +8,8 @@ import Synchronization
 /// Runs one `AppSupervisor` per configured app and applies reloads: an app whose settings did
 /// not change keeps its sockets; changed apps are restarted, removed apps stopped, new ones started.
 final class ConnectionManager: Service {
-    private let sink: any FrameSink
+    /// The frame sink of one app's sockets.
+    private let sink: @Sendable (_ app: String) -> any FrameSink
     let board: ConnectionBoard
     private let environment: [String: String]
     private let userAgent: String
@@ -18,7 +19,7 @@ final class ConnectionManager: Service {
     private let keepaliveOverride: KeepaliveSettings?
 
     init(
-        apps: [Configuration.App], sink: any FrameSink, board: ConnectionBoard, environment: [String: String],
+        apps: [Configuration.App], sink: @escaping @Sendable (_ app: String) -> any FrameSink, board: ConnectionBoard, environment: [String: String],
         userAgent: String, keepalive: KeepaliveSettings? = nil, logger: Logger
     ) {
         self.sink = sink
@@ -66,7 +67,7 @@ final class ConnectionManager: Service {
                     for app in apps where running[app.name] == nil {
                         let stop = StopSignal()
                         running[app.name] = (app, stop)
-                        let supervisor = AppSupervisor(settings: settings(for: app), sink: sink, board: board, logger: logger)
+                        let supervisor = AppSupervisor(settings: settings(for: app), sink: sink(app.name), board: board, logger: logger)
                         group.addTask {
                             await withTaskGroup(of: Void.self) { inner in
                                 inner.addTask { await supervisor.run() }

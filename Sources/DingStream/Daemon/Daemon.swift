@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
 import Replies
 import ServiceLifecycle
 import Spool
@@ -21,11 +22,17 @@ public struct Daemon: Sendable {
     public var environment: [String: String]
     /// Overrides the socket keepalive (tests use short intervals).
     public var keepalive: KeepaliveSettings?
+    /// Told the port `GET /metrics` is served on, once it is (tests listen on port 0).
+    public var onMetricsListening: (@Sendable (Int) -> Void)?
 
-    public init(configurationPath: String, environment: [String: String], keepalive: KeepaliveSettings? = nil) {
+    public init(
+        configurationPath: String, environment: [String: String], keepalive: KeepaliveSettings? = nil,
+        onMetricsListening: (@Sendable (Int) -> Void)? = nil
+    ) {
         self.configurationPath = configurationPath
         self.environment = environment
         self.keepalive = keepalive
+        self.onMetricsListening = onMetricsListening
     }
 
     /// Exit status when another running daemon owns the spool (EX_UNAVAILABLE).
@@ -49,11 +56,13 @@ public struct Daemon: Sendable {
         configuredLogger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let logger = configuredLogger
         let notifier = Notifier(environment: environment)
+        let (metrics, registry) = Self.makeMetrics(configuration)
         // Retries wait in new/ until a rescan finds them due: look often enough for short delays.
         let rescan = min(max(configuration.retryDelay, .seconds(1)), .seconds(5))
         let spool = Spool(
             directory: configuration.spoolDirectory, dedupWindow: configuration.dedupWindow,
-            retention: configuration.retention, rescanInterval: rescan, logger: logger)
+            retention: configuration.retention, rescanInterval: rescan, logger: logger,
+            commitObserver: metrics.commitObserver)
         do {
             try spool.open()
         } catch {
@@ -62,8 +71,9 @@ public struct Daemon: Sendable {
             return error.code == .inUse ? Self.spoolInUseExitStatus : 73
         }
         defer { spool.close() }
-        let board = ConnectionBoard()
-        let appClients = AppClients(environment: environment, logger: logger)
+        let board = ConnectionBoard(observer: metrics.boardObserver)
+        let replyObserver = metrics.replyObserver
+        let appClients = AppClients(environment: environment, logger: logger, observer: replyObserver)
         let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {
             configuration, clients in
             DispatchSettings(
@@ -74,15 +84,18 @@ public struct Daemon: Sendable {
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(
-            spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, logger: logger),
-            shutdownGrace: configuration.shutdownGrace, logger: logger)
+            spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, observer: replyObserver, logger: logger),
+            shutdownGrace: configuration.shutdownGrace, metrics: metrics, logger: logger)
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
             baseEnvironment: environment, shutdownGrace: configuration.shutdownGrace,
-            outboxWake: { outbox.wake() }, cards: cards, logger: logger)
+            outboxWake: { outbox.wake() }, cards: cards, metrics: metrics, logger: logger)
         let connections = ConnectionManager(
-            apps: configuration.apps, sink: Intake(spool: spool, cards: cards, logger: logger), board: board,
+            apps: configuration.apps,
+            // Metrics off: the intake skips even the no-op calls.
+            sink: { app in Intake(spool: spool, cards: cards, metrics: registry == nil ? nil : metrics.app(app), logger: logger) },
+            board: board,
             environment: environment, userAgent: Self.userAgent, keepalive: keepalive, logger: logger)
         let status = StatusReporter(
             board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
@@ -96,7 +109,10 @@ public struct Daemon: Sendable {
                 connections.apply(new.apps)
                 let clients = appClients.clients(for: new)
                 dispatcher.update(dispatchSettings(new, clients))
-                outbox.update(AppClients.deliverer(new, clients: clients, logger: logger))
+                outbox.update(AppClients.deliverer(new, clients: clients, observer: replyObserver, logger: logger))
+                if new.metricsListen != configuration.metricsListen || new.metricsFile != configuration.metricsFile {
+                    logger.notice("metrics_listen and metrics_file take effect at the next restart")
+                }
                 cards.update(timeout: new.cardTimeout)
             })
         let watchdog = WatchdogService(
@@ -107,8 +123,18 @@ public struct Daemon: Sendable {
                 WatchdogProbe(name: "dispatcher") { dispatcher.isMakingProgress() },
             ],
             logger: logger)
-        let services: [any Service] = [
-            SpoolService(spool: spool), outbox, dispatcher, cards, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
+        // Started right after the spool, so stopped right before it: after the sockets and the
+        // dispatcher, and the last scrape and the last file show the final counts.
+        let metricsServices: [any Service] = registry.map { registry in
+            [
+                MetricsService(
+                    registry: registry, metrics: metrics, board: board, spoolDirectory: configuration.spoolDirectory,
+                    listen: configuration.metricsListen, file: configuration.metricsFile, onListening: onMetricsListening,
+                    logger: logger)
+            ]
+        } ?? []
+        let services: [any Service] = [SpoolService(spool: spool)] + metricsServices + [
+            outbox, dispatcher, cards, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
         ] + extraServices
         let group = ServiceGroup(
             configuration: .init(
@@ -126,6 +152,18 @@ public struct Daemon: Sendable {
         await appClients.shutdown()
         logger.notice("stopped")
         return exitStatus
+    }
+
+    /// This run's own registry and series when `metrics_listen` or `metrics_file` is set (never
+    /// the global `MetricsSystem`: daemons in one test process count apart); else no-ops.
+    static func makeMetrics(_ configuration: Configuration) -> (DaemonMetrics, PrometheusCollectorRegistry?) {
+        guard configuration.metricsListen != nil || configuration.metricsFile != nil else { return (.disabled, nil) }
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = DaemonMetrics.buckets
+        let metrics = DaemonMetrics(factory: factory, version: version)
+        for app in configuration.apps { _ = metrics.app(app.name) }
+        return (metrics, registry)
     }
 
     /// A stuck event loop cannot run this within the deadline.

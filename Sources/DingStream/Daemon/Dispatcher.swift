@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Handlers
 import Logging
@@ -35,6 +36,7 @@ final class Dispatcher: Service {
     private let shutdownGrace: Duration
     private let outboxWake: @Sendable () -> Void
     private let cards: CardResponder?
+    private let metrics: DaemonMetrics
     private let logger: Logger
     /// The handler refusals last logged, so that a file turning unsafe while the daemon runs is
     /// reported once, not once per message.
@@ -47,7 +49,7 @@ final class Dispatcher: Service {
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
         shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
-        logger: Logger
+        metrics: DaemonMetrics = .disabled, logger: Logger
     ) {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
@@ -57,6 +59,7 @@ final class Dispatcher: Service {
         self.shutdownGrace = shutdownGrace
         self.outboxWake = outboxWake
         self.cards = cards
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -170,6 +173,7 @@ final class Dispatcher: Service {
             return
         } catch where error.code == .corrupt {
             log.error("cannot read \(name): \(error)")
+            metrics.app(name.app).deadLetters[.unreadable]?.increment()
             _ = try? await spool.perform { writer throws(SpoolError) in try writer.deadLetter(name, reason: "\(error)") }
             return
         } catch {
@@ -177,6 +181,7 @@ final class Dispatcher: Service {
             return  // still new: the next rescan offers it again
         }
         let entry = claimed.entry
+        let series = metrics.app(entry.app)
         log[metadataKey: "app"] = "\(entry.app)"
         // Whatever happens below, a card callback's ack must not wait longer than this run.
         defer { if entry.kind == .card { cards?.finished(name) } }
@@ -185,6 +190,7 @@ final class Dispatcher: Service {
         if let actor = Self.actor(of: entry), let app = current.apps[entry.app], !app.allows(staffID: actor.staffID) {
             log.warning(
                 "\(actor.what) from \(actor.staffID ?? "unknown sender")\(actor.nick.map { " (\($0))" } ?? "") refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
+            series.refused[.notAllowed]?[entry.kind].increment()
             await finish { writer throws(SpoolError) in try writer.complete(name, replies: nil) }
             return
         }
@@ -213,6 +219,8 @@ final class Dispatcher: Service {
                 workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
                 stderrTailBytes: 4096)
             lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+            series.handlerRuns[HandlerRunResult(result)]?.increment()
+            series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(result.duration))
             switch result.outcome {
             case .done where entry.kind == .card:
                 // A card's answer is the ack's response, not a message: it has no conversation.
@@ -233,6 +241,7 @@ final class Dispatcher: Service {
                 let attempts = entry.attempts + 1
                 if attempts >= current.maxAttempts {
                     handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
+                    series.deadLetters[.retries]?.increment()
                     await finish { writer throws(SpoolError) in
                         try writer.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
@@ -248,6 +257,7 @@ final class Dispatcher: Service {
                 return
             case .failed(let reason):
                 handlerLog.error("handler failed: \(reason); the message is a dead letter (dingstream spool show \(name))", metadata: ["message.id": "handlerFailed"])
+                series.deadLetters[.handler]?.increment()
                 await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: result.reasonText) }
                 return
             }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Handlers
 import Logging
@@ -19,10 +20,12 @@ final class OutboxSender: Service {
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
+    private let metrics: DaemonMetrics
 
-    init(spool: Spool, deliverer: ReplyDeliverer, shutdownGrace: Duration, logger: Logger) {
+    init(spool: Spool, deliverer: ReplyDeliverer, shutdownGrace: Duration, metrics: DaemonMetrics = .disabled, logger: Logger) {
         self.spool = spool
         self.shutdownGrace = shutdownGrace
+        self.metrics = metrics
         self.deliverer = Mutex(deliverer)
         self.logger = logger
         (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -89,6 +92,7 @@ final class OutboxSender: Service {
         log[metadataKey: "msg.key"] = "\(name)"
         log[metadataKey: "app"] = "\(entry.app)"
         guard let message = entry.botMessage else {
+            metrics.app(entry.app).deadLetters[.reply]?.increment()
             await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: "replies to \(entry.kind.rawValue) messages have no conversation to go to") }
             return
         }
@@ -118,6 +122,7 @@ final class OutboxSender: Service {
             await finish { writer throws(SpoolError) in try writer.finishDelivery(name) }
         case .deadLetter(let reason):
             log.error("reply dead-lettered: \(reason)", metadata: ["message.id": "replyDeadLettered"])
+            metrics.app(entry.app).deadLetters[.reply]?.increment()
             await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: "reply not delivered: \(reason)\n") }
         case .interrupted:
             break  // stays in the outbox; delivered again after the restart

@@ -1,4 +1,5 @@
 import Foundation
+import Spool
 import StreamProtocol
 
 /// The daemon's configuration, read from a TOML file (DESIGN.md, "Configuration").
@@ -21,6 +22,8 @@ public struct Configuration: Sendable, Equatable {
     public var shutdownGrace: Duration = .seconds(20)
     public var logLevel = "info"
     public var apps: [App] = []
+    /// `[cluster]`: the spool lives in a shared PostgreSQL; nil keeps the local SQLite spool.
+    public var cluster: ClusterSettings?
 
     public struct App: Sendable, Equatable {
         public var name: String

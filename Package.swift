@@ -13,6 +13,7 @@ let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 let nioWebSocket = Target.Dependency.product(name: "NIOWebSocket", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
+let postgres = Target.Dependency.product(name: "PostgresNIO", package: "postgres-nio")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 
 let package = Package(
@@ -29,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.25.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Wire formats, keys, backoff and state machines: no I/O.
@@ -40,7 +42,8 @@ let package = Package(
         ),
         // Debian's libsqlite3: the spool's database (see README, "Why SQLite through the C library").
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "Spool", dependencies: ["StreamProtocol", "CSQLite", log], swiftSettings: swiftSettings),
+        // The shared store of a cluster (`[cluster]`): PostgreSQL through postgres-nio.
+        .target(name: "Spool", dependencies: ["StreamProtocol", "CSQLite", log, postgres, nioCore, nioPosix, nioSSL], swiftSettings: swiftSettings),
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",

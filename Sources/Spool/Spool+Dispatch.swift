@@ -49,7 +49,14 @@ extension Spool.Writer {
     /// - Throws: `.notFound` when it is no longer in `new` (claimed already; ignore it);
     ///   `.corrupt` when its payload does not parse: dead-letter it.
     public func claim(_ name: EntryName, entry: SpoolEntry? = nil, messageFile: Bool = true) throws(SpoolError) -> ClaimedEntry {
-        try store.transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
+        do {
+            try store.claim(name, nowMillis: nowMillis)
+        } catch {
+            // Taken by another host, or waiting for its conversation there: announced again
+            // by the rescan that follows the wake-up of its end.
+            announced.remove(name)
+            throw error
+        }
         announced.remove(name)
         committed.removeValue(forKey: name)
         let claimed: SpoolEntry
@@ -108,7 +115,7 @@ extension Spool.Writer {
 
     /// Names in `outbox`, in arrival order (resume their delivery).
     public func outboxEntries() throws(SpoolError) -> [EntryName] {
-        try store.names(in: .outbox, dueBy: nil, limit: 100_000).map(\.name)
+        try store.outboxNames(limit: 100_000)
     }
 
     /// Records delivery progress of an outbox entry.

@@ -94,13 +94,21 @@ extension Spool {
         let interval = Double(Self.millis(rescanInterval)) / 1000
         var nextRescan = Date().addingTimeInterval(interval)
         var nextPruneSlice: Date?  // set while a pruning has rows left
+        let upkeepInterval = writer.withLock { $0?.store.upkeepInterval }.map { Double(Self.millis($0)) / 1000 }
+        var nextUpkeep = upkeepInterval.map { Date().addingTimeInterval($0) } ?? .distantFuture
         while true {
-            let deadline = nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan
-            let (batch, jobs, stopping) = queue.next(limit: Self.maximumBatch, deadline: deadline)
+            let deadline = min(nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan, nextUpkeep)
+            let (batch, jobs, stopping, wanted) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !jobs.isEmpty { commitRound(batch, jobs: jobs) }
             if stopping { break }
             let current = Date()
-            if current >= nextRescan {
+            if let upkeepInterval, current >= nextUpkeep {
+                upkeep()
+                nextUpkeep = Date().addingTimeInterval(upkeepInterval)
+            }
+            if wanted, current < nextRescan {
+                rescan()  // a wake-up: the regular rescan keeps its own pace
+            } else if current >= nextRescan {
                 rescan()
                 nextRescan = Date().addingTimeInterval(interval)
                 if nextPruneSlice == nil, pruneDue { nextPruneSlice = current }
@@ -235,13 +243,39 @@ extension Spool {
         return false
     }
 
-    /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI).
+    /// Heartbeat, lease renewal and takeover of dead hosts' work (cluster); logs what it took over.
+    private func upkeep() {
+        let result: Upkeep
+        do {
+            result = try transaction { (writer: Writer) throws(SpoolError) -> Upkeep in
+                try writer.store.upkeep(nowMillis: nowMillis)
+            }
+        } catch {
+            logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+            return
+        }
+        for (holder, names) in Dictionary(grouping: result.reclaimed, by: \.holder) {
+            logger.warning(
+                "cluster: node \(holder) held \(names.count) running message(s) past its lease (dead or cut off); they run again",
+                metadata: ["cluster.node": "\(holder)", "msg.key": "\(names.map(\.name).joined(separator: " "))"])
+        }
+        for (holder, names) in Dictionary(grouping: result.outbox, by: \.holder) {
+            logger.warning(
+                "cluster: took over \(names.count) outbox entries of node \(holder), whose lease ran out",
+                metadata: ["cluster.node": "\(holder)", "msg.key": "\(names.map(\.name).joined(separator: " "))"])
+        }
+        if !result.reclaimed.isEmpty { rescan() }
+        if !result.outbox.isEmpty { outboxWake.withLock { $0 }?() }
+    }
+
+    /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI,
+    /// committed by another host of the cluster).
     func rescan() {
         let fresh: [EntryName]
         do {
             fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [EntryName] in
                 guard let writer else { return [] }
-                let due = try writer.store.names(in: .new, dueBy: nowMillis, limit: 10_000).map(\.name)
+                let due = try writer.store.runnable(dueBy: nowMillis, limit: 10_000)
                 writer.announced.formIntersection(due)
                 let fresh = due.filter { !writer.announced.contains($0) }
                 writer.announced.formUnion(fresh)

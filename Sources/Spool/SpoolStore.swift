@@ -52,6 +52,38 @@ protocol SpoolStore: AnyObject {
     func prune(states: Set<EntryState>, receivedBefore before: Int64, dedupFrom: Int64, limit: Int) throws(SpoolError) -> Int
     /// Returns free pages to the filesystem, a few at a time.
     func reclaimSpace() throws(SpoolError)
+
+    // The cluster's needs; one host (SQLite) has the plain answers below.
+
+    /// Moves `name` from `new` to `running` for this host; `.notFound` when it is not in `new`,
+    /// or (cluster) another host holds it or an earlier message of its conversation is unfinished.
+    func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError)
+    /// Due entries of `new` that a claim could take now, in arrival order.
+    func runnable(dueBy: Int64, limit: Int) throws(SpoolError) -> [EntryName]
+    /// Outbox entries this host delivers, in arrival order.
+    func outboxNames(limit: Int) throws(SpoolError) -> [EntryName]
+    /// How often `upkeep` runs; nil: never.
+    var upkeepInterval: Duration? { get }
+    /// Heartbeat, lease renewal and takeover of what dead hosts held; runs in a transaction.
+    func upkeep(nowMillis: Int64) throws(SpoolError) -> Upkeep
+}
+
+extension SpoolStore {
+    func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {
+        try transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
+    }
+
+    func runnable(dueBy: Int64, limit: Int) throws(SpoolError) -> [EntryName] {
+        try names(in: .new, dueBy: dueBy, limit: limit).map(\.name)
+    }
+
+    func outboxNames(limit: Int) throws(SpoolError) -> [EntryName] {
+        try names(in: .outbox, dueBy: nil, limit: limit).map(\.name)
+    }
+
+    var upkeepInterval: Duration? { nil }
+
+    func upkeep(nowMillis: Int64) throws(SpoolError) -> Upkeep { Upkeep() }
 }
 
 /// Fields a transition sets besides the state.

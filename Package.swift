@@ -89,11 +89,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", log], swiftSettings: swiftSettings),
+        // A PostgreSQL of a test's own (initdb + pg_ctl in a temporary directory), for the cluster tests.
+        .target(name: "PostgresTestServer", dependencies: ["Spool"], path: "Tests/Support/PostgresTestServer", swiftSettings: swiftSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "PostgresTestServer", log], swiftSettings: swiftSettings),
         .testTarget(name: "HandlersTests", dependencies: ["Handlers", log], swiftSettings: swiftSettings),
         .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", log], swiftSettings: swiftSettings),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", log], swiftSettings: swiftSettings),
-        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", log], swiftSettings: swiftSettings),
+        .testTarget(name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", "PostgresTestServer", log], swiftSettings: swiftSettings),
     ]
 )

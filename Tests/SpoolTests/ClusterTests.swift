@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import StreamProtocol
 import Synchronization
+import PostgresTestServer
 import Testing
 
 @testable import Spool

@@ -1,26 +1,22 @@
 import Foundation
-import Logging
-import StreamProtocol
-import Testing
-
-@testable import Spool
+import Spool
 
 /// A PostgreSQL of the test's own: Debian's binaries, `initdb` into a temporary directory, a
 /// server listening only on a unix socket in that directory (no port to collide with other
 /// tests), password login (scram), stopped and removed at the end. As root (CI) the server
 /// runs as the `postgres` user, since PostgreSQL refuses to run as root.
-final class PostgresServer: Sendable {
-    static let binaries = "/usr/lib/postgresql/15/bin"
-    static let user = "dingstream"
-    static let password = "test-secret-4711"
+public final class PostgresServer: Sendable {
+    public static let binaries = "/usr/lib/postgresql/15/bin"
+    public static let user = "dingstream"
+    public static let password = "test-secret-4711"
 
-    let directory: String
+    public let directory: String
     var dataDirectory: String { directory + "/data" }
     /// Who runs the server: `postgres` when the tests run as root, else the tests' user.
     let runAs: String?
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
     private init(directory: String, runAs: String?) {
@@ -30,7 +26,7 @@ final class PostgresServer: Sendable {
 
     /// initdb, start, createdb `dingstream`.
     /// - Throws: `Failure` saying what to install or what the server logged.
-    static func start() throws -> PostgresServer {
+    public static func start() throws -> PostgresServer {
         guard FileManager.default.isExecutableFile(atPath: binaries + "/initdb") else {
             throw Failure(description: "PostgreSQL 15 is not installed (\(binaries)/initdb); run make deps (it installs Debian's postgresql)")
         }
@@ -59,7 +55,7 @@ final class PostgresServer: Sendable {
     }
 
     /// The server again on the same data (after `stop`).
-    func startServer() throws {
+    public func startServer() throws {
         try run("pg_ctl", [
             "-D", dataDirectory, "-l", directory + "/server.log", "-w", "-t", "30",
             "-o", "-k \(directory) -c listen_addresses='' -c fsync=off -c max_connections=40", "start",
@@ -67,22 +63,22 @@ final class PostgresServer: Sendable {
     }
 
     /// `fast`: clients are disconnected, the server shuts down cleanly.
-    func stop(mode: String = "fast") throws {
+    public func stop(mode: String = "fast") throws {
         try run("pg_ctl", ["-D", dataDirectory, "-m", mode, "-w", "-t", "30", "stop"])
     }
 
-    func remove() {
+    public func remove() {
         _ = try? run("pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "-t", "30", "stop"])
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    func settings(node: String, lease: Duration = .seconds(30), password: String? = PostgresServer.password) throws -> ClusterSettings {
+    public func settings(node: String, lease: Duration = .seconds(30), password: String? = PostgresServer.password) throws -> ClusterSettings {
         let url = try DatabaseURL(parsing: "postgresql://\(Self.user)@/dingstream?host=\(directory)")
         return ClusterSettings(database: url, password: password, node: node, lease: lease)
     }
 
     /// Runs `sql` through psql and returns its unaligned output.
-    func psql(_ sql: String) throws -> String {
+    public func psql(_ sql: String) throws -> String {
         try run("psql", ["-h", directory, "-U", Self.user, "-d", "dingstream", "-X", "-A", "-t", "-c", sql], binary: "/usr/bin/psql")
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -143,7 +139,7 @@ func spawnAndWait(_ argv: [String], environment: [String: String], output: Strin
 }
 
 /// Runs `body` with a PostgreSQL of its own, stopped and removed after.
-func withPostgres<T>(_ body: (PostgresServer) async throws -> T) async throws -> T {
+public func withPostgres<T>(_ body: (PostgresServer) async throws -> T) async throws -> T {
     let server = try PostgresServer.start()
     defer { server.remove() }
     return try await body(server)

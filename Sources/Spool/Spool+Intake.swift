@@ -139,6 +139,7 @@ extension Spool {
             }
             do throws(SpoolError) {
                 try writer.store.begin()
+                if !batch.isEmpty { try writer.store.prepareIntake(batch.map(\.record)) }
                 let nowMillis = nowMillis
                 for pending in batch {
                     let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)

@@ -26,6 +26,9 @@ protocol SpoolStore: AnyObject {
     func commit() throws(SpoolError)
     func rollback()
 
+    /// Called once per round before its inserts, with the round's records in arrival order.
+    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError)
+
     /// Inserts a new entry unless the same business message (app, kind, business id) is stored:
     /// true when inserted, false for a duplicate.
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool
@@ -69,6 +72,8 @@ protocol SpoolStore: AnyObject {
 }
 
 extension SpoolStore {
+    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {}
+
     func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {
         try transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
     }

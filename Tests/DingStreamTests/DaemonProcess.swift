@@ -27,7 +27,8 @@ final class DaemonProcess {
     }()
 
     /// Writes the configuration for every app of `simulator` into `harness.root`.
-    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2) throws {
+    /// `extra` is appended to the file (a `[cluster]` section, say).
+    init(harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, extra: String = "") throws {
         root = harness.root
         configPath = root + "/dingstream.toml"
         logPath = root + "/daemon.log"
@@ -54,6 +55,7 @@ final class DaemonProcess {
 
                 """
         }
+        toml += extra
         try Data(toml.utf8).write(to: URL(fileURLWithPath: configPath))
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     }

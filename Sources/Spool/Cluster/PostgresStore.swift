@@ -324,6 +324,26 @@ final class PostgresStore: SpoolStore {
 
     // MARK: Intake
 
+    /// Two hosts storing copies of the same messages in opposite orders would deadlock on the
+    /// unique key (each waits for the other's uncommitted row) and lose a round to it. So a
+    /// round first takes a transaction lock per business key in one global (sorted) order;
+    /// the inserts then keep arrival order, which is the conversations' order.
+    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {
+        let keys = Set(records.map { Self.lockKey(app: $0.app, kind: $0.kind.rawValue, id: $0.key.id) }).sorted()
+        try run(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM unnest(\(keys)::bigint[]) AS k ORDER BY k) AS sorted",
+            doing: "locking the round's business keys")
+    }
+
+    /// FNV-1a over app, kind and business id: the same on every host and every run.
+    static func lockKey(app: String, kind: String, id: String) -> Int64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in app.utf8 + [0] + kind.utf8 + [0] + id.utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        return Int64(bitPattern: hash)
+    }
+
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
         let entry = ByteBuffer(bytes: bytes)
         let result = try run(

@@ -59,6 +59,7 @@ extension Spool.Writer {
         }
         announced.remove(name)
         committed.removeValue(forKey: name)
+        held.insert(name)
         let claimed: SpoolEntry
         if let entry { claimed = entry } else { claimed = try store.row(name).entry }
         guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
@@ -77,6 +78,7 @@ extension Spool.Writer {
                 name, from: [.running], to: .outbox, change: RowChange(notBeforeMillis: nowMillis, replies: texts, delivered: 0, deliveryAttempts: 0),
                 nowMillis: nowMillis)
         } else {
+            held.remove(name)
             try store.transition(name, from: [.running], to: .done, change: RowChange(), nowMillis: nowMillis)
         }
         removeMessageFile(name)
@@ -85,6 +87,7 @@ extension Spool.Writer {
     /// Finishes an entry that no handler needs to see (no runnable handler, a refused sender)
     /// straight from `new`, without a claim.
     public func skip(_ name: EntryName) throws(SpoolError) {
+        held.remove(name)
         try store.transition(name, from: [.new, .running], to: .done, change: RowChange(), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
@@ -95,6 +98,7 @@ extension Spool.Writer {
     /// once `notBefore` has passed.
     /// - Throws: `SpoolError`; the entry then stays `running` and runs again after a restart.
     public func retryLater(_ name: EntryName, attempts: Int, notBefore: Date) throws(SpoolError) {
+        held.remove(name)
         try store.transition(
             name, from: [.running], to: .new, change: RowChange(attempts: attempts, notBeforeMillis: Spool.millis(notBefore)),
             nowMillis: nowMillis)
@@ -106,6 +110,7 @@ extension Spool.Writer {
     /// - Throws: `SpoolError`; `.notFound` when the entry is in none of those states.
     public func deadLetter(_ name: EntryName, reason: String) throws(SpoolError) {
         let text = reason.hasSuffix("\n") ? reason : reason + "\n"
+        held.remove(name)
         try store.transition(name, from: [.running, .new, .outbox], to: .failed, change: RowChange(reason: .some(text)), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
@@ -131,6 +136,7 @@ extension Spool.Writer {
     /// Ends the delivery of an outbox entry: `done`, or `failed` with the reason.
     /// - Throws: `SpoolError`; the entry then stays in `outbox` and is delivered again after a restart.
     public func finishDelivery(_ name: EntryName, outcome: DeliveryOutcome) throws(SpoolError) {
+        held.remove(name)
         switch outcome {
         case .delivered: try store.transition(name, from: [.outbox], to: .done, change: RowChange(), nowMillis: nowMillis)
         case .failed(let reason): try deadLetter(name, reason: reason)

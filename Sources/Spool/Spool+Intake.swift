@@ -21,6 +21,10 @@ extension Spool {
         var lastPrune: Date = .distantPast
         /// Set by a job whose failure ends the round's transaction; the jobs after it do not run.
         var abort: SpoolError?
+        /// Claimed or outbox entries this host works on: their cluster leases are renewed.
+        /// Removed when the work ends, also when recording the end failed, so that such an
+        /// entry's lease runs out and it is taken over instead of held until a restart.
+        var held: Set<EntryName> = []
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool
@@ -249,7 +253,9 @@ extension Spool {
         let result: Upkeep
         do {
             result = try transaction { (writer: Writer) throws(SpoolError) -> Upkeep in
-                try writer.store.upkeep(nowMillis: nowMillis)
+                let result = try writer.store.upkeep(nowMillis: nowMillis, held: writer.held)
+                for (name, _) in result.outbox { if let name = EntryName(name) { writer.held.insert(name) } }
+                return result
             }
         } catch {
             logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])

@@ -132,6 +132,8 @@ public final class Spool: Sendable {
         }
         let writer = Writer(spool: self, store: store)
         writer.legacySeen = legacySeen
+        // Replies this host owes from before a restart: the outbox sender delivers them now.
+        if cluster != nil { writer.held = Set(try store.outboxNames(limit: 100_000)) }
         try store.begin()
         let recovered: Int
         do throws(SpoolError) {

@@ -67,8 +67,9 @@ protocol SpoolStore: AnyObject {
     func outboxNames(limit: Int) throws(SpoolError) -> [EntryName]
     /// How often `upkeep` runs; nil: never.
     var upkeepInterval: Duration? { get }
-    /// Heartbeat, lease renewal and takeover of what dead hosts held; runs in a transaction.
-    func upkeep(nowMillis: Int64) throws(SpoolError) -> Upkeep
+    /// Heartbeat, renewal of the leases of `held` (what this host is working on), and takeover
+    /// of what dead hosts held; runs in a transaction.
+    func upkeep(nowMillis: Int64, held: Set<EntryName>) throws(SpoolError) -> Upkeep
 }
 
 extension SpoolStore {
@@ -88,7 +89,7 @@ extension SpoolStore {
 
     var upkeepInterval: Duration? { nil }
 
-    func upkeep(nowMillis: Int64) throws(SpoolError) -> Upkeep { Upkeep() }
+    func upkeep(nowMillis: Int64, held: Set<EntryName>) throws(SpoolError) -> Upkeep { Upkeep() }
 }
 
 /// Fields a transition sets besides the state.

@@ -574,13 +574,18 @@ final class PostgresStore: SpoolStore {
     /// Every `upkeepInterval`, in a transaction: records this node's heartbeat, renews the
     /// leases of what it holds, puts running messages of hosts whose lease ran out back to new
     /// and takes over their outbox.
-    func upkeep(nowMillis: Int64) throws(SpoolError) -> Upkeep {
+    /// Only `held` is renewed: a claim whose end failed to commit (the database was away) is
+    /// no longer worked on, so it runs out and is taken over (here or elsewhere) rather than
+    /// renewed for as long as this host lives.
+    func upkeep(nowMillis: Int64, held: Set<EntryName>) throws(SpoolError) -> Upkeep {
         try heartbeat()
-        try run(
-            """
-            UPDATE message SET lease_until = clock_timestamp() + \(leaseMillis)::bigint * interval '1 millisecond'
-            WHERE claimed_by = \(settings.node) AND state IN ('running', 'outbox')
-            """, doing: "renewing leases")
+        if !held.isEmpty {
+            try run(
+                """
+                UPDATE message SET lease_until = clock_timestamp() + \(leaseMillis)::bigint * interval '1 millisecond'
+                WHERE claimed_by = \(settings.node) AND state IN ('running', 'outbox') AND name = ANY(\(held.map(\.value)))
+                """, doing: "renewing leases")
+        }
         var upkeep = Upkeep()
         let reclaimed = try run(
             """

@@ -129,4 +129,43 @@ struct TwoDaemonClusterTests {
             }
         }
     }
+
+    /// The database is down when the daemon starts: it stays up, says what is wrong and keeps
+    /// trying; no socket is opened (nothing could be acked). Once PostgreSQL is back it starts
+    /// by itself and handles messages.
+    @Test(.timeLimit(.minutes(2)))
+    func aDaemonWaitsForTheDatabaseAndStartsWhenItIsBack() async throws {
+        try await withPostgres { server in
+            let harness = try DaemonHarness()
+            defer { harness.remove() }
+            let runLog = harness.root + "/runs.log"
+            try harness.addHandler("10-log", loggingHandler(log: runLog))
+            try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+                let daemon = try DaemonProcess(harness: harness, simulator: simulator, extra: try Self.clusterSection(server, harness: harness, node: "a"))
+                do {
+                    try server.stop()
+                    try daemon.start()
+                    try await poll(timeout: .seconds(20), "two complaints about the database") {
+                        daemon.log.components(separatedBy: "cannot open the spool, trying again").count >= 3
+                    }
+                    #expect(daemon.isRunning)
+                    #expect(daemon.log.contains("check that PostgreSQL runs"))
+                    #expect(!daemon.log.contains(PostgresServer.password))
+                    #expect(simulator.sockets(app: "helpdesk").isEmpty, "a socket was opened before the spool was")
+
+                    try server.startServer()
+                    try await simulator.waitUntil(timeout: .seconds(60), "live sockets once the database is back") {
+                        $0.liveSockets(app: "helpdesk").count == 2
+                    }
+                    let message = try simulator.injectText("after", app: "helpdesk")
+                    try await poll(timeout: .seconds(20), "the message handled") { handlerRuns(runLog).count == 1 }
+                    #expect(simulator.isAcked(app: "helpdesk", businessId: message.msgId))
+                    try await daemon.terminate()
+                } catch {
+                    Issue.record("daemon log:\n\(daemon.log.suffix(4000))")
+                    throw error
+                }
+            }
+        }
+    }
 }

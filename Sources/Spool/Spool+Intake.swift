@@ -173,11 +173,13 @@ extension Spool {
                 if !batch.isEmpty {
                     if writer.fault?.code != failure.code { logFailure = failure }
                     writer.fault = failure
+                    storeFault.withLock { $0 = failure }
                 }
                 return
             }
             if writer.fault != nil, !batch.isEmpty {
                 writer.fault = nil
+                storeFault.withLock { $0 = nil }
                 logRecovery = true
             }
             for item in stored {
@@ -259,7 +261,12 @@ extension Spool {
             }
         } catch {
             logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+            storeFault.withLock { $0 = error }
             return
+        }
+        if storeFault.withLock({ $0?.code == .database }) {
+            // Reachable again; an intake round that still fails sets it anew.
+            storeFault.withLock { $0 = nil }
         }
         for (holder, names) in Dictionary(grouping: result.reclaimed, by: \.holder) {
             logger.warning(

@@ -36,6 +36,13 @@ public final class Spool: Sendable {
     public let cluster: ClusterSettings?
     let logger: Logger
     let now: @Sendable () -> Date
+    /// Why the last round with frames (or the last cluster upkeep) failed; nil once it works.
+    /// Apart from the writer's lock, so that `STATUS=` never waits for a slow round.
+    let storeFault = Mutex<SpoolError?>(nil)
+
+    /// The store's current failure, for `STATUS=`: frames are not acked while it is set.
+    public var currentFault: SpoolError? { storeFault.withLock { $0 } }
+
     /// Called when this host took over another's outbox entries (cluster).
     let outboxWake = Mutex<(@Sendable () -> Void)?>(nil)
 

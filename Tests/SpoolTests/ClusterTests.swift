@@ -217,6 +217,7 @@ struct ClusterTests {
                         #expect(!"\(error)".contains(PostgresServer.password))
                     }
                     #expect(sink.count(.error, containing: "cluster database") == 1, "logged once: \(sink.messages(containing: "cluster"))")
+                    #expect(spool.currentFault?.code == .database, "STATUS= says why nothing is acked")
 
                     try server.startServer()
                     // DingTalk pushes the unacked frame again until it is acked.
@@ -228,6 +229,7 @@ struct ClusterTests {
                         outcome = await spool.store(Self.record("during-1", conversation: "c"))
                     }
                     #expect(sink.count(.notice, containing: "intake recovered") == 1)
+                    #expect(spool.currentFault == nil)
                 }
                 #expect(try server.psql("SELECT string_agg(business_id, ',' ORDER BY id) FROM message") == "before,during-1")
             }

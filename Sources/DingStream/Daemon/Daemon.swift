@@ -81,6 +81,7 @@ public struct Daemon: Sendable {
             board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
             readyTimeout: configuration.readyTimeout,
             counts: { (dispatcher.queued, dispatcher.failed + Int(outbox.deadLettered.load(ordering: .relaxed))) },
+            storeFault: { spool.currentFault.map { "\($0)" } },
             logger: logger)
         let reloader = Reloader(
             path: configurationPath, environment: environment, logger: logger,

@@ -43,7 +43,8 @@ struct SpoolCommand: AsyncParsableCommand {
         subcommands: [List.self, Show.self, Retry.self, Purge.self], defaultSubcommand: List.self)
 
     static func inspector(_ options: ConfigOption) throws -> SpoolInspector {
-        SpoolInspector(directory: try loadConfiguration(options).spoolDirectory)
+        let configuration = try loadConfiguration(options)
+        return SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
     }
 
     struct List: ParsableCommand {
@@ -120,7 +121,7 @@ struct SpoolCommand: AsyncParsableCommand {
 
         func run() throws {
             let configuration = try loadConfiguration(options)
-            let inspector = SpoolInspector(directory: configuration.spoolDirectory)
+            let inspector = SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
             for (state, text, flag) in [(EntryState.done, doneOlderThan, "--done-older-than"), (.failed, failedOlderThan, "--failed-older-than")] {
                 guard let text else { continue }
                 guard let age = SpoolInspector.parseDuration(text) else { throw ValidationError("\(flag) \(text): write e.g. 7d or 12h") }

@@ -236,6 +236,41 @@ struct ClusterTests {
         }
     }
 
+    /// `dingstream spool` on the shared store: it lists what any host stored, and a retried dead
+    /// letter wakes the running hosts at once (NOTIFY), well before their next rescan.
+    @Test(.timeLimit(.minutes(1))) func spoolCommandsWorkOnTheSharedStore() async throws {
+        try await withPostgres { server in
+            try await withTemporaryDirectory { directory in
+                let tool = SpoolInspector(directory: directory + "/tool", cluster: try server.settings(node: "tool"))
+                let empty = #expect(throws: SpoolError.self) { try tool.list() }
+                #expect(empty?.code == .noSpool, "\(empty.map { "\($0)" } ?? "")")
+
+                let spool = Spool(
+                    directory: directory + "/a", rescanInterval: .seconds(30), cluster: try server.settings(node: "a"), logger: LogSink().logger)
+                try spool.open()
+                defer { spool.close() }
+                try await withRunning(spool) {
+                    var announced = spool.entries.makeAsyncIterator()
+                    guard case .stored(let name) = await spool.store(Self.record("m1", conversation: "c")) else {
+                        Issue.record("not stored")
+                        return
+                    }
+                    #expect(await announced.next() == name)
+                    _ = try await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: false) }
+                    try await spool.perform { writer throws(SpoolError) in try writer.deadLetter(name, reason: "exit 2") }
+
+                    let listing = try tool.list()
+                    #expect(listing.map(\.state) == [.failed] && listing.first?.businessID == "m1")
+                    #expect(try tool.show("m1").reason == "exit 2\n")
+                    let started = ContinuousClock.now
+                    #expect(try tool.retry("m1") == name)
+                    #expect(await announced.next() == name)
+                    #expect(ContinuousClock.now - started < .seconds(5), "woken by the rescan, not by NOTIFY")
+                }
+            }
+        }
+    }
+
     /// Wrong credentials or no server: `open` fails with what is wrong and what to do, never
     /// the password.
     @Test(.timeLimit(.minutes(1))) func openSaysWhatIsWrongWithTheDatabase() async throws {

@@ -48,14 +48,36 @@ final class PostgresStore: SpoolStore {
     /// take turns), registers this node and starts listening for wake-ups.
     /// - Throws: `SpoolError(.database)` naming the server and the remedy (unreachable,
     ///   login refused, TLS, a schema newer than this binary).
-    init(settings: ClusterSettings, logger: Logger, queryTimeout: Duration = .seconds(10), onNotify: @escaping @Sendable () -> Void) throws(SpoolError) {
+    /// `asTool` (`dingstream spool`): no schema changes, no heartbeat, no wake-ups; a database
+    /// without the schema is `.noSpool`.
+    init(
+        settings: ClusterSettings, logger: Logger, queryTimeout: Duration = .seconds(10), asTool: Bool = false,
+        onNotify: @escaping @Sendable () -> Void = {}
+    ) throws(SpoolError) {
         self.settings = settings
         self.logger = logger
         self.onNotify = onNotify
         self.queryTimeout = .milliseconds(Spool.millis(queryTimeout))
         self.tls = try Self.tls(settings)
-        try migrate()
-        ensureListener()
+        if asTool {
+            try checkSchema()
+        } else {
+            try migrate()
+            ensureListener()
+        }
+    }
+
+    private func checkSchema() throws(SpoolError) {
+        let version: Int64
+        do throws(SpoolError) {
+            let rows = try run("SELECT coalesce(max(version), 0) FROM dingstream_schema", doing: "reading the schema version").rows
+            version = (try? rows.first?.decode(Int64.self)) ?? 0
+        } catch where error.detail?.contains("42P01") == true {
+            throw SpoolError(.noSpool, path: url, detail: "(the database has no dingstream schema yet; start a daemon with this [cluster] once)")
+        }
+        guard version <= Self.schemaVersion else {
+            throw SpoolError(.database, path: url, detail: ": schema version \(version) is newer than this dingstream knows (\(Self.schemaVersion)); use the newer binary")
+        }
     }
 
     deinit {

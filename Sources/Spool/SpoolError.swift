@@ -66,7 +66,7 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .io:
             return "spool: I/O error\(doing) \(path)\(cause); check the filesystem (dmesg) and the spool directory"
         case .noSpool:
-            return "spool: there is no spool at \(path); check spool_dir in the configuration, or start the daemon once to create it"
+            return "spool: there is no spool at \(path)\(doing); check spool_dir (or [cluster] database) in the configuration, or start the daemon once to create it"
         case .notFound:
             return "spool: no entry \(path)\(doing); list entries with `dingstream spool ls`"
         case .corrupt:

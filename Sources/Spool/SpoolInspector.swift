@@ -77,6 +77,13 @@ public struct SpoolInspector: Sendable {
         }
     }
 
+    /// The cluster's nodes and the clock skew against its database; nil without `[cluster]`.
+    /// - Throws: `SpoolError(.database)` when the database cannot be reached.
+    public func clusterReport() throws(SpoolError) -> ClusterReport? {
+        guard cluster != nil, let store = try store() as? PostgresStore else { return nil }
+        return try store.report()
+    }
+
     /// How many entries each state holds.
     public func counts() throws(SpoolError) -> [EntryState: Int] {
         try store().counts()

@@ -159,7 +159,9 @@ struct Status: ParsableCommand {
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() throws {
-        let runtime = (try? DingStream.Configuration.load(path: options.config, environment: environment()))?.runtimeDirectory ?? "/run/dingstream"
+        let configuration = try? DingStream.Configuration.load(path: options.config, environment: environment())
+        if !json, let configuration, configuration.cluster != nil { printCluster(configuration) }
+        let runtime = configuration?.runtimeDirectory ?? "/run/dingstream"
         guard let data = FileManager.default.contents(atPath: runtime + "/status.json"),
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
         else {
@@ -179,6 +181,23 @@ struct Status: ParsableCommand {
                 print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(socket["ageSeconds"] ?? 0)s")
             }
             if let error = app["lastError"] as? String { print("    last error: \(error)") }
+        }
+        if let fault = object["storeFault"] as? String { print("  not acking: \(fault)") }
+    }
+
+    /// Every node of the cluster: its last heartbeat and what it holds.
+    private func printCluster(_ configuration: DingStream.Configuration) {
+        let inspector = SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
+        do {
+            guard let report = try inspector.clusterReport() else { return }
+            print("cluster \(report.database), schema \(report.schemaVersion)")
+            for node in report.nodes {
+                let seconds = Double(node.sinceHeartbeat.components.seconds) + Double(node.sinceHeartbeat.components.attoseconds) / 1e18
+                print(
+                    "  node \(node.name) pid \(node.pid): heartbeat \(String(format: "%.1f", seconds))s ago\(node.alive ? "" : " (lease run out: dead or cut off)"), running \(node.running), outbox \(node.outbox)")
+            }
+        } catch {
+            print("cluster: \(error)")
         }
     }
 }

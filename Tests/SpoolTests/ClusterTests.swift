@@ -266,6 +266,13 @@ struct ClusterTests {
                     #expect(try tool.retry("m1") == name)
                     #expect(await announced.next() == name)
                     #expect(ContinuousClock.now - started < .seconds(5), "woken by the rescan, not by NOTIFY")
+
+                    // `status` and `doctor`: the node, its heartbeat, what it holds, the clock skew.
+                    let report = try #require(try tool.clusterReport())
+                    #expect(report.schemaVersion == 1)
+                    #expect(report.nodes.map(\.name) == ["a"], "the tool registers no node of its own")
+                    #expect(report.nodes.first?.alive == true && report.nodes.first?.pid == Int(getpid()))
+                    #expect(report.clockSkew < .seconds(1) && report.clockSkew > .seconds(-1))
                 }
             }
         }

@@ -73,7 +73,7 @@ final class PostgresStore: SpoolStore {
             let rows = try run("SELECT coalesce(max(version), 0) FROM dingstream_schema", doing: "reading the schema version").rows
             version = (try? rows.first?.decode(Int64.self)) ?? 0
         } catch where error.detail?.contains("42P01") == true {
-            throw SpoolError(.noSpool, path: url, detail: "(the database has no dingstream schema yet; start a daemon with this [cluster] once)")
+            throw SpoolError(.noSpool, path: url, detail: "(the database has no dingstream schema yet)")
         }
         guard version <= Self.schemaVersion else {
             throw SpoolError(.database, path: url, detail: ": schema version \(version) is newer than this dingstream knows (\(Self.schemaVersion)); use the newer binary")
@@ -647,6 +647,56 @@ final class PostgresStore: SpoolStore {
             ON CONFLICT (name) DO UPDATE SET heartbeat_at = clock_timestamp(), started_at = excluded.started_at, pid = excluded.pid
             """, doing: "recording the heartbeat")
     }
+}
+
+extension PostgresStore {
+    /// The nodes, what each holds, the schema version and the clock skew against the database.
+    func report() throws(SpoolError) -> ClusterReport {
+        let before = Date()
+        let clock = try run("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", doing: "reading the clock").rows
+        let after = Date()
+        let serverMillis = (try? clock.first?.decode(Int64.self)) ?? 0
+        // The server read its clock somewhere within the round trip: compare with its middle.
+        let localMillis = Spool.millis(before.addingTimeInterval(after.timeIntervalSince(before) / 2))
+        let version = (try? run("SELECT coalesce(max(version), 0) FROM dingstream_schema", doing: "reading the schema version").rows.first?.decode(Int64.self)) ?? 0
+        let rows = try run(
+            """
+            SELECT n.name, (extract(epoch FROM clock_timestamp() - n.heartbeat_at) * 1000)::bigint, n.pid,
+                   count(m.id) FILTER (WHERE m.state = 'running'), count(m.id) FILTER (WHERE m.state = 'outbox')
+            FROM node n LEFT JOIN message m ON m.claimed_by = n.name AND m.state IN ('running', 'outbox')
+            GROUP BY n.name, n.heartbeat_at, n.pid ORDER BY n.name
+            """, doing: "listing the nodes"
+        ).rows
+        var nodes: [ClusterReport.Node] = []
+        for row in rows {
+            guard let (name, age, pid, running, outbox) = try? row.decode((String, Int64, Int64, Int64, Int64).self) else { continue }
+            nodes.append(
+                ClusterReport.Node(
+                    name: name, sinceHeartbeat: .milliseconds(age), pid: Int(pid), running: Int(running), outbox: Int(outbox),
+                    alive: age <= leaseMillis))
+        }
+        return ClusterReport(
+            database: url, schemaVersion: Int(version), clockSkew: .milliseconds(serverMillis - localMillis), nodes: nodes)
+    }
+}
+
+/// `dingstream status` and `doctor` on a cluster.
+public struct ClusterReport: Sendable {
+    public struct Node: Sendable {
+        public var name: String
+        public var sinceHeartbeat: Duration
+        public var pid: Int
+        /// Messages whose handlers it runs, replies it delivers.
+        public var running: Int
+        public var outbox: Int
+        /// Its last heartbeat is within the lease.
+        public var alive: Bool
+    }
+    public var database: String
+    public var schemaVersion: Int
+    /// Database clock minus this host's (positive: the database is ahead).
+    public var clockSkew: Duration
+    public var nodes: [Node]
 }
 
 /// What an upkeep round changed: entries taken over from hosts whose lease ran out.

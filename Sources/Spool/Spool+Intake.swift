@@ -113,7 +113,7 @@ extension Spool {
             if wanted, current < nextRescan {
                 rescan()  // a wake-up: the regular rescan keeps its own pace
             } else if current >= nextRescan {
-                rescan()
+                rescan(all: upkeepInterval != nil)
                 nextRescan = Date().addingTimeInterval(interval)
                 if nextPruneSlice == nil, pruneDue { nextPruneSlice = current }
             }
@@ -284,14 +284,19 @@ extension Spool {
 
     /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI,
     /// committed by another host of the cluster).
-    func rescan() {
+    ///
+    /// `all` (the cluster's regular rescan) announces every runnable entry, announced or not:
+    /// a wake-up can come while the dispatcher still holds an entry whose claim another host's
+    /// conversation just refused, and such an entry must not wait for a restart. The dispatcher
+    /// ignores names it holds.
+    func rescan(all: Bool = false) {
         let fresh: [EntryName]
         do {
             fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [EntryName] in
                 guard let writer else { return [] }
                 let due = try writer.store.runnable(dueBy: nowMillis, limit: 10_000)
                 writer.announced.formIntersection(due)
-                let fresh = due.filter { !writer.announced.contains($0) }
+                let fresh = all ? due : due.filter { !writer.announced.contains($0) }
                 writer.announced.formUnion(fresh)
                 return fresh
             }

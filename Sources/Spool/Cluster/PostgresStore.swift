@@ -38,6 +38,9 @@ final class PostgresStore: SpoolStore {
     /// A failed connect is not tried again before this, so a dead server costs each round nothing.
     private var retryConnectAt = Date.distantPast
     private var connectFailure: SpoolError?
+    /// The wake-up connection is not tried again before this (a blackholed server costs a
+    /// connect timeout per try, on the writer thread).
+    private var retryListenerAt = Date.distantPast
     private var connectionCount = 0
     private let startedAt = Date()
 
@@ -230,6 +233,8 @@ final class PostgresStore: SpoolStore {
     func ensureListener() {
         if let listener, !listener.isClosed { return }
         listener = nil
+        guard Date() >= retryListenerAt else { return }
+        retryListenerAt = Date().addingTimeInterval(5)
         let fresh: PostgresConnection
         do {
             fresh = try connect()

@@ -160,9 +160,10 @@ final class PostgresStore: SpoolStore {
             return try bounded(connection.query(query, logger: logger), closing: connection).wait()
         } catch {
             let failure = failure(error, doing: doing)
-            if connection.isClosed || !(error is PSQLError && (error as! PSQLError).code == .server) {
-                drop()
-            }
+            // A server error (a constraint, a deadlock) leaves the connection usable; anything
+            // else (network, timeout, protocol) may not, so it is made anew.
+            let serverError = (error as? PSQLError)?.code == .server
+            if connection.isClosed || !serverError { drop() }
             throw failure
         }
     }
@@ -430,6 +431,10 @@ final class PostgresStore: SpoolStore {
         if let deliveryAttempts = change.deliveryAttempts { set("delivery_attempts") { $0.append(Int64(deliveryAttempts)) } }
         if let reason = change.reason { set("reason") { $0.append(reason) } }
         switch to {
+        case .outbox where !from.contains(.running) && !from.contains(.outbox):
+            // A dead letter put back by `dingstream spool retry`: any host's next upkeep takes it.
+            assignments.append("claimed_by = NULL")
+            assignments.append("lease_until = NULL")
         case .running, .outbox:
             // Held by this host: its lease starts (or goes on) now.
             set("claimed_by") { $0.append(settings.node) }

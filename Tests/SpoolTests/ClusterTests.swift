@@ -192,6 +192,46 @@ struct ClusterTests {
         }
     }
 
+    /// Replies waiting in a dead host's outbox are taken over by a live host after the lease,
+    /// which is told (its outbox sender wakes) and then delivers them as its own.
+    @Test(.timeLimit(.minutes(1))) func aDeadHostsOutboxIsTakenOverAfterTheLease() async throws {
+        try await withPostgres { server in
+            try await withTemporaryDirectory { directory in
+                let lease = Duration.seconds(2)
+                let a = try Self.spool(directory, server, node: "a", lease: lease, logger: LogSink().logger)
+                let b = try Self.spool(directory, server, node: "b", lease: lease, logger: LogSink().logger)
+                try a.open()
+                try b.open()
+                defer {
+                    a.close()
+                    b.close()
+                }
+                let woken = Mutex(0)
+                b.onOutboxTakeover { woken.withLock { $0 += 1 } }
+                let runB = Task { await b.run() }
+                defer { runB.cancel() }
+                try await withRunning(a) {
+                    guard case .stored(let name) = await a.store(Self.record("m1", conversation: "c")) else {
+                        Issue.record("not stored")
+                        return
+                    }
+                    _ = try await a.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: false) }
+                    try await a.perform { writer throws(SpoolError) in try writer.complete(name, replies: [Data("{}".utf8)]) }
+                    try await Task.sleep(for: lease * 2)
+                    #expect(woken.withLock { $0 } == 0, "taken over while a lives")
+                    #expect(try b.transaction { writer throws(SpoolError) in try writer.outboxEntries() }.isEmpty)
+                }
+                // a is gone: b takes its outbox after the lease.
+                try await waitUntil("b takes the outbox over", timeout: .seconds(10)) { woken.withLock { $0 } > 0 }
+                #expect(try b.transaction { writer throws(SpoolError) in try writer.outboxEntries() }.map(\.value) == [try server.psql("SELECT name FROM message")])
+                try await b.perform { writer throws(SpoolError) in
+                    try writer.finishDelivery(try writer.outboxEntries()[0], outcome: .delivered)
+                }
+                #expect(try server.psql("SELECT state || ' ' || coalesce(claimed_by, '-') FROM message") == "done -")
+            }
+        }
+    }
+
     /// While PostgreSQL is down nothing is acked (each frame fails, with a line that says what
     /// is wrong); once it is back the redelivery is stored, and what was acked before is there.
     @Test(.timeLimit(.minutes(2))) func nothingIsAckedWhileTheDatabaseIsDownAndIntakeResumes() async throws {

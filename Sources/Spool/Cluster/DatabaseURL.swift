@@ -146,9 +146,9 @@ public struct ClusterSettings: Sendable, Equatable, CustomStringConvertible {
 
     /// The host name, the default `node`.
     public static func defaultNode() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
+        var buffer = [UInt8](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        let name = String(cString: buffer)
+        let name = String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
         return name.isEmpty ? "localhost" : name
     }
 }

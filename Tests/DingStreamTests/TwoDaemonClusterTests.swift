@@ -168,4 +168,58 @@ struct TwoDaemonClusterTests {
             }
         }
     }
+
+    /// PostgreSQL restarts while messages stream in: no ack goes out while it is down, acks
+    /// resume by themselves, and every message is stored and handled once (the unacked ones
+    /// come back by DingTalk's redelivery).
+    @Test(.timeLimit(.minutes(2)))
+    func acksPauseWhileTheDatabaseRestartsAndNothingIsLost() async throws {
+        try await withPostgres { server in
+            let harness = try DaemonHarness()
+            defer { harness.remove() }
+            let runLog = harness.root + "/runs.log"
+            try harness.addHandler("10-log", loggingHandler(log: runLog))
+            var simulatorConfiguration = SimulatorConfiguration.single("helpdesk")
+            simulatorConfiguration.redeliveryTimeout = .seconds(2)
+            try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
+                let daemon = try DaemonProcess(harness: harness, simulator: simulator, extra: try Self.clusterSection(server, harness: harness, node: "a"))
+                do {
+                    try daemon.start()
+                    try await simulator.waitUntil(timeout: .seconds(30), "two live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                    var messages: [InjectedMessage] = []
+                    var down: (from: Date, to: Date)?
+                    for index in 0..<30 {
+                        if index == 10 {
+                            try server.stop()
+                            down = (Date(), .distantFuture)
+                        }
+                        if index == 20 {
+                            down?.to = Date()
+                            try server.startServer()
+                        }
+                        messages.append(try simulator.injectText("m\(index)", app: "helpdesk"))
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                    try await poll(timeout: .seconds(60), "every message acked and handled") {
+                        messages.allSatisfy { simulator.isAcked(app: "helpdesk", businessId: $0.msgId) } && handlerRuns(runLog).count >= messages.count
+                    }
+                    try await daemon.terminate()
+
+                    let outage = try #require(down)
+                    // An ack sent just before the stop may land a moment after it.
+                    let acksWhileDown = simulator.acks(app: "helpdesk").filter {
+                        $0.time > outage.from.addingTimeInterval(0.2) && $0.time < outage.to
+                    }
+                    #expect(acksWhileDown.isEmpty, "\(acksWhileDown.count) acks while PostgreSQL was down")
+                    #expect(try server.psql("SELECT count(*) FROM message") == "\(messages.count)")
+                    let texts = handlerRuns(runLog).map(\.text)
+                    #expect(texts.count == messages.count && Set(texts).count == messages.count, "runs: \(texts)")
+                    #expect(daemon.log.contains("cluster database"), "the outage is logged")
+                } catch {
+                    Issue.record("daemon log:\n\(daemon.log.suffix(4000))")
+                    throw error
+                }
+            }
+        }
+    }
 }

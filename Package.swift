@@ -13,6 +13,7 @@ let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 let nioWebSocket = Target.Dependency.product(name: "NIOWebSocket", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
+let postgres = Target.Dependency.product(name: "PostgresNIO", package: "postgres-nio")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let coreMetrics = Target.Dependency.product(name: "CoreMetrics", package: "swift-metrics")
 let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
@@ -33,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Wire formats, keys, backoff and state machines: no I/O.
@@ -44,7 +46,8 @@ let package = Package(
         ),
         // Debian's libsqlite3: the spool's database (see README, "Why SQLite through the C library").
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "Spool", dependencies: ["StreamProtocol", "CSQLite", log], swiftSettings: swiftSettings),
+        // The shared store of a cluster (`[cluster]`): PostgreSQL through postgres-nio.
+        .target(name: "Spool", dependencies: ["StreamProtocol", "CSQLite", log, postgres, nioCore, nioPosix, nioSSL], swiftSettings: swiftSettings),
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",
@@ -91,13 +94,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", log], swiftSettings: swiftSettings),
+        // A PostgreSQL of a test's own (initdb + pg_ctl in a temporary directory), for the cluster tests.
+        .target(name: "PostgresTestServer", dependencies: ["Spool"], path: "Tests/Support/PostgresTestServer", swiftSettings: swiftSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "PostgresTestServer", log], swiftSettings: swiftSettings),
         .testTarget(name: "HandlersTests", dependencies: ["Handlers", log], swiftSettings: swiftSettings),
         .testTarget(name: "RepliesTests", dependencies: ["Replies", "Simulator", log], swiftSettings: swiftSettings),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", log], swiftSettings: swiftSettings),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", log], swiftSettings: swiftSettings),
         .testTarget(
-            name: "DingStreamTests", dependencies: ["DingStream", "Simulator", "Replies", "Spool", log, httpClient, nioCore, nioHTTP1],
+            name: "DingStreamTests",
+            dependencies: ["DingStream", "Simulator", "Replies", "Spool", "PostgresTestServer", log, httpClient, nioCore, nioHTTP1],
             swiftSettings: swiftSettings),
     ]
 )

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Replies
+import Spool
 import StreamClient
 import StreamProtocol
 
@@ -63,6 +64,10 @@ public struct Doctor: Sendable {
             return checks
         }
         for check in Self.spoolChecks(configuration.spoolDirectory) { record(check.subject, check.outcome, check.detail) }
+        if let cluster = configuration.cluster {
+            let check = clusterCheck(SpoolInspector(directory: configuration.spoolDirectory, cluster: cluster))
+            record(check.subject, check.outcome, check.detail)
+        }
 
         let scan = HandlerDirectory.scan(
             path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUID))
@@ -87,6 +92,25 @@ public struct Doctor: Sendable {
             for check in await appChecks(app) { record(check.subject, check.outcome, check.detail) }
         }
         return checks
+    }
+
+    /// Connection (with TLS as configured), login, schema version and clock skew against the
+    /// database (leases use the database's clock, but names and ages use this host's).
+    func clusterCheck(_ inspector: SpoolInspector) -> Check {
+        let report: ClusterReport?
+        do {
+            report = try inspector.clusterReport()
+        } catch {
+            return Check(subject: "cluster", outcome: .failed, detail: "\(error)")
+        }
+        guard let report else { return Check(subject: "cluster", outcome: .failed, detail: "no [cluster] section") }
+        let skewMillis = abs(Int64(report.clockSkew.components.seconds) * 1000 + report.clockSkew.components.attoseconds / 1_000_000_000_000_000)
+        let alive = report.nodes.filter(\.alive).map(\.name)
+        let detail = "\(report.database) answers, schema version \(report.schemaVersion), clock skew \(skewMillis) ms, nodes alive: \(alive.isEmpty ? "none" : alive.joined(separator: ", "))"
+        if report.clockSkew > clockSkewLimit || report.clockSkew < .zero - clockSkewLimit {
+            return Check(subject: "cluster", outcome: .warning, detail: detail + "; the clocks differ by more than \(clockSkewLimit): run NTP (chrony or systemd-timesyncd) on this host and the database server")
+        }
+        return Check(subject: "cluster", outcome: .ok, detail: detail)
     }
 
     static func spoolChecks(_ directory: String) -> [Check] {

@@ -13,6 +13,7 @@ final class CommitQueue: @unchecked Sendable {
     private var stopping = false
     private var closed = false
     private var sleeping = false
+    private var rescanRequested = false
 
     /// Queues `item` and wakes the commit thread; false once the queue is closed.
     func append(_ item: Spool.Pending) -> Bool {
@@ -41,6 +42,14 @@ final class CommitQueue: @unchecked Sendable {
         return true
     }
 
+    /// Asks the writer for a rescan (a cluster wake-up); requests before it wakes make one.
+    func requestRescan() {
+        condition.lock()
+        rescanRequested = true
+        if sleeping { condition.signal() }
+        condition.unlock()
+    }
+
     /// Frames waiting for the next round.
     var queuedCount: Int {
         condition.lock()
@@ -58,10 +67,11 @@ final class CommitQueue: @unchecked Sendable {
 
     /// Waits until something is queued, a stop is requested or `deadline` passes, then takes up
     /// to `limit` frames in arrival order (the rest waits for the next call) and every job.
-    func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], jobs: [Job], stopping: Bool) {
+    /// `rescan` tells whether a rescan was requested since the last call.
+    func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], jobs: [Job], stopping: Bool, rescan: Bool) {
         condition.lock()
         defer { condition.unlock() }
-        while pending.isEmpty && jobs.isEmpty && !stopping {
+        while pending.isEmpty && jobs.isEmpty && !stopping && !rescanRequested {
             guard Date() < deadline else { break }
             sleeping = true
             _ = condition.wait(until: deadline)
@@ -69,13 +79,15 @@ final class CommitQueue: @unchecked Sendable {
         }
         let taken = jobs
         jobs = []
+        let rescan = rescanRequested
+        rescanRequested = false
         if pending.count <= limit {
             defer { pending = [] }
-            return (pending, taken, stopping)
+            return (pending, taken, stopping, rescan)
         }
         let batch = Array(pending.prefix(limit))
         pending.removeFirst(limit)
-        return (batch, taken, stopping)
+        return (batch, taken, stopping, rescan)
     }
 
     /// Refuses later appends and returns what is still queued.

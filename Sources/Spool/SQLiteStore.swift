@@ -199,7 +199,7 @@ final class SQLiteStore: SpoolStore {
         return result
     }
 
-    func due(byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement] {
+    func runnable(dueBy byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement] {
         let statement = try connection.statement(
             "SELECT name, kind, conversation FROM message WHERE state = 'new' AND not_before_ms <= ?1 ORDER BY name LIMIT ?2")
         statement.bind(1, byMillis)

@@ -44,10 +44,18 @@ extension Spool.Writer {
     /// - Throws: `.notFound` when it is no longer in `new` (claimed already; ignore it);
     ///   `.corrupt` when its payload does not parse: dead-letter it.
     public func claim(_ name: EntryName, entry: SpoolEntry? = nil, messageFile: Bool = true) throws(SpoolError) -> ClaimedEntry {
-        try store.transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
+        do {
+            try store.claim(name, nowMillis: nowMillis)
+        } catch {
+            // Taken by another host, or waiting for its conversation there: announced again
+            // by the rescan that follows the wake-up of its end.
+            announced.remove(name)
+            throw error
+        }
         announced.remove(name)
         // Just committed by this process: built from memory, without reading and parsing the row.
         let cached = committed.removeValue(forKey: name).map { $0.record.entry(name: name, bytes: $0.bytes) }
+        held.insert(name)
         let claimed: SpoolEntry
         if let found = entry ?? cached { claimed = found } else { claimed = try store.row(name).entry }
         guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
@@ -66,6 +74,7 @@ extension Spool.Writer {
                 name, from: [.running], to: .outbox, change: RowChange(notBeforeMillis: nowMillis, replies: texts, delivered: 0, deliveryAttempts: 0),
                 nowMillis: nowMillis)
         } else {
+            held.remove(name)
             try store.transition(name, from: [.running], to: .done, change: RowChange(), nowMillis: nowMillis)
         }
         removeMessageFile(name)
@@ -75,6 +84,7 @@ extension Spool.Writer {
     /// straight from `new`, without a claim.
     /// - Throws: `.notFound` when it is no longer new (another announcement took it).
     public func skip(_ name: EntryName) throws(SpoolError) {
+        held.remove(name)
         try store.transition(name, from: [.new], to: .done, change: RowChange(), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
@@ -85,6 +95,7 @@ extension Spool.Writer {
     /// once `notBefore` has passed.
     /// - Throws: `SpoolError`; the entry then stays `running` and runs again after a restart.
     public func retryLater(_ name: EntryName, attempts: Int, notBefore: Date) throws(SpoolError) {
+        held.remove(name)
         try store.transition(
             name, from: [.running], to: .new, change: RowChange(attempts: attempts, notBeforeMillis: Spool.millis(notBefore)),
             nowMillis: nowMillis)
@@ -96,6 +107,7 @@ extension Spool.Writer {
     /// - Throws: `SpoolError`; `.notFound` when the entry is in none of those states.
     public func deadLetter(_ name: EntryName, reason: String) throws(SpoolError) {
         let text = reason.hasSuffix("\n") ? reason : reason + "\n"
+        held.remove(name)
         try store.transition(name, from: [.running, .new, .outbox], to: .failed, change: RowChange(reason: .some(text)), nowMillis: nowMillis)
         announced.remove(name)
         committed.removeValue(forKey: name)
@@ -106,7 +118,7 @@ extension Spool.Writer {
 
     /// Names in `outbox`, in arrival order (resume their delivery).
     public func outboxEntries() throws(SpoolError) -> [EntryName] {
-        try store.names(in: .outbox, dueBy: nil, limit: 100_000).map(\.name)
+        try store.outboxNames(limit: 100_000)
     }
 
     /// Records delivery progress of an outbox entry.
@@ -123,6 +135,7 @@ extension Spool.Writer {
     /// be delivered becomes a dead letter through `deadLetter`.)
     /// - Throws: `SpoolError`; the entry then stays in `outbox` and is delivered again after a restart.
     public func finishDelivery(_ name: EntryName) throws(SpoolError) {
+        held.remove(name)
         try store.transition(name, from: [.outbox], to: .done, change: RowChange(), nowMillis: nowMillis)
     }
 

@@ -22,6 +22,10 @@ extension Spool {
         var lastPrune: Date = .distantPast
         /// Set by a job whose failure ends the round's transaction; the jobs after it do not run.
         var abort: SpoolError?
+        /// Claimed or outbox entries this host works on: their cluster leases are renewed.
+        /// Removed when the work ends, also when recording the end failed, so that such an
+        /// entry's lease runs out and it is taken over instead of held until a restart.
+        var held: Set<EntryName> = []
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool
@@ -95,14 +99,22 @@ extension Spool {
         let interval = Double(Self.millis(rescanInterval)) / 1000
         var nextRescan = Date().addingTimeInterval(interval)
         var nextPruneSlice: Date?  // set while a pruning has rows left
+        let upkeepInterval = writer.withLock { $0?.store.upkeepInterval }.map { Double(Self.millis($0)) / 1000 }
+        var nextUpkeep = upkeepInterval.map { Date().addingTimeInterval($0) } ?? .distantFuture
         while true {
-            let deadline = nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan
-            let (batch, jobs, stopping) = queue.next(limit: Self.maximumBatch, deadline: deadline)
+            let deadline = min(nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan, nextUpkeep)
+            let (batch, jobs, stopping, wanted) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !jobs.isEmpty { commitRound(batch, jobs: jobs) }
             if stopping { break }
             let current = Date()
-            if current >= nextRescan {
-                rescan()
+            if let upkeepInterval, current >= nextUpkeep {
+                upkeep()
+                nextUpkeep = Date().addingTimeInterval(upkeepInterval)
+            }
+            if wanted, current < nextRescan {
+                rescan()  // a wake-up: the regular rescan keeps its own pace
+            } else if current >= nextRescan {
+                rescan(all: upkeepInterval != nil)
                 nextRescan = Date().addingTimeInterval(interval)
                 if nextPruneSlice == nil, pruneDue { nextPruneSlice = current }
             }
@@ -133,6 +145,7 @@ extension Spool {
             }
             do throws(SpoolError) {
                 try writer.store.begin()
+                if !batch.isEmpty { try writer.store.prepareIntake(batch.map(\.record)) }
                 let nowMillis = nowMillis
                 for pending in batch {
                     let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
@@ -164,11 +177,13 @@ extension Spool {
                 if !batch.isEmpty {
                     if writer.fault?.code != failure.code { logFailure = failure }
                     writer.fault = failure
+                    storeFault.withLock { $0 = failure }
                 }
                 return
             }
             if writer.fault != nil, !batch.isEmpty {
                 writer.fault = nil
+                storeFault.withLock { $0 = nil }
                 logRecovery = true
             }
             // Not remembered as announced: a rescan that finds one of these still new announces
@@ -243,17 +258,55 @@ extension Spool {
         return false
     }
 
-    /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI).
-    func rescan() {
+    /// Heartbeat, lease renewal and takeover of dead hosts' work (cluster); logs what it took over.
+    private func upkeep() {
+        let result: Upkeep
+        do {
+            result = try transaction { (writer: Writer) throws(SpoolError) -> Upkeep in
+                let result = try writer.store.upkeep(nowMillis: nowMillis, held: writer.held)
+                for (name, _) in result.outbox { if let name = EntryName(name) { writer.held.insert(name) } }
+                return result
+            }
+        } catch {
+            logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
+            storeFault.withLock { $0 = error }
+            return
+        }
+        if storeFault.withLock({ $0?.code == .database }) {
+            // Reachable again; an intake round that still fails sets it anew.
+            storeFault.withLock { $0 = nil }
+        }
+        for (holder, names) in Dictionary(grouping: result.reclaimed, by: \.holder) {
+            logger.warning(
+                "cluster: node \(holder) held \(names.count) running message(s) past its lease (dead or cut off); they run again",
+                metadata: ["cluster.node": "\(holder)", "msg.key": "\(names.map(\.name).joined(separator: " "))"])
+        }
+        for (holder, names) in Dictionary(grouping: result.outbox, by: \.holder) {
+            logger.warning(
+                "cluster: took over \(names.count) outbox entries of node \(holder), whose lease ran out",
+                metadata: ["cluster.node": "\(holder)", "msg.key": "\(names.map(\.name).joined(separator: " "))"])
+        }
+        if !result.reclaimed.isEmpty { rescan() }
+        if !result.outbox.isEmpty { outboxWake.withLock { $0 }?() }
+    }
+
+    /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI,
+    /// committed by another host of the cluster).
+    ///
+    /// `all` (the cluster's regular rescan) announces every runnable entry, announced or not:
+    /// a wake-up can come while the dispatcher still holds an entry whose claim another host's
+    /// conversation just refused, and such an entry must not wait for a restart. The dispatcher
+    /// ignores names it holds.
+    func rescan(all: Bool = false) {
         let fresh: [Announcement]
         do {
             fresh = try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> [Announcement] in
                 guard let writer else { return [] }
                 // Dead letters come and go also through `dingstream spool retry` and `purge`.
                 deadLetters.store(try writer.store.count(in: .failed), ordering: .relaxed)
-                let due = try writer.store.due(byMillis: nowMillis, limit: 10_000)
+                let due = try writer.store.runnable(dueBy: nowMillis, limit: 10_000)
                 writer.announced.formIntersection(due.map(\.name))
-                let fresh = due.filter { !writer.announced.contains($0.name) }
+                let fresh = all ? due : due.filter { !writer.announced.contains($0.name) }
                 writer.announced.formUnion(fresh.map(\.name))
                 return fresh
             }

@@ -46,10 +46,22 @@ public final class Spool: Sendable {
     public let rescanInterval: Duration
     /// How often `run` prunes finished entries.
     public let pruneInterval: Duration
+    /// `[cluster]`: the rows live in a shared PostgreSQL; nil keeps `spool.db`.
+    public let cluster: ClusterSettings?
     let logger: Logger
     let now: @Sendable () -> Date
     /// Told how long each round's COMMIT took (metrics); called on the writer thread, so it must be quick.
     let commitObserver: @Sendable (Duration) -> Void
+
+    /// Why the last round with frames (or the last cluster upkeep) failed; nil once it works.
+    /// Apart from the writer's lock, so that `STATUS=` never waits for a slow round.
+    let storeFault = Mutex<SpoolError?>(nil)
+
+    /// The store's current failure, for `STATUS=`: frames are not acked while it is set.
+    public var currentFault: SpoolError? { storeFault.withLock { $0 } }
+
+    /// Called when this host took over another's outbox entries (cluster).
+    let outboxWake = Mutex<(@Sendable () -> Void)?>(nil)
 
     /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
     /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
@@ -97,9 +109,10 @@ public final class Spool: Sendable {
     public init(
         directory: String, dedupWindow: Duration = .seconds(24 * 3600), retention: Duration = .seconds(7 * 24 * 3600),
         rescanInterval: Duration = .seconds(5), pruneInterval: Duration = .seconds(3600),
-        logger: Logger, now: @escaping @Sendable () -> Date = { Date() },
+        cluster: ClusterSettings? = nil, logger: Logger, now: @escaping @Sendable () -> Date = { Date() },
         commitObserver: @escaping @Sendable (Duration) -> Void = { _ in }
     ) {
+        self.cluster = cluster
         self.directory = directory.count > 1 && directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         self.dedupWindow = dedupWindow
         self.retention = retention
@@ -144,12 +157,31 @@ public final class Spool: Sendable {
         for sub in ["handlers", "running"] { try FileIO.makeDirectory("\(directory)/\(sub)") }
         for file in try FileIO.list(runningFolder) { try FileIO.remove("\(runningFolder)/\(file)") }
 
-        let store = try openStore()
-        let legacy = LegacySpool(directory: directory, logger: logger)
-        if legacy.exists { try legacy.importInto(store, nowMillis: nowMillis) }
+        let store: any SpoolStore
+        var legacySeen: Set<String> = []
+        if let cluster {
+            store = try PostgresStore(settings: cluster, logger: logger) { [queue] in queue.requestRescan() }
+            logger.notice("spool: shared store \(cluster)", metadata: ["spool.dir": "\(directory)", "cluster.node": "\(cluster.node)"])
+        } else {
+            let local = try openStore()
+            let legacy = LegacySpool(directory: directory, logger: logger)
+            if legacy.exists { try legacy.importInto(local, nowMillis: nowMillis) }
+            legacySeen = try local.legacySeen(since: nowMillis - Self.millis(dedupWindow))
+            store = local
+        }
         let writer = Writer(spool: self, store: store)
-        writer.legacySeen = try store.legacySeen(since: nowMillis - Self.millis(dedupWindow))
-        let recovered = try store.resetRunning()
+        writer.legacySeen = legacySeen
+        // Replies this host owes from before a restart: the outbox sender delivers them now.
+        if cluster != nil { writer.held = Set(try store.outboxNames(limit: 100_000)) }
+        try store.begin()
+        let recovered: Int
+        do throws(SpoolError) {
+            recovered = try store.resetRunning()
+            try store.commit()
+        } catch {
+            store.rollback()
+            throw error
+        }
         if recovered > 0 {
             logger.notice("spool: \(recovered) entries whose handlers were interrupted run again", metadata: ["spool.dir": "\(directory)"])
         }
@@ -181,6 +213,11 @@ public final class Spool: Sendable {
                 metadata: ["spool.dir": "\(directory)", "spool.path": "\(aside)"])
             return try SQLiteStore(path: databasePath)
         }
+    }
+
+    /// Sets what runs when this host took over outbox entries of a dead one (cluster).
+    public func onOutboxTakeover(_ body: @escaping @Sendable () -> Void) {
+        outboxWake.withLock { $0 = body }
     }
 
     /// Closes the database and gives up ownership; `run` must have ended. For tests and tools

@@ -23,6 +23,9 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case locked
         /// A running daemon owns the spool; `detail` names its pid.
         case inUse
+        /// The cluster's PostgreSQL is unreachable, refused the login or failed a statement;
+        /// `path` is the database URL, `detail` what happened and the remedy.
+        case database
     }
 
     public var code: Code
@@ -63,7 +66,7 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .io:
             return "spool: I/O error\(doing) \(path)\(cause); check the filesystem (dmesg) and the spool directory"
         case .noSpool:
-            return "spool: there is no spool at \(path); check spool_dir in the configuration, or start the daemon once to create it"
+            return "spool: there is no spool at \(path)\(doing); check spool_dir (or [cluster] database) in the configuration, or start the daemon once to create it"
         case .notFound:
             return "spool: no entry \(path)\(doing); list entries with `dingstream spool ls`"
         case .corrupt:
@@ -74,6 +77,8 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
             return "spool: the database \(path) is locked by another process\(doing); close other writers (a `sqlite3` shell holding a transaction), intake resumes by itself"
         case .inUse:
             return "spool: \(path) is in use\(doing); stop that daemon first, or give this one a spool_dir of its own"
+        case .database:
+            return "spool: cluster database \(path)\(doing)"
         case .closed:
             return "spool: closed\(doing); the daemon is shutting down, the frame stays unacked and will be pushed again"
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import StreamProtocol
 
 /// One line of `dingstream spool ls`.
@@ -39,17 +40,25 @@ public struct ShownEntry: Sendable {
 /// longer writes. Retried entries are picked up at the daemon's next rescan.
 public struct SpoolInspector: Sendable {
     public let directory: String
+    /// `[cluster]`: the rows are in the shared PostgreSQL (read and repaired there for every host).
+    public let cluster: ClusterSettings?
     let now: @Sendable () -> Date
 
-    public init(directory: String, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(directory: String, cluster: ClusterSettings? = nil, now: @escaping @Sendable () -> Date = { Date() }) {
         self.directory = directory.count > 1 && directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        self.cluster = cluster
         self.now = now
     }
 
     var databasePath: String { "\(directory)/\(SQLiteStore.fileName)" }
 
     /// A spool the daemon has not created yet is an error that says where it looked.
-    func store(readOnly: Bool = true) throws(SpoolError) -> SQLiteStore {
+    func store(readOnly: Bool = true) throws(SpoolError) -> any SpoolStore {
+        if let cluster {
+            var quiet = Logger(label: "dingstream.spool")
+            quiet.logLevel = .critical
+            return try PostgresStore(settings: cluster, logger: quiet, asTool: true)
+        }
         guard FileIO.exists(directory) else { throw SpoolError(.noSpool, path: directory) }
         guard FileIO.exists(databasePath) else {
             throw SpoolError(.noSpool, path: directory, detail: "(no \(SQLiteStore.fileName) yet)")
@@ -68,6 +77,13 @@ public struct SpoolInspector: Sendable {
                 state: row.state, name: row.entry.name, app: row.entry.app, businessID: row.entry.key, sender: sender,
                 text: text, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts)
         }
+    }
+
+    /// The cluster's nodes and the clock skew against its database; nil without `[cluster]`.
+    /// - Throws: `SpoolError(.database)` when the database cannot be reached.
+    public func clusterReport() throws(SpoolError) -> ClusterReport? {
+        guard cluster != nil, let store = try store() as? PostgresStore else { return nil }
+        return try store.report()
     }
 
     /// How many entries each state holds.
@@ -149,7 +165,7 @@ public struct SpoolInspector: Sendable {
         try resolve(key, in: store())
     }
 
-    private func resolve(_ key: String, in store: SQLiteStore) throws(SpoolError) -> StoredRow {
+    private func resolve(_ key: String, in store: any SpoolStore) throws(SpoolError) -> StoredRow {
         let trimmed = key.hasSuffix(".json") ? String(key.dropLast(5)) : key
         let matches = try store.lookup(trimmed)
         guard let first = matches.first else { throw SpoolError(.notFound, path: key) }
@@ -192,7 +208,7 @@ public struct SpoolInspector: Sendable {
         return rows.map(\.entry.name)
     }
 
-    private func retry(_ row: StoredRow, in store: SQLiteStore) throws(SpoolError) {
+    private func retry(_ row: StoredRow, in store: any SpoolStore) throws(SpoolError) {
         let target: EntryState = row.entry.replies.isEmpty ? .new : .outbox
         let nowMillis = Spool.millis(now())
         try store.begin()

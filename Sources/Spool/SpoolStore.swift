@@ -26,6 +26,9 @@ protocol SpoolStore: AnyObject {
     func commit() throws(SpoolError)
     func rollback()
 
+    /// Called once per round before its inserts, with the round's records in arrival order.
+    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError)
+
     /// Inserts a new entry unless the same business message (app, kind, business id) is stored:
     /// true when inserted, false for a duplicate.
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool
@@ -37,8 +40,6 @@ protocol SpoolStore: AnyObject {
 
     /// Names in `state` (`notBeforeMillis` at most `dueBy` when given), in arrival order.
     func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)]
-    /// Entries in `new` whose time has come (`not_before` at most `byMillis`), in arrival order.
-    func due(byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement]
     /// Entries per state (newest first, at most `limit` per state) for `dingstream spool ls`.
     func listing(states: [EntryState], limit: Int?) throws(SpoolError) -> [StoredRow]
     /// Entries in `state` (cheap for every state but done).
@@ -56,6 +57,38 @@ protocol SpoolStore: AnyObject {
     func prune(states: Set<EntryState>, receivedBefore before: Int64, dedupFrom: Int64, limit: Int) throws(SpoolError) -> Int
     /// Returns free pages to the filesystem, a few at a time.
     func reclaimSpace() throws(SpoolError)
+
+    // The cluster's needs; one host (SQLite) has the plain answers below.
+
+    /// Moves `name` from `new` to `running` for this host; `.notFound` when it is not in `new`,
+    /// or (cluster) another host holds it or an earlier message of its conversation is unfinished.
+    func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError)
+    /// Due entries of `new` (`not_before` at most `dueBy`) that a claim could take now, in
+    /// arrival order, with what the dispatcher needs to queue them.
+    func runnable(dueBy: Int64, limit: Int) throws(SpoolError) -> [Announcement]
+    /// Outbox entries this host delivers, in arrival order.
+    func outboxNames(limit: Int) throws(SpoolError) -> [EntryName]
+    /// How often `upkeep` runs; nil: never.
+    var upkeepInterval: Duration? { get }
+    /// Heartbeat, renewal of the leases of `held` (what this host is working on), and takeover
+    /// of what dead hosts held; runs in a transaction.
+    func upkeep(nowMillis: Int64, held: Set<EntryName>) throws(SpoolError) -> Upkeep
+}
+
+extension SpoolStore {
+    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {}
+
+    func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {
+        try transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
+    }
+
+    func outboxNames(limit: Int) throws(SpoolError) -> [EntryName] {
+        try names(in: .outbox, dueBy: nil, limit: limit).map(\.name)
+    }
+
+    var upkeepInterval: Duration? { nil }
+
+    func upkeep(nowMillis: Int64, held: Set<EntryName>) throws(SpoolError) -> Upkeep { Upkeep() }
 }
 
 /// Fields a transition sets besides the state.

@@ -52,7 +52,8 @@ struct SpoolCommand: AsyncParsableCommand {
         subcommands: [List.self, Show.self, Retry.self, Purge.self], defaultSubcommand: List.self)
 
     static func inspector(_ options: ConfigOption) throws -> SpoolInspector {
-        SpoolInspector(directory: try loadConfiguration(options).spoolDirectory)
+        let configuration = try loadConfiguration(options)
+        return SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
     }
 
     struct List: ParsableCommand {
@@ -131,7 +132,7 @@ struct SpoolCommand: AsyncParsableCommand {
 
         func run() throws {
             let configuration = try loadConfiguration(options)
-            let inspector = SpoolInspector(directory: configuration.spoolDirectory)
+            let inspector = SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
             for (state, text, flag) in [(EntryState.done, doneOlderThan, "--done-older-than"), (.failed, failedOlderThan, "--failed-older-than")] {
                 guard let text else { continue }
                 guard let age = DurationText.parse(text) else {
@@ -173,8 +174,9 @@ struct Status: ParsableCommand {
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() throws {
-        let runtime = (try? DingStream.Configuration.load(path: options.config, environment: environment()))?.runtimeDirectory ?? "/run/dingstream"
-        let file = runtime + "/status.json"
+        let configuration = try? DingStream.Configuration.load(path: options.config, environment: environment())
+        if !json, let configuration, configuration.cluster != nil { printCluster(configuration) }
+        let file = (configuration?.runtimeDirectory ?? "/run/dingstream") + "/status.json"
         guard let data = FileManager.default.contents(atPath: file),
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
         else {
@@ -206,6 +208,23 @@ struct Status: ParsableCommand {
                 print("    slot \(socket["slot"] ?? "?") socket \(socket["id"] ?? "?") age \(age)s")
             }
             if let error = app["lastError"] as? String { print("    last error: \(error)") }
+        }
+        if let fault = object["storeFault"] as? String { print("  not acking: \(fault)") }
+    }
+
+    /// Every node of the cluster: its last heartbeat and what it holds.
+    private func printCluster(_ configuration: DingStream.Configuration) {
+        let inspector = SpoolInspector(directory: configuration.spoolDirectory, cluster: configuration.cluster)
+        do {
+            guard let report = try inspector.clusterReport() else { return }
+            print("cluster \(report.database), schema \(report.schemaVersion)")
+            for node in report.nodes {
+                let seconds = Double(node.sinceHeartbeat.components.seconds) + Double(node.sinceHeartbeat.components.attoseconds) / 1e18
+                print(
+                    "  node \(node.name) pid \(node.pid): heartbeat \(String(format: "%.1f", seconds))s ago\(node.alive ? "" : " (lease run out: dead or cut off)"), running \(node.running), outbox \(node.outbox)")
+            }
+        } catch {
+            print("cluster: \(error)")
         }
     }
 

@@ -29,10 +29,11 @@ final class DaemonProcess {
 
     /// Writes the configuration for every app of `simulator` into `harness.root`.
     /// `environment` is added to the child's minimal one; `logLevel` is the configuration's;
-    /// `settings` are more top-level lines of it.
+    /// `settings` are more top-level lines of it; `extra` is appended to the file (a `[cluster]`
+    /// section, say).
     init(
         harness: DaemonHarness, simulator: DingTalkSimulator, workers: Int = 2, connections: Int = 2, logLevel: String = "info",
-        environment: [String: String] = [:], settings: String = ""
+        environment: [String: String] = [:], settings: String = "", extra: String = ""
     ) throws {
         extraEnvironment = environment
         root = harness.root
@@ -62,6 +63,7 @@ final class DaemonProcess {
 
                 """
         }
+        toml += extra
         try Data(toml.utf8).write(to: URL(fileURLWithPath: configPath))
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     }

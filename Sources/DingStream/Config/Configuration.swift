@@ -1,5 +1,6 @@
 import Foundation
 import StreamClient
+import Spool
 import StreamProtocol
 
 /// The daemon's configuration, read from a TOML file (DESIGN.md, "Configuration").
@@ -26,6 +27,8 @@ public struct Configuration: Sendable, Equatable {
     /// A `.prom` file for node_exporter's textfile collector, rewritten every 15 s; nil: none.
     public var metricsFile: String?
     public var apps: [App] = []
+    /// `[cluster]`: the spool lives in a shared PostgreSQL; nil keeps the local SQLite spool.
+    public var cluster: ClusterSettings?
 
     public struct App: Sendable, Equatable {
         public var name: String

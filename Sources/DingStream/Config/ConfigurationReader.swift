@@ -1,4 +1,5 @@
 import Foundation
+import Spool
 import StreamProtocol
 
 /// Turns a parsed TOML tree into a `Configuration`, rejecting unknown keys and bad values with
@@ -16,7 +17,7 @@ struct ConfigurationReader {
         let topLevel: Set<String> = [
             "spool_dir", "runtime_dir", "workers", "handler_timeout", "max_attempts", "retry_delay", "dedup_window",
             "retention", "max_attachment_bytes", "card_timeout", "reply_deadline", "webhook_margin",
-            "ready_timeout", "shutdown_grace", "log_level", "metrics_listen", "metrics_file", "app", "channels_config",
+            "ready_timeout", "shutdown_grace", "log_level", "metrics_listen", "metrics_file", "app", "channels_config", "cluster",
         ]
         try rejectUnknown(root, allowed: topLevel, place: "at the top level")
         if let value = try string(root, "spool_dir") { configuration.spoolDirectory = value }
@@ -71,6 +72,12 @@ struct ConfigurationReader {
                 }
                 configuration.apps.append(try compatibilityApp(table))
             }
+        }
+        if let entry = root["cluster"] {
+            guard case .table(let table) = entry.value else {
+                throw fail(entry.line, "\"cluster\" must be a [cluster] section")
+            }
+            configuration.cluster = try cluster(table)
         }
         guard !configuration.apps.isEmpty else {
             throw fail(nil, "no bot is configured; add an [[app]] section with name, client_id and client_secret_file")
@@ -148,6 +155,57 @@ struct ConfigurationReader {
         // The WebSocket decoder takes at most 4 GiB; 1 GiB is already far beyond any real frame.
         if let value = try integer(table, "max_frame_size", in: 65_536...(1 << 30)) { app.maxFrameSize = value }
         return app
+    }
+
+    private func cluster(_ table: TOMLDocument.Table) throws(ConfigurationError) -> ClusterSettings {
+        try rejectUnknown(table, allowed: ["database", "password_file", "ca_file", "node", "lease"], place: "in [cluster]")
+        guard let text = try string(table, "database") else {
+            throw fail(table.line, "[cluster] has no \"database\"; add database = \"postgresql://dingstream@db.example.com:5432/dingstream?sslmode=verify-full\"")
+        }
+        let url: DatabaseURL
+        do {
+            url = try DatabaseURL(parsing: text)
+        } catch {
+            throw fail(table["database"]?.line, "[cluster] database: \(error)")
+        }
+        var settings = ClusterSettings(database: url, node: ClusterSettings.defaultNode())
+        if let path = try string(table, "password_file") {
+            settings.password = try readClusterPassword(path, line: table["password_file"]?.line)
+        } else if let directory = environment["CREDENTIALS_DIRECTORY"], FileManager.default.fileExists(atPath: directory + "/cluster") {
+            settings.password = try readClusterPassword(directory + "/cluster", line: table.line)
+        }
+        if let path = try string(table, "ca_file") {
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw fail(table["ca_file"]?.line, "[cluster] ca_file \"\(path)\" cannot be read; give the PEM file of the CA that signed the database server's certificate")
+            }
+            guard url.tls == .verifyCA || url.tls == .verifyFull else {
+                throw fail(table["ca_file"]?.line, "[cluster] ca_file is set but sslmode=\(url.tls.rawValue) does not check certificates; add ?sslmode=verify-full to database")
+            }
+            settings.caFile = path
+        }
+        if let node = try string(table, "node") {
+            guard node.range(of: "^[A-Za-z0-9._-]{1,64}$", options: .regularExpression) != nil else {
+                throw fail(table["node"]?.line, "[cluster] node \"\(node)\" may only use letters, digits, \".\", \"_\" and \"-\" (1 to 64); it names this host in the shared store")
+            }
+            settings.node = node
+        }
+        // Read over a wide range, so that the message below says what a lease is for.
+        if let lease = try duration(table, "lease", in: .milliseconds(1)...(.seconds(365 * 86_400))) {
+            guard lease >= .seconds(1), lease <= .seconds(3600) else {
+                throw fail(table["lease"]?.line, "[cluster] lease \(lease) is out of range 1s…1h; a dead host's messages wait this long before another host runs them (default 30s)")
+            }
+            settings.lease = lease
+        }
+        return settings
+    }
+
+    private func readClusterPassword(_ path: String, line: Int?) throws(ConfigurationError) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw fail(line, "cannot read the cluster database password from \(path); check the path and that the service user may read it")
+        }
+        let password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+        guard !password.isEmpty else { throw fail(line, "the cluster password file \(path) is empty") }
+        return password
     }
 
     private func compatibilityApp(_ table: TOMLDocument.Table) throws(ConfigurationError) -> Configuration.App {

@@ -61,15 +61,9 @@ public struct Daemon: Sendable {
         let rescan = min(max(configuration.retryDelay, .seconds(1)), .seconds(5))
         let spool = Spool(
             directory: configuration.spoolDirectory, dedupWindow: configuration.dedupWindow,
-            retention: configuration.retention, rescanInterval: rescan, logger: logger,
+            retention: configuration.retention, rescanInterval: rescan, cluster: configuration.cluster, logger: logger,
             commitObserver: metrics.commitObserver)
-        do {
-            try spool.open()
-        } catch {
-            logger.critical("cannot open the spool: \(error)")
-            _ = notifier.send(.status("spool error: \(error)"))
-            return error.code == .inUse ? Self.spoolInUseExitStatus : 73
-        }
+        if let failure = await Self.open(spool, notifier: notifier, logger: logger) { return failure }
         defer { spool.close() }
         let board = ConnectionBoard(observer: metrics.boardObserver)
         let replyObserver = metrics.replyObserver
@@ -86,6 +80,7 @@ public struct Daemon: Sendable {
         let outbox = OutboxSender(
             spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, observer: replyObserver, logger: logger),
             shutdownGrace: configuration.shutdownGrace, metrics: metrics, logger: logger)
+        spool.onOutboxTakeover { outbox.wake() }
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
@@ -101,6 +96,7 @@ public struct Daemon: Sendable {
             board: board, notifier: notifier, runtimeDirectory: configuration.runtimeDirectory,
             readyTimeout: configuration.readyTimeout,
             counts: { (dispatcher.queued, spool.deadLetterCount) },
+            storeFault: { spool.currentFault.map { "\($0)" } },
             logger: logger)
         let reloader = Reloader(
             path: configurationPath, environment: environment, logger: logger,
@@ -164,6 +160,34 @@ public struct Daemon: Sendable {
         let metrics = DaemonMetrics(factory: factory, version: version)
         for app in configuration.apps { _ = metrics.app(app.name) }
         return (metrics, registry)
+    }
+
+    /// Opens the spool; nil when it is open, else the exit status. A cluster database that is
+    /// down or refuses the login is not a reason to exit (systemd would only restart into the
+    /// same wall): it is logged and shown in `STATUS=`, and tried again with a growing pause
+    /// (1 s to 30 s) until it works or the task is cancelled. Nothing is acked meanwhile: no
+    /// socket is open yet.
+    static func open(_ spool: Spool, notifier: Notifier, logger: Logger) async -> Int32? {
+        var pause = Duration.seconds(1)
+        while true {
+            do {
+                try spool.open()
+                return nil
+            } catch where error.code == .database {
+                logger.error("cannot open the spool, trying again in \(pause): \(error)", metadata: ["message.id": "clusterUnavailable"])
+                _ = notifier.send(.status("waiting for the cluster database: \(error)"))
+                do {
+                    try await Task.sleep(for: pause)
+                } catch {
+                    return 0
+                }
+                pause = min(pause * 2, .seconds(30))
+            } catch {
+                logger.critical("cannot open the spool: \(error)")
+                _ = notifier.send(.status("spool error: \(error)"))
+                return error.code == .inUse ? Self.spoolInUseExitStatus : 73
+            }
+        }
     }
 
     /// A stuck event loop cannot run this within the deadline.

@@ -15,6 +15,8 @@ final class StatusReporter: Service {
     private let runtimeDirectory: String
     private let readyTimeout: Duration
     private let counts: @Sendable () -> (queued: Int, failed: Int)
+    /// Why frames are not acked right now (the spool's store failing), shown in `STATUS=`.
+    private let storeFault: @Sendable () -> String?
     private let logger: Logger
     private let phase = Mutex("starting")
     private let started = ContinuousClock.now
@@ -22,8 +24,10 @@ final class StatusReporter: Service {
 
     init(
         board: ConnectionBoard, notifier: Notifier, runtimeDirectory: String, readyTimeout: Duration,
-        counts: @escaping @Sendable () -> (queued: Int, failed: Int), logger: Logger
+        counts: @escaping @Sendable () -> (queued: Int, failed: Int), storeFault: @escaping @Sendable () -> String? = { nil },
+        logger: Logger
     ) {
+        self.storeFault = storeFault
         self.board = board
         self.notifier = notifier
         self.runtimeDirectory = runtimeDirectory
@@ -83,7 +87,8 @@ final class StatusReporter: Service {
             StatusLine.App(name: name, up: snapshot[name]?.up ?? 0, wanted: snapshot[name]?.wanted ?? 0)
         }
         let (queued, failed) = counts()
-        return StatusLine(phase: phase, apps: apps, queued: queued, failed: failed).text
+        let text = StatusLine(phase: phase, apps: apps, queued: queued, failed: failed).text
+        return storeFault().map { "\(text); not acking: \($0)" } ?? text
     }
 
     private func writeStatusFile(phase: String) {
@@ -110,6 +115,7 @@ final class StatusReporter: Service {
         }
         let object: [String: Any] = [
             "pid": Int(getpid()), "phase": phase, "queued": queued, "failed": failed, "apps": apps,
+            "storeFault": storeFault() ?? NSNull(),
             "updatedAt": wallNow,
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }

@@ -82,7 +82,7 @@ let package = Package(
         ),
         // `make bench`: durable ingest against the simulator over loopback (not a test).
         .executableTarget(
-            name: "dingstream-bench", dependencies: ["DingStream", "Spool", "StreamProtocol", "Simulator", log],
+            name: "dingstream-bench", dependencies: ["DingStream", "Spool", "StreamProtocol", "Simulator", "PostgresTestServer", log],
             swiftSettings: swiftSettings),
         .testTarget(name: "StreamProtocolTests", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .testTarget(

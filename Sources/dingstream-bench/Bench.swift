@@ -2,6 +2,7 @@ import DingStream
 import Foundation
 import Logging
 import Simulator
+import PostgresTestServer
 import Spool
 
 /// Durable ingest over real loopback, measured from the simulator's side: the daemon (in process,
@@ -73,6 +74,16 @@ struct Bench {
                 result.spoolAloneCPU = alone.cpuMicrosPerMessage
                 ours.append((place.name, result))
             }
+            if options.cluster {
+                var leftovers: [String] = []
+                defer { for path in leftovers { try? FileManager.default.removeItem(atPath: path) } }
+                say("dingstream cluster: two daemons sharing one PostgreSQL (fsync on) on this machine")
+                do {
+                    ours.append(("dingstream 2-host cluster", try await measureCluster(simulator, options, leftovers: &leftovers)))
+                } catch {
+                    say("dingstream cluster: not measured: \(error)")
+                }
+            }
             var peer: LoadResult?
             if let command = options.peerCommand {
                 do {
@@ -103,8 +114,69 @@ struct Bench {
         _ simulator: DingTalkSimulator, parent: String, _ options: BenchOptions, leftovers: inout [String]
     ) async throws -> LoadResult {
         let root = parent + "/dingstream-bench-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
         leftovers.append(root)
+        let process = try startDaemon(root: root, simulator: simulator, options)
+        defer { stop(process) }
+        try await simulator.waitUntil(timeout: .seconds(20), "four live daemon sockets") {
+            $0.liveSockets(app: "bench").count == 2 && $0.liveSockets(app: "bench2").count == 2
+        }
+        // The dispatcher (no handlers here: each entry goes new → done) works off what the
+        // previous phase left before the next phase starts.
+        let inspector = SpoolInspector(directory: root + "/spool")
+        var result = try await measure(simulator, app: "bench", options, pids: [process.processIdentifier]) {
+            waitUntilNoneNew(inspector)
+        }
+        result.storedEntries = countEntries(root + "/spool")
+        return result
+    }
+
+    /// Two hosts of one cluster on this machine: two daemons sharing a PostgreSQL of the bench's
+    /// own (Debian's, initdb in a temporary folder, fsync on), the simulator pushing each frame
+    /// to any of their four sockets. Own CPU is both daemons' together (PostgreSQL's is not).
+    static func measureCluster(_ simulator: DingTalkSimulator, _ options: BenchOptions, leftovers: inout [String]) async throws -> LoadResult {
+        let server = try PostgresServer.start(durable: true)
+        defer { server.remove() }
+        let root = NSTemporaryDirectory() + "dingstream-bench-cluster-\(UUID().uuidString.prefix(8))"
+        leftovers.append(root)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try Data(PostgresServer.password.utf8).write(to: URL(fileURLWithPath: root + "/cluster.password"))
+        func section(_ node: String) -> String {
+            """
+
+            [cluster]
+            database = "postgresql://\(PostgresServer.user)@/dingstream?host=\(server.directory)"
+            password_file = "\(root)/cluster.password"
+            node = "\(node)"
+
+            """
+        }
+        let first = try startDaemon(root: root + "/a", simulator: simulator, options, apps: ["bench"], extra: section("a"))
+        defer { stop(first) }
+        let second = try startDaemon(root: root + "/b", simulator: simulator, options, apps: ["bench"], extra: section("b"))
+        defer { stop(second) }
+        try await simulator.waitUntil(timeout: .seconds(30), "four live sockets of the two hosts") {
+            $0.liveSockets(app: "bench").count == 4
+        }
+        let inspector = SpoolInspector(directory: root + "/a/spool", cluster: try server.settings(node: "bench"))
+        var result = try await measure(simulator, app: "bench", options, pids: [first.processIdentifier, second.processIdentifier]) {
+            waitUntilNoneNew(inspector)
+        }
+        result.storedEntries = ((try? inspector.counts()) ?? [:]).values.reduce(0, +)
+        return result
+    }
+
+    static func waitUntilNoneNew(_ inspector: SpoolInspector) {
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, ((try? inspector.counts()) ?? [:])[.new, default: 0] > 0 {
+            usleep(50_000)
+        }
+    }
+
+    /// Writes a configuration under `root` and starts `dingstream run` on it, output discarded.
+    static func startDaemon(
+        root: String, simulator: DingTalkSimulator, _ options: BenchOptions, apps: [String] = ["bench", "bench2"], extra: String = ""
+    ) throws -> Process {
+        try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dingstream").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw BenchOptions.Invalid(description: "no dingstream binary at \(binary); build it (make bench does)")
@@ -118,18 +190,19 @@ struct Bench {
             """
         if let level = options.daemonLogLevel { toml += "log_level = \"\(level)\"\n" }
         if let address = options.daemonMetrics { toml += "metrics_listen = \"\(address)\"\n" }
-        for (name, id) in [("bench", "dingbench"), ("bench2", "dingbench2")] {
+        for name in apps {
             toml += """
 
                 [[app]]
                 name = "\(name)"
-                client_id = "\(id)"
+                client_id = "ding\(name)"
                 client_secret = "secret-\(name)"
                 allowed_users = ["*"]
                 api_base = "\(simulator.baseURL)"
 
                 """
         }
+        toml += extra
         try Data(toml.utf8).write(to: URL(fileURLWithPath: root + "/dingstream.toml"))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
@@ -140,26 +213,13 @@ struct Bench {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        defer {
-            if process.isRunning {
-                kill(process.processIdentifier, SIGTERM)
-                process.waitUntilExit()
-            }
-        }
-        try await simulator.waitUntil(timeout: .seconds(20), "four live daemon sockets") {
-            $0.liveSockets(app: "bench").count == 2 && $0.liveSockets(app: "bench2").count == 2
-        }
-        // The dispatcher (no handlers here: each entry goes new → running → done) works off what
-        // the previous phase left before the next phase starts.
-        let inspector = SpoolInspector(directory: root + "/spool")
-        var result = try await measure(simulator, app: "bench", options, pid: process.processIdentifier) {
-            let deadline = Date().addingTimeInterval(120)
-            while Date() < deadline, ((try? inspector.counts()) ?? [:])[.new, default: 0] > 0 {
-                usleep(50_000)
-            }
-        }
-        result.storedEntries = countEntries(root + "/spool")
-        return result
+        return process
+    }
+
+    static func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
     }
 
     static func measurePeer(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) async throws -> LoadResult {
@@ -180,7 +240,7 @@ struct Bench {
             }
         }
         try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
-        return try await measure(simulator, app: "peer", options, pid: process.processIdentifier)
+        return try await measure(simulator, app: "peer", options, pids: [process.processIdentifier])
     }
 
     // MARK: the load
@@ -188,13 +248,13 @@ struct Bench {
     /// Warm-up, a paced run for latency, then a windowed burst for throughput. `settle` runs
     /// before each measured phase, so that one phase's backlog does not land in the next.
     static func measure(
-        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, pid: Int32,
+        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, pids: [Int32],
         settle: @escaping @Sendable () -> Void = {}
     ) async throws -> LoadResult {
         let driver = LoadDriver(simulator: simulator, app: app)
         try await Task.sleep(for: .seconds(1))
-        let idleRSS = ProcessCPU.residentMiB(pid)
-        let idleAnonymous = ProcessCPU.residentMiB(pid, field: "RssAnon")
+        let idleRSS = pids.map { ProcessCPU.residentMiB($0) }.reduce(0, +)
+        let idleAnonymous = pids.map { ProcessCPU.residentMiB($0, field: "RssAnon") }.reduce(0, +)
         say("\(app): warm-up")
         _ = try await onOwnThread { try driver.burst(count: options.warmup, window: options.window, timeout: 60) }
         try await onOwnThread { settle() }
@@ -205,7 +265,7 @@ struct Bench {
         try await onOwnThread { settle() }
         say("\(app): burst of \(options.messages)")
         let cpu = MachineCPU()
-        let own = ProcessCPU(pid)
+        let own = ProcessCPU(pids)
         let burst = try await onOwnThread { try driver.burst(count: options.messages, window: options.window, timeout: options.timeout) }
         var result = LoadResult(acked: burst.acked, offered: options.messages, elapsed: burst.elapsed)
         result.cpuMicrosPerMessage = cpu.microsPerMessage(burst.acked)

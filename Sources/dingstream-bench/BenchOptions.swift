@@ -14,6 +14,8 @@ struct BenchOptions: Sendable {
     var peerName = "python sdk"
     /// Where the temporary spool goes (default: the temporary folder). Put it on the filesystem you mean to measure.
     var spoolParent: String?
+    /// Also two daemons sharing a PostgreSQL, when Debian's PostgreSQL is installed.
+    var cluster = FileManager.default.isExecutableFile(atPath: "/usr/lib/postgresql/15/bin/initdb")
     /// The daemon's `log_level`; nil leaves the default (info), as deployed.
     var daemonLogLevel: String?
     /// The daemon's `metrics_listen` (e.g. "127.0.0.1:0"); nil leaves metrics off, the default.
@@ -22,7 +24,7 @@ struct BenchOptions: Sendable {
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
                                 [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
-                                [--peer COMMAND] [--peer-name NAME]
+                                [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -51,6 +53,9 @@ struct BenchOptions: Sendable {
             case "--spool-parent": spoolParent = value
             case "--daemon-log-level": daemonLogLevel = value
             case "--daemon-metrics": daemonMetrics = value
+            case "--cluster":
+                guard value == "yes" || value == "no" else { throw Invalid(description: "--cluster wants yes or no, not \(value)") }
+                cluster = value == "yes"
             case "--peer": peerCommand = value
             case "--peer-name": peerName = value
             default: throw Invalid(description: "unknown option \(option)")

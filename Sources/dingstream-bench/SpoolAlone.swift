@@ -114,19 +114,28 @@ struct MachineCPU {
     }
 }
 
-/// CPU time (user + system) of one process, from `/proc/PID/stat`.
+/// CPU time (user + system) of some processes together, from `/proc/PID/stat`.
 struct ProcessCPU {
-    let pid: Int32
+    let pids: [Int32]
     private let start: Double?
 
-    init(_ pid: Int32) {
-        self.pid = pid
-        start = Self.seconds(pid)
+    init(_ pids: [Int32]) {
+        self.pids = pids
+        start = Self.seconds(pids)
     }
 
     func microsPerMessage(_ messages: Int) -> Double {
-        guard let start, let end = Self.seconds(pid), messages > 0 else { return .nan }
+        guard let start, let end = Self.seconds(pids), messages > 0 else { return .nan }
         return (end - start) / Double(messages) * 1e6
+    }
+
+    static func seconds(_ pids: [Int32]) -> Double? {
+        var total = 0.0
+        for pid in pids {
+            guard let seconds = seconds(pid) else { return nil }
+            total += seconds
+        }
+        return total
     }
 
     static func seconds(_ pid: Int32) -> Double? {

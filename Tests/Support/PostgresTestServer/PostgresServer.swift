@@ -14,19 +14,22 @@ public final class PostgresServer: Sendable {
     var dataDirectory: String { directory + "/data" }
     /// Who runs the server: `postgres` when the tests run as root, else the tests' user.
     let runAs: String?
+    /// With fsync on (the bench measures durable commits); tests run without it.
+    let durable: Bool
 
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
     }
 
-    private init(directory: String, runAs: String?) {
+    private init(directory: String, runAs: String?, durable: Bool) {
         self.directory = directory
         self.runAs = runAs
+        self.durable = durable
     }
 
     /// initdb, start, createdb `dingstream`.
     /// - Throws: `Failure` saying what to install or what the server logged.
-    public static func start() throws -> PostgresServer {
+    public static func start(durable: Bool = false) throws -> PostgresServer {
         guard FileManager.default.isExecutableFile(atPath: binaries + "/initdb") else {
             throw Failure(description: "PostgreSQL 15 is not installed (\(binaries)/initdb); run make deps (it installs Debian's postgresql)")
         }
@@ -40,7 +43,7 @@ public final class PostgresServer: Sendable {
             }
             chown(directory, account.pointee.pw_uid, account.pointee.pw_gid)
         }
-        let server = PostgresServer(directory: directory, runAs: runAs)
+        let server = PostgresServer(directory: directory, runAs: runAs, durable: durable)
         do {
             try server.write(Self.password + "\n", to: directory + "/pwfile")
             try server.run(
@@ -58,7 +61,7 @@ public final class PostgresServer: Sendable {
     public func startServer() throws {
         try run("pg_ctl", [
             "-D", dataDirectory, "-l", directory + "/server.log", "-w", "-t", "30",
-            "-o", "-k \(directory) -c listen_addresses='' -c fsync=off -c max_connections=40", "start",
+            "-o", "-k \(directory) -c listen_addresses=''\(durable ? "" : " -c fsync=off") -c max_connections=40", "start",
         ])
     }
 

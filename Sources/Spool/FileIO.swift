@@ -23,6 +23,9 @@ enum FileIO {
         let code = errno
         var info = stat()
         if code == EEXIST, stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { return }
+        // The two mistakes of a hand-written spool_dir get their own advice, not "check dmesg".
+        if code == EEXIST || code == ENOTDIR { throw SpoolError(.notADirectory, path: path) }
+        if code == ENOENT { throw SpoolError(.noParent, path: path) }
         throw .posix(code, path: path, doing: "creating directory")
     }
 

@@ -23,6 +23,10 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
         case locked
         /// A running daemon owns the spool; `detail` names its pid.
         case inUse
+        /// The spool directory (or a folder in it) is a file.
+        case notADirectory
+        /// The directory above the spool does not exist.
+        case noParent
         /// The cluster's PostgreSQL is unreachable, refused the login or failed a statement;
         /// `path` is the database URL, `detail` what happened and the remedy.
         case database
@@ -79,6 +83,10 @@ public struct SpoolError: Error, Sendable, Equatable, CustomStringConvertible {
             return "spool: \(path) is in use\(doing); stop that daemon first, or give this one a spool_dir of its own"
         case .database:
             return "spool: cluster database \(path)\(doing)"
+        case .notADirectory:
+            return "spool: \(path) is not a directory; point spool_dir at a directory (the package's tmpfiles.d creates /var/spool/dingstream), or move the file away"
+        case .noParent:
+            return "spool: cannot create \(path): the directory above it does not exist; create it, or point spool_dir elsewhere"
         case .closed:
             return "spool: closed\(doing); the daemon is shutting down, the frame stays unacked and will be pushed again"
         }

@@ -114,13 +114,15 @@ public struct SpoolInspector: Sendable {
     }
 
     /// A table per state (`new/ (2)` then rows of KEY, APP, SENDER, AGE, TEXT); empty states are skipped.
-    public static func table(_ listings: [SpoolListing]) -> String {
+    /// With `totals` (the counts per state), a state shown in part says so: `done (2 of 8)`.
+    public static func table(_ listings: [SpoolListing], totals: [EntryState: Int]? = nil) -> String {
         var out = ""
         for state in EntryState.allCases {
             let rows = listings.filter { $0.state == state }
             guard !rows.isEmpty else { continue }
             if !out.isEmpty { out += "\n" }
-            out += "\(state.rawValue) (\(rows.count))\n"
+            let total = totals?[state] ?? rows.count
+            out += total > rows.count ? "\(state.rawValue) (\(rows.count) of \(total))\n" : "\(state.rawValue) (\(rows.count))\n"
             let cells = [["KEY", "APP", "SENDER", "AGE", "TEXT"]]
                 + rows.map { [$0.name.value, $0.app, $0.sender, formatAge($0.age), $0.excerpt] }
             var widths = [Int](repeating: 0, count: 5)
@@ -131,6 +133,9 @@ public struct SpoolInspector: Sendable {
                 }
                 out += padded.joined(separator: "  ") + "\n"
             }
+        }
+        if out.isEmpty, let totals, case let stored = totals.values.reduce(0, +), stored > 0 {
+            return "\(stored) entries, none listed (raise --limit)\n"
         }
         return out.isEmpty ? "spool is empty\n" : out
     }

@@ -66,7 +66,8 @@ struct SpoolCommand: AsyncParsableCommand {
             let inspector = try SpoolCommand.inspector(options)
             do {
                 let listings = try inspector.list(limit: limit)
-                print(json ? SpoolInspector.json(listings) : SpoolInspector.table(listings))
+                let totals = limit == nil ? nil : try inspector.counts()
+                print(json ? SpoolInspector.json(listings) : SpoolInspector.table(listings, totals: totals), terminator: "")
             } catch {
                 throw CleanExit.message("\(error)")
             }

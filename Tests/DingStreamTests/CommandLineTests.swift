@@ -21,6 +21,22 @@ struct CommandLineTests {
         }
     }
 
+    /// Issue 15, bug 16: a spool_dir that is a file was answered with "check the filesystem
+    /// (dmesg)", a missing parent with "list entries with `spool ls`". Each says what is wrong.
+    @Test(.timeLimit(.minutes(1)))
+    func spoolOpenErrorsSayWhatIsWrong() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let file = try folder.write("not-a-directory", "x")
+        for (spool, expected) in [(file, "is not a directory"), (folder.path + "/missing/spool", "the directory above it does not exist")] {
+            let config = try folder.write("c.toml", "spool_dir = \"\(spool)\"\n" + Self.app)
+            let result = try await CommandRun.run(["run", "--config", config], timeout: .seconds(20))
+            #expect(result.status == 73, "\(spool): \(result.status) \(result.stderr)")
+            #expect(result.stderr.contains(expected), "\(result.stderr)")
+            #expect(!result.stderr.contains("dmesg") && !result.stderr.contains("spool ls"), "\(result.stderr)")
+        }
+    }
+
     /// Issue 15, bug 2: `spool purge` with an age beyond any clock trapped (exit 132); it is a
     /// usage error that says what to write, and a sane age purges as before.
     @Test(.timeLimit(.minutes(1)))

@@ -42,6 +42,11 @@ import Testing
                 #expect(listing[0].age.components.seconds == 88)
                 #expect(listing[2].excerpt == "second line")
 
+                // Issue 15, bug 15: a limited listing said "done (2)" with 8 there, "spool is empty" at 0.
+                let limited = try inspector.list(limit: 0)
+                #expect(SpoolInspector.table(limited, totals: try inspector.counts()) == "3 entries, none listed (raise --limit)\n")
+                #expect(SpoolInspector.table(listing, totals: [.new: 5, .done: 1, .failed: 1]).contains("new (1 of 5)"))
+
                 let table = SpoolInspector.table(listing)
                 #expect(table.contains("new (1)"))
                 #expect(table.contains("failed (1)"))

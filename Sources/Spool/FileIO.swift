@@ -60,77 +60,6 @@ enum FileIO {
         }
     }
 
-    /// Writes the entry `object` (read from `source`) to `target` the maildir way: to `temporary`
-    /// with its data synced, renamed into place, then `folder` synced. On failure `target` is as
-    /// it was and the temporary file is gone.
-    static func writeEntry(
-        _ object: [String: Any], from source: String, through temporary: String, to target: String, folder: String,
-        modified: Date? = nil
-    ) throws(SpoolError) {
-        guard let bytes = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { throw SpoolError(.corrupt, path: source, detail: "(cannot be encoded again)") }
-        try writeFile(temporary, bytes + [UInt8(ascii: "\n")], exclusive: false, sync: true, modified: modified)
-        do {
-            try rename(temporary, target)
-        } catch {
-            try? remove(temporary)
-            throw error
-        }
-        try syncDirectory(folder)
-    }
-
-    /// An open directory, for the group commit's many files in one folder: names are resolved
-    /// relative to its descriptor instead of walking the whole path for every call.
-    final class Directory {
-        let path: String
-        let fd: Int32
-
-        /// - Throws: `SpoolError` when the directory cannot be opened.
-        init(_ path: String) throws(SpoolError) {
-            let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
-            self.path = path
-            self.fd = fd
-        }
-
-        deinit { close(fd) }
-
-        /// As `FileIO.writeFile(_:_:exclusive: true, sync:)` for `name` in this directory.
-        func createFile(_ name: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
-            let descriptor = openat(fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, fileMode)
-            guard descriptor >= 0 else { throw .posix(errno, path: path + "/" + name, doing: "creating") }
-            var failure: SpoolError?
-            if !umaskKeepsFileMode, fchmod(descriptor, fileMode) != 0 {
-                failure = .posix(errno, path: path + "/" + name, doing: "setting mode of")
-            }
-            if failure == nil {
-                failure = bytes.withUnsafeBufferPointer { writeAll(descriptor, $0, path: path + "/" + name) }
-            }
-            if failure == nil, sync, fdatasync(descriptor) != 0 { failure = .posix(errno, path: path + "/" + name, doing: "syncing") }
-            if close(descriptor) != 0, failure == nil { failure = .posix(errno, path: path + "/" + name, doing: "closing") }
-            if let failure {
-                unlinkat(fd, name, 0)
-                throw failure
-            }
-        }
-
-        func rename(_ name: String, to target: Directory) throws(SpoolError) {
-            if renameat(fd, name, target.fd, name) != 0 {
-                throw .posix(errno, path: target.path + "/" + name, doing: "moving \(path)/\(name) to")
-            }
-        }
-
-        /// Removes `name`; a missing file is not an error.
-        func remove(_ name: String) throws(SpoolError) {
-            if unlinkat(fd, name, 0) != 0, errno != ENOENT { throw .posix(errno, path: path + "/" + name, doing: "removing") }
-        }
-
-        /// Makes the directory's entries durable.
-        func sync() throws(SpoolError) {
-            if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
-        }
-    }
-
     /// Whether the process umask leaves 0640 as it is (022, 027, …), so that open() alone gives
     /// entries their mode; read once from /proc, as umask() can only be read by changing it.
     static let umaskKeepsFileMode: Bool = {
@@ -172,30 +101,6 @@ enum FileIO {
         }
     }
 
-    /// The file's bytes and its modification time, from one descriptor.
-    static func readFileAndModified(_ path: String) throws(SpoolError) -> (Data, Date) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .posix(errno, path: path, doing: "reading") }
-        let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
-        var result = Data(count: Int(info.st_size))
-        var filled = 0
-        while true {
-            if filled == result.count { result.append(contentsOf: [UInt8](repeating: 0, count: 4096)) }
-            let count = result.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw .posix(errno, path: path, doing: "reading")
-            }
-            if count == 0 { break }
-            filled += count
-        }
-        result.removeSubrange(filled...)
-        return (result, modified)
-    }
-
     static func rename(_ from: String, _ to: String) throws(SpoolError) {
         if Foundation.rename(from, to) != 0 { throw .posix(errno, path: to, doing: "moving \(from) to") }
     }
@@ -205,41 +110,10 @@ enum FileIO {
         if unlink(path) != 0, errno != ENOENT { throw .posix(errno, path: path, doing: "removing") }
     }
 
-    /// Makes the entries of a directory (creations, renames, unlinks) durable.
-    static func syncDirectory(_ path: String) throws(SpoolError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
-        defer { close(fd) }
-        if fsync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing directory") }
-    }
-
     /// A C library function that Glibc's module map hides (GNU extensions), looked up at run time.
     private static func hiddenFunction<Function>(_ name: String, as type: Function.Type) -> Function? {
         guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, name) else { return nil }
         return unsafeBitCast(symbol, to: type)
-    }
-
-    private typealias SyncFS = @convention(c) (Int32) -> Int32
-    private static let syncfsFunction = hiddenFunction("syncfs", as: SyncFS.self)
-
-    static var hasSyncFS: Bool { syncfsFunction != nil }
-
-    /// Flushes every dirty file of the filesystem holding `path` in one call: the group commit.
-    /// Returns false when syncfs is unavailable (the caller then syncs file by file).
-    static func syncFilesystem(_ path: String) throws(SpoolError) -> Bool {
-        guard let syncfsFunction else { return false }
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening directory") }
-        defer { close(fd) }
-        if syncfsFunction(fd) != 0 { throw .posix(errno, path: path, doing: "syncing filesystem of") }
-        return true
-    }
-
-    static func syncFile(_ path: String) throws(SpoolError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
-        defer { close(fd) }
-        if fdatasync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing") }
     }
 
     /// Names the calling thread as `top -H` and `ps -L` show it (Linux keeps 15 bytes; Foundation's
@@ -275,15 +149,5 @@ enum FileIO {
 
     static func exists(_ path: String) -> Bool {
         access(path, F_OK) == 0
-    }
-
-    /// Appends one line with O_APPEND, so that a CLI and the daemon may both append safely.
-    static func appendLines(_ path: String, _ text: String, sync: Bool) throws(SpoolError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, fileMode)
-        guard fd >= 0 else { throw .posix(errno, path: path, doing: "opening") }
-        defer { close(fd) }
-        let bytes = Array(text.utf8)
-        if let failure = bytes.withUnsafeBufferPointer({ writeAll(fd, $0, path: path) }) { throw failure }
-        if sync, fdatasync(fd) != 0 { throw .posix(errno, path: path, doing: "syncing") }
     }
 }

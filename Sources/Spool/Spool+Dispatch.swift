@@ -10,12 +10,6 @@ public struct ClaimedEntry: Sendable {
     public var path: String?
 }
 
-/// An entry in `new` and when it may run (a retry's due time).
-public struct PeekedEntry: Sendable {
-    public var entry: SpoolEntry
-    public var notBefore: Date
-}
-
 extension Spool.Writer {
     private var nowMillis: Int64 { spool.nowMillis }
 
@@ -23,19 +17,6 @@ extension Spool.Writer {
     /// - Throws: `.notFound`, or `.corrupt` when its stored payload does not parse.
     public func read(_ name: EntryName) throws(SpoolError) -> StoredRow {
         try store.row(name)
-    }
-
-    /// An entry of `new` with its due time. One committed by this process moments ago comes from
-    /// memory (due at once).
-    /// - Throws: `.notFound` when it is not in `new`, `.corrupt` when it does not parse.
-    public func peek(_ name: EntryName) throws(SpoolError) -> PeekedEntry {
-        if let committed = committed.removeValue(forKey: name) {
-            let entry = committed.record.entry(name: name, bytes: committed.bytes)
-            return PeekedEntry(entry: entry, notBefore: Date(timeIntervalSince1970: Double(name.receivedMillis) / 1000))
-        }
-        let row = try store.row(name)
-        guard row.state == .new else { throw SpoolError(.notFound, path: name.value, detail: "in new (it is \(row.state.rawValue))") }
-        return PeekedEntry(entry: row.entry, notBefore: Date(timeIntervalSince1970: Double(row.notBeforeMillis) / 1000))
     }
 
     /// Moves `name` from `new` to `running` and returns it (`entry`, from `peek`, saves a read).

@@ -300,7 +300,10 @@ elif has_live_socket systest && [[ $(sim_stat systest registrations) == "$regist
 else
     fail "after reload: systest live sockets $(live_sockets systest), main pid $(ns systemctl show -p MainPID --value dingstream) (was $main_pid)"
 fi
-[[ $(ns systemctl is-active dingstream) == active ]] || fail "unit not active after reload"
+# The daemon says READY=1 once the new configuration is applied; "reloading" must not linger.
+unit_active() { [[ $(ns systemctl is-active dingstream) == active ]]; }
+wait_for 5 "unit active" unit_active && pass "unit back to active after reload (READY=1 after RELOADING=1)" \
+    || fail "unit not active 5 s after reload: $(ns systemctl is-active dingstream)"
 
 # --- a DingTalk outage does not stop the watchdog pings -----------------------------------------
 # The simulator hangs (no answers, no pongs) for more than twice WatchdogSec: the daemon must

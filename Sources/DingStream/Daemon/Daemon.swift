@@ -110,6 +110,7 @@ public struct Daemon: Sendable {
                     logger.notice("metrics_listen and metrics_file take effect at the next restart")
                 }
                 cards.update(timeout: new.cardTimeout)
+                status.reloaded()
             })
         let watchdog = WatchdogService(
             notifier: notifier,

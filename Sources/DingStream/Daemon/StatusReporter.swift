@@ -18,7 +18,9 @@ final class StatusReporter: Service {
     /// Why frames are not acked right now (the spool's store failing), shown in `STATUS=`.
     private let storeFault: @Sendable () -> String?
     private let logger: Logger
-    private let phase = Mutex("starting")
+    /// Whether `READY=1` went out; notifications are sent under this lock so that `READY=1` after a
+    /// reload can never overtake its `RELOADING=1`, which would leave the unit "reloading".
+    private let readySent = Mutex(false)
     private let started = ContinuousClock.now
     private let refreshInterval: Duration = .seconds(5)
 
@@ -36,10 +38,18 @@ final class StatusReporter: Service {
         self.logger = logger
     }
 
-    /// Reload in progress: `RELOADING=1` now, `READY=1` again on the next tick.
+    /// Reload in progress: `RELOADING=1` now, `READY=1` again from `reloaded()`.
     func reloading() {
-        phase.withLock { $0 = "reloading" }
-        _ = notifier.send(.reloading, .status(line(phase: "reloading")))
+        let text = line(phase: "reloading")
+        readySent.withLock { _ in _ = notifier.send(.reloading, .status(text)) }
+    }
+
+    /// The reload is applied. Before the first `READY=1` the start is still under way, and the run
+    /// loop says ready when it is.
+    func reloaded() {
+        readySent.withLock { sent in
+            if sent { _ = notifier.send(.ready) }
+        }
     }
 
     func run() async throws {
@@ -49,18 +59,15 @@ final class StatusReporter: Service {
         try? FileManager.default.createDirectory(atPath: runtimeDirectory, withIntermediateDirectories: true)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             let allUp = board.everyAppHasASocket()
-            let current = phase.withLock { $0 }
-            if current == "reloading" {
-                phase.withLock { $0 = "ready" }
-                _ = notifier.send(.ready)
-            }
             if !ready && (allUp || ContinuousClock.now - started >= readyTimeout) {
                 ready = true
-                phase.withLock { $0 = "ready" }
                 let text = line(phase: allUp ? "ready" : "degraded")
-                _ = notifier.send(.ready, .status(text))
+                readySent.withLock { sent in
+                    _ = notifier.send(.ready, .status(text))
+                    sent = true
+                }
                 if allUp {
-                    logger.notice("ready: \(text)")
+                    logger.notice("\(text)")
                 } else {
                     logger.warning("ready without a live socket for every app after \(readyTimeout): \(text)")
                 }

@@ -1,4 +1,6 @@
+import AsyncHTTPClient
 import Logging
+import NIOCore
 import Testing
 
 @testable import DingStream
@@ -33,5 +35,44 @@ import Testing
         #expect(changed["ops"]?.openAPI.tokens === ops)
         #expect(removed.keys.sorted() == ["helpdesk"])
         await clients.shutdown()
+    }
+
+    /// A client retired by a reload belongs to the clients object until it is shut down: at a later
+    /// reload once due, and at the stop in any case, never by a task of its own that outlives them.
+    @Test(.timeLimit(.minutes(1))) func retiredClientsAreShutDownByLaterReloadsAndAtTheStop() async throws {
+        let soon = AppClients(environment: [:], logger: Logger(label: "test"), retireAfter: .zero)
+        let first = try #require(soon.clients(for: configuration(secret: "one"))["helpdesk"]?.http)
+        _ = soon.clients(for: configuration(secret: "two"))
+        _ = soon.clients(for: configuration(secret: "two"))
+        try await waitUntilShutDown(first)
+        await soon.shutdown()
+
+        let late = AppClients(environment: [:], logger: Logger(label: "test"), retireAfter: .seconds(3600))
+        let retired = try #require(late.clients(for: configuration(secret: "one"))["helpdesk"]?.http)
+        let kept = try #require(late.clients(for: configuration(secret: "two"))["ops"]?.http)
+        #expect(try await isUsable(retired), "not due yet: in-flight work may still use it")
+        await late.shutdown()
+        #expect(try await !isUsable(retired))
+        #expect(try await !isUsable(kept))
+    }
+
+    /// Whether the client still takes requests; the address refuses at once when it does.
+    private func isUsable(_ client: HTTPClient) async throws -> Bool {
+        do {
+            _ = try await client.execute(HTTPClientRequest(url: "http://127.0.0.1:1/"), timeout: .seconds(5))
+            return true
+        } catch let error as HTTPClientError where error == .alreadyShutdown {
+            return false
+        } catch {
+            return true
+        }
+    }
+
+    private func waitUntilShutDown(_ client: HTTPClient) async throws {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try await isUsable(client) {
+            try #require(ContinuousClock.now < deadline, "a due client was not shut down at the next reload")
+            try await Task.sleep(for: .milliseconds(20))
+        }
     }
 }

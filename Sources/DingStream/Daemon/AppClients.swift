@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Dispatch
 import Logging
 import Replies
 import StreamClient
@@ -8,8 +9,8 @@ import Synchronization
 /// attachment downloads.
 ///
 /// A reload keeps the clients of every app whose network identity did not change, so its access
-/// token cache survives and no client leaks; those of removed or changed apps are shut down once
-/// work that may still hold them has had time to finish.
+/// token cache survives and no client leaks; those of removed or changed apps are shut down at a
+/// later reload once work that may still hold them has had time to finish, or at the stop.
 final class AppClients: Sendable {
     struct Client: Sendable {
         var openAPI: OpenAPIClient
@@ -42,7 +43,14 @@ final class AppClients: Sendable {
     private let logger: Logger
     private let retireAfter: Duration
     private let observer: ReplyObserver
-    private let entries = Mutex<[String: Entry]>([:])
+    private struct State {
+        var entries: [String: Entry] = [:]
+        /// Clients of removed or changed apps, and when they may be shut down: a reply or download
+        /// that started before the reload may still be using them.
+        var retiring: [(client: HTTPClient, due: ContinuousClock.Instant)] = []
+    }
+
+    private let state = Mutex(State())
 
     init(environment: [String: String], logger: Logger, retireAfter: Duration = .seconds(120), observer: ReplyObserver = .none) {
         self.environment = environment
@@ -54,27 +62,27 @@ final class AppClients: Sendable {
     /// The clients for `configuration`, reusing those of unchanged apps. An app whose HTTPS setup
     /// fails is logged and left out.
     func clients(for configuration: Configuration) -> [String: Client] {
-        var retired: [HTTPClient] = []
-        let current: [String: Entry] = entries.withLock { entries in
+        let now = ContinuousClock.now
+        let (current, due): ([String: Entry], [HTTPClient]) = state.withLock { state in
             var next: [String: Entry] = [:]
             for app in configuration.apps {
                 let identity = Identity(app)
-                if let kept = entries[app.name], kept.identity == identity {
+                if let kept = state.entries[app.name], kept.identity == identity {
                     next[app.name] = kept
                 } else if let made = makeEntry(app, identity: identity) {
                     next[app.name] = made
                 }
             }
-            for (name, old) in entries where next[name]?.http !== old.http { retired.append(old.http) }
-            entries = next
-            return next
-        }
-        if !retired.isEmpty {
-            Task { [retireAfter] in
-                try? await Task.sleep(for: retireAfter)
-                for client in retired { try? await client.shutdown() }
+            for (name, old) in state.entries where next[name]?.http !== old.http {
+                state.retiring.append((old.http, now + retireAfter))
             }
+            state.entries = next
+            let due = state.retiring.filter { $0.due <= now }.map(\.client)
+            state.retiring.removeAll { $0.due <= now }
+            return (next, due)
         }
+        // Retired at a later reload, or at the latest by `shutdown()`: no task outlives the clients.
+        for client in due { client.shutdown(queue: .global()) { _ in } }
         return current.mapValues { Client(openAPI: $0.openAPI, http: $0.http) }
     }
 
@@ -88,11 +96,11 @@ final class AppClients: Sendable {
             webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, observer: observer, logger: logger)
     }
 
-    /// Shuts every client down; the daemon calls it once its services have stopped.
+    /// Shuts every client down, retired ones included; the daemon calls it once its services have stopped.
     func shutdown() async {
-        let all = entries.withLock { entries in
-            defer { entries = [:] }
-            return entries.values.map(\.http)
+        let all = state.withLock { state in
+            defer { state = State() }
+            return state.entries.values.map(\.http) + state.retiring.map(\.client)
         }
         for client in all { try? await client.shutdown() }
     }

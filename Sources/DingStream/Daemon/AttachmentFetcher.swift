@@ -4,6 +4,7 @@ import Handlers
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Replies
 import Spool
 import StreamProtocol
@@ -152,9 +153,16 @@ struct AttachmentFetcher: Sendable {
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > limit {
             throw AttachmentError(transient: false, description: "\(length) bytes is over max_attachment_bytes (\(limit))")
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o640)
-        guard fd >= 0 else {
-            throw AttachmentError(transient: true, description: "cannot create \(path): \(String(cString: strerror(errno)))")
+        // Up to max_attachment_bytes written and synced: on NIO's blocking-I/O pool, so that a slow
+        // or wedged disk holds none of the cooperative pool's threads.
+        let io = NIOThreadPool.singleton
+        let fd = try await io.runIfActive {
+            // errno belongs to the pool's thread: read it there.
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o640)
+            guard fd >= 0 else {
+                throw AttachmentError(transient: true, description: "cannot create \(path): \(String(cString: strerror(errno)))")
+            }
+            return fd
         }
         defer { close(fd) }
         var total = 0
@@ -164,18 +172,7 @@ struct AttachmentFetcher: Sendable {
                 if total > limit {
                     throw AttachmentError(transient: false, description: "over max_attachment_bytes (\(limit)) while downloading")
                 }
-                try chunk.withUnsafeReadableBytes { bytes in
-                    guard let base = bytes.baseAddress else { return }
-                    var offset = 0
-                    while offset < bytes.count {
-                        let written = write(fd, base + offset, bytes.count - offset)
-                        if written < 0 {
-                            if errno == EINTR { continue }
-                            throw AttachmentError(transient: true, description: "writing \(path): \(String(cString: strerror(errno)))")
-                        }
-                        offset += written
-                    }
-                }
+                try await io.runIfActive { try Self.writeAll(chunk, to: fd, path: path) }
             }
         } catch let error as AttachmentError {
             throw error
@@ -183,10 +180,26 @@ struct AttachmentFetcher: Sendable {
             throw AttachmentError(transient: true, description: "download broke off: \(error)")
         }
         // Synced so that a file under its final name is whole even after a power cut.
-        guard fsync(fd) == 0 else {
-            throw AttachmentError(transient: true, description: "syncing \(path): \(String(cString: strerror(errno)))")
+        let synced = try await io.runIfActive { fsync(fd) == 0 ? nil : String(cString: strerror(errno)) }
+        if let synced {
+            throw AttachmentError(transient: true, description: "syncing \(path): \(synced)")
         }
         return total
+    }
+
+    private static func writeAll(_ chunk: ByteBuffer, to fd: Int32, path: String) throws {
+        try chunk.withUnsafeReadableBytes { bytes in
+            guard let base = bytes.baseAddress else { return }
+            var offset = 0
+            while offset < bytes.count {
+                let written = write(fd, base + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw AttachmentError(transient: true, description: "writing \(path): \(String(cString: strerror(errno)))")
+                }
+                offset += written
+            }
+        }
     }
 
     private static func makeFolder(_ path: String) throws {

@@ -12,6 +12,7 @@ let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 let nioWebSocket = Target.Dependency.product(name: "NIOWebSocket", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
+let nioExtras = Target.Dependency.product(name: "NIOExtras", package: "swift-nio-extras")
 let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
 let postgres = Target.Dependency.product(name: "PostgresNIO", package: "postgres-nio")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
@@ -28,6 +29,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.29.0"),
+        // Already resolved for async-http-client; the sockets use its HTTP CONNECT handler.
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.26.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.25.0"),
@@ -41,7 +44,7 @@ let package = Package(
         .target(name: "StreamProtocol", swiftSettings: swiftSettings),
         .target(
             name: "StreamClient",
-            dependencies: ["StreamProtocol", log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL, httpClient, lifecycle],
+            dependencies: ["StreamProtocol", log, nioCore, nioPosix, nioHTTP1, nioWebSocket, nioSSL, nioExtras, httpClient, lifecycle],
             swiftSettings: swiftSettings
         ),
         // Debian's libsqlite3: the spool's database (see README, "Why SQLite through the C library").

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOExtras
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
@@ -169,19 +170,28 @@ final class StreamSocket: Sendable {
         let proxy = settings.proxyEndpoint(for: host)
         let group = MultiThreadedEventLoopGroup.singleton
         let tunnel = group.any().makePromise(of: Void.self)
+        let proxyStatus = NIOLockedValueBox<UInt?>(nil)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(TimeAmount(settings.connectTimeout))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
-                if let proxy = proxy {
-                    _ = proxy
-                    return channel.eventLoop.makeCompletedFuture {
-                        let handler = ProxyConnectHandler(targetHost: host, targetPort: port, established: tunnel)
-                        try channel.pipeline.syncOperations.addHandler(handler)
-                    }
+                guard proxy != nil else {
+                    tunnel.succeed(())
+                    return channel.eventLoop.makeSucceededVoidFuture()
                 }
-                tunnel.succeed(())
-                return channel.eventLoop.makeSucceededVoidFuture()
+                return channel.eventLoop.makeCompletedFuture {
+                    let target = host.contains(":") ? "[\(host)]" : host
+                    let sync = channel.pipeline.syncOperations
+                    // HTTP spoken only for the CONNECT; the codec leaves once the tunnel is up.
+                    try sync.addHandler(HTTPRequestEncoder(), name: ProxyHandlerName.encoder)
+                    try sync.addHandler(
+                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)), name: ProxyHandlerName.decoder)
+                    try sync.addHandler(ResponseStatusPeek(status: proxyStatus))
+                    try sync.addHandler(
+                        NIOHTTP1ProxyConnectHandler(
+                            targetHost: target, targetPort: port, headers: ["Host": "\(target):\(port)"],
+                            deadline: .now() + TimeAmount(settings.requestTimeout), promise: tunnel))
+                }
             }
         let channel: any Channel
         do {
@@ -200,8 +210,22 @@ final class StreamSocket: Sendable {
         defer { handshakeDeadline.cancel() }
         var tunnelUp = false
         do {
-            try await tunnel.futureResult.get()
+            do {
+                try await tunnel.futureResult.get()
+            } catch {
+                try? await channel.close().get()
+                throw StreamClientError.classify(
+                    error, app: app, fallback: timedOut.withLockedValue { $0 } ? .timeout : .transport,
+                    detail: proxyFailure(error, proxy: proxy, target: "\(host):\(port)", status: proxyStatus.withLockedValue { $0 }))
+            }
             tunnelUp = true
+            if proxy != nil {
+                // The decoder leaves on a later tick; TLS must not start before it is gone.
+                try await channel.eventLoop.flatSubmit {
+                    let sync = channel.pipeline.syncOperations
+                    return sync.removeHandler(name: ProxyHandlerName.encoder).and(sync.removeHandler(name: ProxyHandlerName.decoder))
+                }.get()
+            }
             let upgraded = try await channel.eventLoop.flatSubmit { () -> EventLoopFuture<Bool> in
                 do {
                     if let tls {
@@ -269,7 +293,22 @@ final class StreamSocket: Sendable {
     }
 }
 
-/// Notes the status of the answer to the upgrade request, then leaves the pipeline before any
+private enum ProxyHandlerName {
+    static let encoder = "proxy-connect-encoder"
+    static let decoder = "proxy-connect-decoder"
+}
+
+/// What went wrong on the way through the proxy, with the proxy's answer when there was one.
+private func proxyFailure(_ error: any Error, proxy: (host: String, port: Int)?, target: String, status: UInt?) -> String {
+    let via = proxy.map { "proxy \($0.host):\($0.port)" } ?? "the proxy"
+    switch status {
+    case 407?: return "\(via) wants credentials for CONNECT \(target) (HTTP 407); allow this host without authentication or set no_proxy"
+    case let code? where code / 100 != 2: return "\(via) refused CONNECT \(target) with HTTP \(code); check that the proxy allows port \(target.split(separator: ":").last ?? "") or set no_proxy"
+    default: return "tunnel through \(via) to \(target) failed: \(error)"
+    }
+}
+
+/// Notes the status of the answer to the upgrade request (or to the proxy's CONNECT), then leaves the pipeline before any
 /// WebSocket frame could reach it.
 final class ResponseStatusPeek: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart

@@ -1,8 +1,9 @@
+import AsyncHTTPClient
 import Foundation
 import InMemoryLogging
 import Logging
 import Simulator
-import StreamClient
+@testable import StreamClient
 import StreamProtocol
 import Testing
 
@@ -67,6 +68,35 @@ struct NetworkAndBoardTests {
                 // One CONNECT for the registration's HTTPS call, one for the socket.
                 #expect(proxy.connectTargets.filter { $0 == target }.count >= 2, "\(proxy.connectTargets)")
                 #expect(proxy.connectTargets.allSatisfy { $0 == target })
+            }
+        }
+    }
+
+    /// A proxy that will not tunnel to the stream endpoint is named with its answer and the way out.
+    @Test(.timeLimit(.minutes(1)))
+    func aProxyRefusingTheSocketIsNamedWithItsAnswer() async throws {
+        try await DingTalkSimulator.withRunning(.single(Self.app)) { sim in
+            try await ConnectProxy.withRunning(allowedHosts: ["localhost"]) { proxy in
+                let direct = settings(for: sim)
+                let http = try direct.network.makeHTTPClient(for: sim.baseURL)
+                let ticket = try await direct.registration.register(using: http)
+                try await http.shutdown()
+                let proxied = NetworkSettings(proxy: "http://127.0.0.1:\(proxy.port)", connectTimeout: .seconds(5), requestTimeout: .seconds(10))
+                do {
+                    _ = try await StreamSocket.connect(
+                        ticket: ticket, app: Self.app, settings: proxied, keepalive: KeepaliveSettings(idleTimeout: .seconds(60)),
+                        sink: AckingSink(), logger: Logger(label: "test"))
+                    Issue.record("a socket came up although the proxy refuses 127.0.0.1")
+                } catch let error as StreamClientError {
+                    guard case .transport = error.code else {
+                        Issue.record("expected a transport error, got \(error)")
+                        return
+                    }
+                    #expect("\(error)".contains("refused CONNECT 127.0.0.1:\(sim.port) with HTTP 403"), "\(error)")
+                    #expect("\(error)".contains("no_proxy"), "\(error)")
+                }
+                #expect(proxy.connectTargets == ["127.0.0.1:\(sim.port)"])
+                #expect(sim.sockets(app: Self.app).isEmpty)
             }
         }
     }

@@ -36,8 +36,7 @@ struct LegacySpool {
         }
         var imported = 0
         var unreadable: [String] = []
-        try store.begin()
-        do throws(SpoolError) {
+        try store.inTransaction { () throws(SpoolError) in
             for (name, state) in found.sorted(by: { $0.key < $1.key }) {
                 let path = "\(directory)/\(state.legacyFolder)/\(name.fileName)"
                 let entry: SpoolEntry
@@ -65,10 +64,6 @@ struct LegacySpool {
                     try store.insertLegacySeen(String(parts[1]), receivedMillis: millis)
                 }
             }
-            try store.commit()
-        } catch {
-            store.rollback()
-            throw error
         }
         removeFolders(keeping: Set(unreadable))
         logger.notice(

@@ -60,8 +60,7 @@ final class SQLiteStore: SpoolStore {
             throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); run the newer binary)")
         }
         if version == Self.schemaVersion { return }
-        try connection.execute("BEGIN IMMEDIATE", doing: "migrating the schema")
-        do throws(SpoolError) {
+        try inTransaction { () throws(SpoolError) in
             if version < 1 {
                 try connection.execute(
                     """
@@ -90,10 +89,6 @@ final class SQLiteStore: SpoolStore {
                     """, doing: "creating the schema")
             }
             try connection.execute("PRAGMA user_version = \(Self.schemaVersion)", doing: "recording the schema version")
-            try connection.execute("COMMIT", doing: "migrating the schema")
-        } catch {
-            rollback()
-            throw error
         }
     }
 

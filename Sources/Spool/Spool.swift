@@ -173,15 +173,7 @@ public final class Spool: Sendable {
         writer.legacySeen = legacySeen
         // Replies this host owes from before a restart: the outbox sender delivers them now.
         if cluster != nil { writer.held = Set(try store.outboxNames(limit: 100_000)) }
-        try store.begin()
-        let recovered: Int
-        do throws(SpoolError) {
-            recovered = try store.resetRunning()
-            try store.commit()
-        } catch {
-            store.rollback()
-            throw error
-        }
+        let recovered = try store.inTransaction { () throws(SpoolError) in try store.resetRunning() }
         if recovered > 0 {
             logger.notice("spool: \(recovered) entries whose handlers were interrupted run again", metadata: ["spool.dir": "\(directory)"])
         }
@@ -233,15 +225,7 @@ public final class Spool: Sendable {
     public func transaction<T: Sendable>(_ body: (Writer) throws(SpoolError) -> T) throws(SpoolError) -> T {
         try writer.withLock { (writer: inout Writer?) throws(SpoolError) -> T in
             guard let writer else { throw SpoolError(.closed, path: directory) }
-            try writer.store.begin()
-            do throws(SpoolError) {
-                let result = try body(writer)
-                try writer.store.commit()
-                return result
-            } catch {
-                writer.store.rollback()
-                throw error
-            }
+            return try writer.store.inTransaction { () throws(SpoolError) in try body(writer) }
         }
     }
 }

@@ -216,16 +216,11 @@ public struct SpoolInspector: Sendable {
     private func retry(_ row: StoredRow, in store: any SpoolStore) throws(SpoolError) {
         let target: EntryState = row.entry.replies.isEmpty ? .new : .outbox
         let nowMillis = Spool.millis(now())
-        try store.begin()
-        do throws(SpoolError) {
+        try store.inTransaction { () throws(SpoolError) in
             try store.transition(
                 row.entry.name, from: [.failed], to: target,
                 change: RowChange(attempts: 0, notBeforeMillis: nowMillis, deliveryAttempts: 0, reason: .some(nil)),
                 nowMillis: nowMillis)
-            try store.commit()
-        } catch {
-            store.rollback()
-            throw error
         }
     }
 

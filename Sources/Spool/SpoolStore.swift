@@ -76,6 +76,19 @@ protocol SpoolStore: AnyObject {
 }
 
 extension SpoolStore {
+    /// Runs `body` between `begin` and `commit`; rolls back and rethrows when either fails.
+    func inTransaction<T>(_ body: () throws(SpoolError) -> T) throws(SpoolError) -> T {
+        try begin()
+        do throws(SpoolError) {
+            let result = try body()
+            try commit()
+            return result
+        } catch {
+            rollback()
+            throw error
+        }
+    }
+
     func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {}
 
     func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {

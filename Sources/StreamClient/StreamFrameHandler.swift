@@ -20,6 +20,9 @@ final class StreamFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     private let sink: any FrameSink
     private let events: AsyncStream<SocketEvent>.Continuation
     private let logger: Logger
+    /// The fragments of a text message so far. Reassembled here rather than by NIO's frame
+    /// aggregator: when the guard cuts an oversized fragment out of the stream, the message it
+    /// belonged to must be dropped whole, and only this handler hears of the cut in time.
     private var fragments: ByteBuffer?
     private var lastTextFrame = NIODeadline.now()
     private var lastPing = NIODeadline.distantPast

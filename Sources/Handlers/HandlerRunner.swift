@@ -10,6 +10,10 @@ import Synchronization
 /// stdin is the message file, stdout and stderr are pipes read concurrently by a poll loop on a
 /// dedicated thread (never blocking the cooperative pool). The child gets only `environment`,
 /// default signal dispositions, an empty signal mask and no descriptor beyond 0–2.
+///
+/// Not swift-subprocess: it reaps the child itself, while this runner kills what is left of the
+/// group before reaping (the zombie keeps the group id from being reused), and bounds the wait for
+/// output held open by a process that left the group, which needs the exit inside the read loop.
 public enum HandlerRunner {
     /// Runs `executable` and returns how it ended; never throws.
     ///

@@ -63,6 +63,9 @@ public struct Doctor: Sendable {
             record("config", .failed, "\(error)")
             return checks
         }
+        for check in Self.accessChecks(configuration) + Self.secretChecks(configuration, path: configurationPath) {
+            record(check.subject, check.outcome, check.detail)
+        }
         for check in Self.spoolChecks(configuration.spoolDirectory) { record(check.subject, check.outcome, check.detail) }
         if let cluster = configuration.cluster {
             let check = clusterCheck(SpoolInspector(directory: configuration.spoolDirectory, cluster: cluster))
@@ -71,18 +74,7 @@ public struct Doctor: Sendable {
 
         let scan = HandlerDirectory.scan(
             path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUID))
-        if let problem = scan.directoryProblem {
-            record("handlers", .failed, problem.explanation(path: scan.directory))
-        } else if scan.runnable.isEmpty {
-            record("handlers", .warning, "nothing in \(scan.directory) would run; copy an example from /usr/share/doc/dingstream/handlers or see `dingstream handlers check`")
-        } else {
-            record("handlers", .ok, "\(scan.runnable.count) will run: \(scan.runnable.map(\.name).joined(separator: ", "))")
-        }
-        for entry in scan.entries {
-            if case .skipped(let reason) = entry.status, reason.isSafetyRefusal {
-                record("handler \(entry.name)", .failed, reason.explanation(path: entry.path))
-            }
-        }
+        for check in Self.handlerChecks(scan) { record(check.subject, check.outcome, check.detail) }
 
         let apps = configuration.apps.filter { app == nil || $0.name == app }
         if let app, apps.isEmpty {
@@ -92,6 +84,68 @@ public struct Doctor: Sendable {
             for check in await appChecks(app) { record(check.subject, check.outcome, check.detail) }
         }
         return checks
+    }
+
+    /// What the handler scan found: how many run, how many are skipped, and each unsafe file.
+    static func handlerChecks(_ scan: HandlerScan) -> [Check] {
+        var checks: [Check] = []
+        let skipped = scan.entries.count - scan.runnable.count
+        let skippedText = skipped == 0 ? "" : "; \(skipped) skipped (`dingstream handlers check` says why)"
+        if let problem = scan.directoryProblem {
+            checks.append(Check(subject: "handlers", outcome: .failed, detail: problem.explanation(path: scan.directory)))
+        } else if scan.runnable.isEmpty {
+            checks.append(Check(
+                subject: "handlers", outcome: .warning,
+                detail: "nothing in \(scan.directory) would run\(skippedText); copy an example from /usr/share/doc/dingstream/handlers or see `dingstream handlers check`"))
+        } else {
+            checks.append(Check(subject: "handlers", outcome: .ok, detail: "\(scan.runnable.count) will run: \(scan.runnable.map(\.name).joined(separator: ", "))\(skippedText)"))
+        }
+        for entry in scan.entries {
+            if case .skipped(let reason) = entry.status, reason.isSafetyRefusal {
+                checks.append(Check(subject: "handler \(entry.name)", outcome: .failed, detail: reason.explanation(path: entry.path)))
+            }
+        }
+        return checks
+    }
+
+    /// An app that takes messages or card clicks from nobody: `allowed_users = []` (the default)
+    /// refuses every sender, so a freshly filled-in bot looks dead.
+    static func accessChecks(_ configuration: Configuration) -> [Check] {
+        configuration.apps.filter { $0.allowedUsers.isEmpty && ($0.subscriptions.contains(.bot) || $0.subscriptions.contains(.cards)) }.map { app in
+            Check(
+                subject: "app \(app.name)", outcome: .warning,
+                detail: "allowed_users is empty, so nobody can talk to the bot (every message is refused); list staff ids, allowed_users = [\"manager1234\"], or allow everyone with allowed_users = [\"*\"]")
+        }
+    }
+
+    /// Who else can read a secret: an inline `client_secret` in a configuration file readable by
+    /// every user, or a secret file that group or others may write, or others may read.
+    static func secretChecks(_ configuration: Configuration, path: String) -> [Check] {
+        var checks: [Check] = []
+        let inline = configuration.apps.filter { $0.secretSource == .inline }.map(\.name)
+        if !inline.isEmpty, let mode = permissions(path), mode & 0o004 != 0 {
+            checks.append(Check(
+                subject: "secrets", outcome: .warning,
+                detail: "\(path) holds the client_secret of \(inline.joined(separator: ", ")) and every user may read it (mode \(octal(mode))); chmod 0640 \(path) and chgrp dingstream \(path), or move the secret to client_secret_file"))
+        }
+        for app in configuration.apps {
+            guard case .file(let file) = app.secretSource, let mode = permissions(file), mode & 0o027 != 0 else { continue }
+            checks.append(Check(
+                subject: "secrets", outcome: .warning,
+                detail: "the secret file \(file) of app \(app.name) has mode \(octal(mode)): others may read it or group or others may change it; chmod 0640 \(file) (owner root, group dingstream), or 0600 owned by the service user"))
+        }
+        return checks
+    }
+
+    private static func permissions(_ path: String) -> mode_t? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return info.st_mode & 0o7777
+    }
+
+    private static func octal(_ mode: mode_t) -> String {
+        let digits = String(mode, radix: 8)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 
     /// Connection (with TLS as configured), login, schema version and clock skew against the

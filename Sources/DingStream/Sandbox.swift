@@ -31,6 +31,9 @@ public struct Sandbox: Sendable {
 
     public func run(logger: Logger, environment: [String: String]) async -> Int32 {
         let root = directory ?? NSTemporaryDirectory() + "dingstream-sandbox-\(getpid())"
+        // A folder of our own making goes with the sandbox (Ctrl-C included); one named with
+        // --directory is the user's and stays.
+        defer { if directory == nil { try? FileManager.default.removeItem(atPath: root) } }
         let spool = root + "/spool"
         let handlers = spool + "/handlers"
         do {
@@ -58,38 +61,75 @@ public struct Sandbox: Sendable {
             logger.critical("sandbox: cannot start the simulator on port \(port): \(error); pick another with --port")
             return 69
         }
-        var configuration = Configuration()
-        configuration.spoolDirectory = spool
-        configuration.runtimeDirectory = root + "/run"
-        configuration.readyTimeout = .seconds(10)
-        configuration.shutdownGrace = .seconds(5)
-        var app = Configuration.App(name: Self.app.name, clientID: Self.app.clientId, clientSecret: Self.app.clientSecret)
-        app.apiBase = simulator.baseURL
-        app.allowedUsers = ["*"]
-        configuration.apps = [app]
+        // A real configuration file, so that status, spool, doctor and send can be pointed at it.
+        let configurationPath = root + "/dingstream.toml"
+        let configuration: Configuration
+        do {
+            let text = Self.configurationText(spool: spool, runtime: root + "/run", apiBase: simulator.baseURL)
+            guard FileManager.default.createFile(atPath: configurationPath, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw CocoaError(.fileWriteUnknown)
+            }
+            configuration = try Configuration.load(path: configurationPath, environment: environment)
+        } catch {
+            logger.critical("sandbox: cannot write \(configurationPath): \(error)")
+            await simulator.shutdown()
+            return 73
+        }
+        let portOption = port == Self.defaultPort ? "" : " --port \(port)"
         emit(
             """
 
             dingstream sandbox: a local DingTalk simulator on \(simulator.baseURL) and the daemon beside it.
               spool:    \(spool)
               handlers: \(handlers)   (edit 50-echo or drop in your own)
+              config:   \(configurationPath)
 
             From a second terminal, send a message:
-              dingstream sandbox say "hello"                    (or: make say TEXT="hello")
+              dingstream sandbox say\(portOption) "hello"
               curl -s -XPOST \(simulator.baseURL)/_sim/messages -d '{"app":"sandbox","text":"hello"}'
-            Replies appear below. Ctrl-C stops both.
+            Look inside:
+              dingstream status --config \(configurationPath)
+              dingstream spool ls --config \(configurationPath)
+              dingstream doctor --config \(configurationPath)
+            Replies appear below. Ctrl-C stops both\(directory == nil ? " and removes \(root)" : "").
 
             """)
         let printer = ReplyPrinter(simulator: simulator)
-        let status = await Daemon(configurationPath: "(sandbox)", environment: environment).run(
+        let status = await Daemon(configurationPath: configurationPath, environment: environment).run(
             configuration: configuration, logger: logger, extraServices: [printer])
         await simulator.shutdown()
         return status
     }
 
+    /// The sandbox's configuration: everyone may talk to its one app, short waits.
+    static func configurationText(spool: String, runtime: String, apiBase: String) -> String {
+        """
+        # Written by `dingstream sandbox`; removed with its folder when the sandbox stops.
+        spool_dir = "\(spool)"
+        runtime_dir = "\(runtime)"
+        ready_timeout = "10s"
+        shutdown_grace = "5s"
+
+        [[app]]
+        name = "\(app.name)"
+        client_id = "\(app.clientId)"
+        client_secret = "\(app.clientSecret)"
+        api_base = "\(apiBase)"
+        allowed_users = ["*"]
+
+        """
+    }
+
     /// `dingstream sandbox say`: injects a message through the control API and waits for its reply.
+    /// Errors go to stderr; a port nobody listens on is said at once (the HTTP client would try
+    /// again until its timeout).
     public static func say(_ text: String, port: Int, group: Bool, sender: String) async -> Int32 {
         let base = "http://127.0.0.1:\(port)"
+        let start = "start one with: dingstream sandbox\(port == defaultPort ? "" : " --port \(port)")"
+        if let failure = connectFailure(port: port) {
+            printError("no sandbox on 127.0.0.1:\(port) (\(failure)); \(start)")
+            return 69
+        }
         var body: [String: Any] = ["app": app.name, "text": text, "sender": sender]
         if group { body["conversation"] = "group" }
         do {
@@ -100,16 +140,32 @@ public struct Sandbox: Sendable {
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
             let bytes = try await response.body.collect(upTo: 1 << 20)
             guard response.status == .ok else {
-                print("the sandbox answered \(response.status.code): \(String(buffer: bytes))")
+                printError("the sandbox answered \(response.status.code): \(String(buffer: bytes))")
                 return 1
             }
             let answer = JSON.object(Data(bytes.readableBytesView)) ?? [:]
             print("sent \"\(text)\" (msgId \(answer["msgId"] as? String ?? "?")); the reply shows in the sandbox terminal")
             return 0
         } catch {
-            print("no sandbox on \(base): \(error). Start one with: make run")
+            printError("no answer from a sandbox on \(base): \(error); \(start)")
             return 69
         }
+    }
+
+    /// nil when something accepts a TCP connection on `host` (an IPv4 address on this machine)
+    /// port `port`, else why not ("connection refused"). Loopback answers at once either way.
+    public static func connectFailure(host: String = "127.0.0.1", port: Int) -> String? {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { return String(cString: strerror(errno)).lowercased() }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr(host)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return result == 0 ? nil : String(cString: strerror(errno)).lowercased()
     }
 }
 
@@ -145,6 +201,11 @@ struct ReplyPrinter: Service {
         }
         return body
     }
+}
+
+/// One line on stderr.
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
 }
 
 /// Unbuffered, so the sandbox's lines show at once even through a pipe.

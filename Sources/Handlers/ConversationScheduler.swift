@@ -24,16 +24,18 @@ public final class ConversationScheduler: Sendable {
         var busy: Set<String> = []
         var queued = 0
         var running = 0
+        var workers: Int
         var shuttingDown = false
     }
 
-    public let workers: Int
-    private let state = Mutex(State())
+    /// Jobs that may run at once.
+    public var workers: Int { state.withLock { $0.workers } }
+    private let state: Mutex<State>
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
     public init(workers: Int) {
-        self.workers = max(1, workers)
+        state = Mutex(State(workers: max(1, workers)))
         // One buffered wake-up is enough: each wake-up starts everything that can start.
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
@@ -54,6 +56,13 @@ public final class ConversationScheduler: Sendable {
         }
         if accepted { wake.yield() }
         return accepted
+    }
+
+    /// Changes how many jobs may run at once (a reload). More start at once; with fewer, running
+    /// jobs finish and no new one starts until the count is below the new limit.
+    public func setWorkers(_ workers: Int) {
+        state.withLock { $0.workers = max(1, workers) }
+        wake.yield()
     }
 
     /// Stops starting jobs; `run()` returns once the running ones finished. Queued jobs are
@@ -85,7 +94,7 @@ public final class ConversationScheduler: Sendable {
 
     private func nextJob() -> (String, Job)? {
         state.withLock { state in
-            guard !state.shuttingDown, state.running < workers, !state.ready.isEmpty else { return nil }
+            guard !state.shuttingDown, state.running < state.workers, !state.ready.isEmpty else { return nil }
             let conversation = state.ready.removeFirst()
             guard var queue = state.queues[conversation], !queue.isEmpty else { return nil }
             let job = queue.removeFirst()

@@ -24,6 +24,33 @@ public enum HandlerReply: Sendable, Equatable {
         return .text(String(decoding: trimmed, as: UTF8.self))
     }
 
+    /// The message types DingTalk's session webhook and robot OpenAPI take from a handler.
+    public static let knownMsgtypes: Set<String> = ["text", "markdown", "link", "actionCard", "feedCard"]
+
+    /// What is odd about output that is still sent, for a warning in the log: nil when nothing is.
+    /// Output that starts with `{` but is not a JSON object, or has no string `msgtype`, goes out
+    /// as plain text; an unknown `msgtype` goes out as written and DingTalk may refuse it.
+    public static func problem(stdout: [UInt8]) -> String? {
+        let trimmed = Data(stdout.drop(while: isSpace).reversed().drop(while: isSpace).reversed())
+        guard trimmed.first == UInt8(ascii: "{") else { return nil }
+        let object: [String: Any]
+        do {
+            guard let parsed = try JSONSerialization.jsonObject(with: trimmed) as? [String: Any] else {
+                return "output starts with \"{\" but is not a JSON object; it is sent as plain text"
+            }
+            object = parsed
+        } catch {
+            return "output starts with \"{\" but is not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? "\(error)")); it is sent as plain text"
+        }
+        guard let msgtype = object["msgtype"] as? String, !msgtype.isEmpty else {
+            return "output is a JSON object without a string \"msgtype\"; it is sent as plain text (print {\"msgtype\":\"markdown\",…} for a message)"
+        }
+        guard knownMsgtypes.contains(msgtype) else {
+            return "msgtype \"\(msgtype)\" is not one DingTalk takes (\(knownMsgtypes.sorted().joined(separator: ", "))); it is sent as written and DingTalk may refuse it"
+        }
+        return nil
+    }
+
     private static func isSpace(_ byte: UInt8) -> Bool {
         byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D || byte == 0x0B || byte == 0x0C
     }

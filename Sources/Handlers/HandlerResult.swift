@@ -30,6 +30,9 @@ public struct HandlerResult: Sendable, Equatable {
         case failed(reason: String)
     }
 
+    /// How much of stdout a dead letter's reason keeps.
+    public static let stdoutTailBytes = 1024
+
     /// EX_TEMPFAIL from sysexits.h: "try again later".
     public static let exitTempFail: Int32 = 75
 
@@ -84,6 +87,12 @@ public struct HandlerResult: Sendable, Equatable {
 
             """
         if stdoutTruncated { text += "stdout: truncated at the output limit\n" }
+        // What it printed before it failed often says why (a script echoing its progress).
+        if !stdout.isEmpty {
+            let tail = String(decoding: stdout.suffix(Self.stdoutTailBytes), as: UTF8.self)
+            text += "stdout (\(stdout.count > Self.stdoutTailBytes ? "tail" : "all")):\n" + tail
+            if !tail.hasSuffix("\n") { text += "\n" }
+        }
         if stderrTail.isEmpty {
             text += "stderr: (empty)\n"
         } else {

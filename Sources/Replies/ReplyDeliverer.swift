@@ -132,7 +132,7 @@ public struct ReplyDeliverer: Sendable {
                     }
                     logger.notice(
                         "replies: delivery failed, retrying",
-                        metadata: ["reply.retry_in": "\(delay)", "reply.attempt": "\(attempts)", "error": "\(error)"]
+                        metadata: ["reply.retry_in": "\(delay.formattedSeconds)", "reply.attempt": "\(attempts)", "error": "\(error)"]
                     )
                     do { try await sleep(delay) } catch { return .interrupted(delivered: index) }
                     continue

@@ -46,9 +46,10 @@ extension Spool.Writer {
     }
 
     /// Ends the handling of a claimed entry: with replies it goes to `outbox` (the commit point:
-    /// its handlers will not run again), else to `done`. Its message file is removed.
+    /// its handlers will not run again), else to `done`, with `note` as its reason (why no
+    /// handler ran: a refused sender), which `spool ls` shows. Its message file is removed.
     /// - Throws: `SpoolError`; the entry then stays `running` and is handled again after a restart.
-    public func complete(_ name: EntryName, replies: [Data]?) throws(SpoolError) {
+    public func complete(_ name: EntryName, replies: [Data]?, note: String? = nil) throws(SpoolError) {
         if let replies, !replies.isEmpty {
             let texts = replies.map { String(decoding: $0, as: UTF8.self) }
             try store.transition(
@@ -56,7 +57,7 @@ extension Spool.Writer {
                 nowMillis: nowMillis)
         } else {
             held.remove(name)
-            try store.transition(name, from: [.running], to: .done, change: RowChange(), nowMillis: nowMillis)
+            try store.transition(name, from: [.running], to: .done, change: note.map { RowChange(reason: .some($0)) } ?? RowChange(), nowMillis: nowMillis)
         }
         removeMessageFile(name)
     }

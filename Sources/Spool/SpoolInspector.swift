@@ -18,6 +18,10 @@ public struct SpoolListing: Sendable, Equatable {
     /// Time since the frame was received.
     public var age: Duration
     public var attempts: Int
+    /// A dead letter's reason, or why a done entry had no handler run ("refused: …"); may be empty.
+    public var reason: String = ""
+    /// The reason in one short line for the table: "10-check: exited with status 3", "refused".
+    public var note: String { SpoolInspector.note(state: state, reason: reason) }
 }
 
 /// A single entry as `dingstream spool show KEY` prints it.
@@ -75,7 +79,8 @@ public struct SpoolInspector: Sendable {
             let (sender, text) = Self.summary(row.entry)
             return SpoolListing(
                 state: row.state, name: row.entry.name, app: row.entry.app, businessID: row.entry.key, sender: sender,
-                text: text, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts)
+                text: text, age: .milliseconds(max(0, nowMillis - row.entry.receivedMillis)), attempts: row.entry.attempts,
+                reason: row.reason ?? "")
         }
     }
 
@@ -108,12 +113,28 @@ public struct SpoolInspector: Sendable {
         }
     }
 
+    /// A reason as one line: a handler's dead letter as "<handler>: <status>", a refusal as
+    /// "refused: …", anything else as its first line; cut to `length` characters.
+    static func note(state: EntryState, reason: String, length: Int = 60) -> String {
+        let lines = reason.split(separator: "\n").map(String.init)
+        let handler = lines.first { $0.hasPrefix("handler: ") }.map { String($0.dropFirst("handler: ".count).split(separator: "/").last ?? "") }
+        let status = lines.first { $0.hasPrefix("status: ") }.map { String($0.dropFirst("status: ".count)) }
+        let line: String
+        if let handler, let status {
+            line = "\(handler): \(status)"
+        } else {
+            line = lines.first ?? ""
+        }
+        return excerpt(line, length: length)
+    }
+
     static func excerpt(_ text: String, length: Int = 40) -> String {
         let flat = text.replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\t", with: " ")
         return flat.count <= length ? flat : String(flat.prefix(length - 1)) + "…"
     }
 
-    /// A table per state (`new/ (2)` then rows of KEY, APP, SENDER, AGE, TEXT); empty states are skipped.
+    /// A table per state (`new/ (2)` then rows of KEY, APP, SENDER, AGE, TEXT, and NOTE where a
+    /// row has one: a dead letter's reason, a refusal); empty states are skipped.
     /// With `totals` (the counts per state), a state shown in part says so: `done (2 of 8)`.
     public static func table(_ listings: [SpoolListing], totals: [EntryState: Int]? = nil) -> String {
         var out = ""
@@ -123,9 +144,10 @@ public struct SpoolInspector: Sendable {
             if !out.isEmpty { out += "\n" }
             let total = totals?[state] ?? rows.count
             out += total > rows.count ? "\(state.rawValue) (\(rows.count) of \(total))\n" : "\(state.rawValue) (\(rows.count))\n"
-            let cells = [["KEY", "APP", "SENDER", "AGE", "TEXT"]]
-                + rows.map { [$0.name.value, $0.app, $0.sender, formatAge($0.age), $0.excerpt] }
-            var widths = [Int](repeating: 0, count: 5)
+            let notes = rows.contains { !$0.note.isEmpty }
+            let cells = [["KEY", "APP", "SENDER", "AGE", "TEXT"] + (notes ? ["NOTE"] : [])]
+                + rows.map { [$0.name.value, $0.app, $0.sender, formatAge($0.age), $0.excerpt] + (notes ? [$0.note] : []) }
+            var widths = [Int](repeating: 0, count: cells[0].count)
             for row in cells { for (column, cell) in row.enumerated() { widths[column] = max(widths[column], cell.count) } }
             for row in cells {
                 let padded = row.enumerated().map { column, cell in
@@ -146,7 +168,7 @@ public struct SpoolInspector: Sendable {
             [
                 "state": listing.state.rawValue, "key": listing.name.value, "app": listing.app, "businessId": listing.businessID,
                 "sender": listing.sender, "text": listing.text, "ageSeconds": listing.age.components.seconds,
-                "receivedAt": listing.name.receivedMillis, "attempts": listing.attempts,
+                "receivedAt": listing.name.receivedMillis, "attempts": listing.attempts, "reason": listing.reason,
             ]
         }
         guard let bytes = try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys, .withoutEscapingSlashes])
@@ -222,6 +244,16 @@ public struct SpoolInspector: Sendable {
                 change: RowChange(attempts: 0, notBeforeMillis: nowMillis, deliveryAttempts: 0, reason: .some(nil)),
                 nowMillis: nowMillis)
         }
+    }
+
+    /// How many entries `purge` would remove now, without removing any (`spool purge --dry-run`).
+    /// - Throws: like `purge`.
+    public func purgeable(_ state: EntryState, olderThan age: Duration) throws(SpoolError) -> Int {
+        guard state == .done || state == .failed else {
+            throw SpoolError(.notFound, path: state.rawValue, detail: "(only done and failed entries can be purged)")
+        }
+        let before = Spool.millis(now()) - Spool.millis(age)
+        return try store().listing(states: [state], limit: nil).filter { $0.entry.receivedMillis < before }.count
     }
 
     /// Removes entries of `done` (or `failed`, with their attachments) received more than `age`

@@ -43,7 +43,9 @@ public struct AppConnectionSettings: Sendable {
     public var drainTime: Duration = .seconds(15)
     /// A socket that stayed up this long has proven healthy and resets the backoff.
     public var healthyAfter: Duration = .seconds(30)
-    public var backoff = Backoff(base: .seconds(1), cap: .seconds(60))
+    /// Between failed connects. Full jitter under a 20 s cap: once DingTalk is back after an
+    /// outage, every socket is up again within 20 s (a 60 s cap left sockets down for 48 s).
+    public var backoff = Backoff(base: .seconds(1), cap: .seconds(20))
 
     public init(registration: GatewayRegistration, network: NetworkSettings, keepalive: KeepaliveSettings, connections: Int, maxConnectionAge: Duration) {
         self.registration = registration
@@ -136,7 +138,8 @@ struct ConnectionSlot: Sendable {
                     current = nil
                     logger.warning(
                         "socket closed after \(age.formattedAge): \(reason); reconnecting; \(board.census(app: settings.app, now: environment.now()).summary)",
-                        metadata: replacedMetadata(socket, age: age))
+                        // Not make-before-break: nothing was connected first.
+                        metadata: replacedMetadata(socket, age: age).merging(["message.id": "socketLost"]) { $1 })
                     if age < settings.healthyAfter {
                         let delay = settings.backoff.delay(afterFailures: failures, unit: environment.random())
                         failures += 1
@@ -267,10 +270,5 @@ extension Duration {
         if total < 60 { return "\(total)s" }
         if total < 3600 { return String(format: "%dm%02ds", total / 60, total % 60) }
         return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60)
-    }
-
-    var formattedSeconds: String {
-        let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
-        return String(format: "%.1fs", seconds)
     }
 }

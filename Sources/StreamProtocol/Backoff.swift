@@ -25,3 +25,12 @@ public struct Backoff: Sendable, Equatable {
         ceiling(afterFailures: failures) * min(max(unit, 0), 1)
     }
 }
+
+extension Duration {
+    /// A backoff delay for log lines, in tenths of a second: `0.4s`, `12.7s`.
+    public var formattedSeconds: String {
+        let (seconds, attoseconds) = components
+        let tenths = max(0, seconds * 10 + (attoseconds + 50_000_000_000_000_000) / 100_000_000_000_000_000)
+        return "\(tenths / 10).\(tenths % 10)s"
+    }
+}

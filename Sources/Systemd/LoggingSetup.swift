@@ -30,10 +30,11 @@ public enum LoggingSetup {
 
     /// A handler for `destination`. Under systemd without the journal, timestamps are still
     /// written, since the target may be a plain file.
-    public static func makeHandler(label: String, destination: LogDestination, level: Logger.Level) -> any LogHandler {
+    /// `colour`: the level words in colour on stderr (see `StderrLogHandler.wantsColour`).
+    public static func makeHandler(label: String, destination: LogDestination, level: Logger.Level, colour: Bool = false) -> any LogHandler {
         switch destination {
         case .journal: JournalLogHandler(label: label, level: level)
-        case .stderr: StderrLogHandler(label: label, level: level)
+        case .stderr: StderrLogHandler(label: label, level: level, colour: colour)
         }
     }
 
@@ -42,7 +43,8 @@ public enum LoggingSetup {
     @discardableResult
     public static func bootstrap(environment: [String: String], level: Logger.Level) -> LogDestination {
         let destination = destination(environment: environment)
-        LoggingSystem.bootstrap { label in makeHandler(label: label, destination: destination, level: level) }
+        let colour = StderrLogHandler.wantsColour(environment: environment)
+        LoggingSystem.bootstrap { label in makeHandler(label: label, destination: destination, level: level, colour: colour) }
         return destination
     }
 }

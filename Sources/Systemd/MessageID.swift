@@ -9,6 +9,9 @@ public enum MessageID: String, Sendable, CaseIterable {
     case socketUp = "d6a71f500b234bf4a1c42d4cee205577"
     /// A socket was replaced make-before-break (rotation, server `disconnect`, deaf socket).
     case socketReplaced = "cd56990886c54025977de7522ed0c0da"
+    /// A socket closed without warning (the server or the network dropped it): nothing replaced
+    /// it first, the slot reconnects.
+    case socketLost = "e8b95d5c0956475a94b0cd10607b1b8c"
     /// An inbound message was durably written to the spool (and may be acked).
     case messageCommitted = "16027d6b8fb045cd82815e1db6aa7944"
     /// A handler exited non-zero, was killed, or timed out.

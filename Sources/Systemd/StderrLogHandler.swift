@@ -17,16 +17,19 @@ public struct StderrLogHandler: LogHandler {
     private let label: String
     private let fileDescriptor: Int32
     private let timestamps: Bool
+    private let colour: Bool
 
     /// - Parameters:
     ///   - fileDescriptor: where lines go; tests pass a file or pipe.
     ///   - timestamps: off when a collector adds its own (e.g. systemd's `StandardError=`).
+    ///   - colour: the level in colour (warnings yellow, errors red); for a terminal only.
     public init(label: String, level: Logger.Level = .info, fileDescriptor: Int32 = 2, timestamps: Bool = true,
-                metadataProvider: Logger.MetadataProvider? = nil) {
+                colour: Bool = false, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
         self.logLevel = level
         self.fileDescriptor = fileDescriptor
         self.timestamps = timestamps
+        self.colour = colour
         self.metadataProvider = metadataProvider
     }
 
@@ -40,7 +43,7 @@ public struct StderrLogHandler: LogHandler {
         if let error = event.error { merged["error"] = .string("\(error)") }
         let line = StderrLogHandler.format(
             timestamp: timestamps ? StderrLogHandler.now() : nil, level: event.level, label: label,
-            message: event.message.description, metadata: merged)
+            message: event.message.description, metadata: merged, colour: colour)
         let bytes = Array((line + "\n").utf8)
         var offset = 0
         while offset < bytes.count {
@@ -56,13 +59,34 @@ public struct StderrLogHandler: LogHandler {
     /// One line: `[timestamp ]level label: message key=value …`, keys sorted, values with spaces,
     /// quotes or `=` quoted, newlines escaped so one event stays one line.
     public static func format(timestamp: String?, level: Logger.Level, label: String, message: String,
-                              metadata: Logger.Metadata) -> String {
+                              metadata: Logger.Metadata, colour: Bool = false) -> String {
         var line = timestamp.map { $0 + " " } ?? ""
-        line += "\(level) \(label): \(escapeNewlines(message))"
+        line += "\(colour ? coloured(level) : "\(level)") \(label): \(escapeNewlines(message))"
         for key in metadata.keys.sorted() {
             line += " \(key)=\(quoted(metadata[key]?.description ?? ""))"
         }
         return line
+    }
+
+    /// The level word in ANSI colour: quiet levels dim, warnings yellow, errors red.
+    static func coloured(_ level: Logger.Level) -> String {
+        let code = switch level {
+        case .trace, .debug: "2"
+        case .info: "0"
+        case .notice: "1"
+        case .warning: "33"
+        case .error: "31"
+        case .critical: "1;31"
+        }
+        return "\u{1B}[\(code)m\(level)\u{1B}[0m"
+    }
+
+    /// Colour only where a person watches: `fileDescriptor` is a terminal, `NO_COLOR` is not set
+    /// (no-color.org) and `TERM` is not `dumb`. Never into a pipe, a file or the journal.
+    public static func wantsColour(environment: [String: String], fileDescriptor: Int32 = 2) -> Bool {
+        guard isatty(fileDescriptor) == 1 else { return false }
+        if let noColour = environment["NO_COLOR"], !noColour.isEmpty { return false }
+        return environment["TERM"] != "dumb"
     }
 
     private static func escapeNewlines(_ text: String) -> String {

@@ -30,7 +30,7 @@ struct SimulatorCommand: AsyncParsableCommand {
         var apps: [SimulatedApp] = []
         for spec in app {
             let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
-            guard parts.count == 3 else { throw ValidationError("--app \(spec): write NAME:CLIENT_ID:SECRET") }
+            guard parts.count == 3 else { throw usageError("--app \(spec): write NAME:CLIENT_ID:SECRET", Self.self) }
             apps.append(SimulatedApp(name: parts[0], clientId: parts[1], clientSecret: parts[2]))
         }
         var configuration = SimulatorConfiguration(apps: apps)
@@ -111,7 +111,7 @@ struct SpoolCommand: AsyncParsableCommand {
                 } else if let key {
                     print("\(try inspector.retry(key)) put back")
                 } else {
-                    throw ValidationError("name an entry or pass --all-failed")
+                    throw usageError("name an entry or pass --all-failed", Self.self)
                 }
             }
         }
@@ -124,6 +124,7 @@ struct SpoolCommand: AsyncParsableCommand {
         @OptionGroup var options: ConfigOption
         @Option(help: "Age such as 7d, 12h.") var doneOlderThan: String?
         @Option(help: "Age such as 30d; dead letters with their reasons and attachments.") var failedOlderThan: String?
+        @Flag(help: "Only say how many entries would be purged.") var dryRun = false
 
         func validate() throws {
             if doneOlderThan == nil && failedOlderThan == nil {
@@ -137,11 +138,16 @@ struct SpoolCommand: AsyncParsableCommand {
             for (state, text, flag) in [(EntryState.done, doneOlderThan, "--done-older-than"), (.failed, failedOlderThan, "--failed-older-than")] {
                 guard let text else { continue }
                 guard let age = DurationText.parse(text) else {
-                    throw ValidationError("\(flag) \(text): write an age such as 12h, 7d or 2w (at most 100 years)")
+                    throw usageError("\(flag) \(text): write an age such as 12h, 7d or 2w (at most 100 years)", Self.self)
                 }
                 try reportingSpoolErrors {
-                    let count = try inspector.purge(state, olderThan: age, dedupWindow: configuration.dedupWindow)
-                    print("\(count) \(state.rawValue) entr\(count == 1 ? "y" : "ies") purged")
+                    if dryRun {
+                        let count = try inspector.purgeable(state, olderThan: age)
+                        print("\(count) \(state.rawValue) entr\(count == 1 ? "y" : "ies") would be purged (dry run: nothing removed)")
+                    } else {
+                        let count = try inspector.purge(state, olderThan: age, dedupWindow: configuration.dedupWindow)
+                        print("\(count) \(state.rawValue) entr\(count == 1 ? "y" : "ies") purged")
+                    }
                 }
             }
         }
@@ -175,7 +181,10 @@ struct Status: ParsableCommand {
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() throws {
-        let configuration = try? DingStream.Configuration.load(path: options.config, environment: environment())
+        // The default file is 0640 root:dingstream: a user who cannot read it still sees the
+        // status under /run. A file named with --config must be there and valid.
+        let defaultUnreadable = options.config == DingStream.Configuration.defaultPath && !FileManager.default.isReadableFile(atPath: options.config)
+        let configuration = defaultUnreadable ? nil : try loadConfiguration(options)
         if !json, let configuration, configuration.cluster != nil { printCluster(configuration) }
         let file = (configuration?.runtimeDirectory ?? "/run/dingstream") + "/status.json"
         guard let data = FileManager.default.contents(atPath: file),
@@ -256,26 +265,35 @@ struct Send: AsyncParsableCommand {
         let logger = DingStream.bootstrapLogging(environment: environment(), level: .warning)
         let configuration = try loadConfiguration(options)
         guard let appConfiguration = app.map({ name in configuration.apps.first { $0.name == name } }) ?? (configuration.apps.count == 1 ? configuration.apps.first : nil) else {
-            throw ValidationError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))")
+            throw usageError("name the app with --app (\(configuration.apps.map(\.name).joined(separator: ", ")))", Self.self)
         }
         let users = userOptions.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard users.isEmpty != (group == nil) else { throw ValidationError("give either --user ID (repeatable) or --group CID") }
+        guard users.isEmpty != (group == nil) else { throw usageError("give either --user ID (repeatable) or --group CID", Self.self) }
         var body = text.joined(separator: " ")
         if body.isEmpty || body == "-" {
             // A terminal on stdin means nobody is piping anything: waiting would look like a hang.
             guard isatty(STDIN_FILENO) == 0 else {
-                throw ValidationError("no text to send; give it after the options (send --user ID \"text\") or pipe it on stdin")
+                throw usageError("no text to send; give it after the options (send --user ID \"text\") or pipe it on stdin", Self.self)
             }
             body = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         }
         body = body.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !body.isEmpty else {
-            throw ValidationError("the message is empty; give the text after the options (send --user ID \"text\") or pipe it on stdin")
+            throw usageError("the message is empty; give the text after the options (send --user ID \"text\") or pipe it on stdin", Self.self)
         }
         let message: ReplyMessage = markdown.map { .markdown(title: $0, text: body) } ?? .text(body)
         if let cut = message.split().last?.cutBytes {
             FileHandle.standardError.write(Data(
                 "warning: the text is longer than \(ReplyMessage.defaultMaxParts) messages of \(ReplyMessage.defaultPartBytes) bytes; the last \(cut) bytes are cut\n".utf8))
+        }
+        // A local simulator or sandbox that is not running refuses at once; the HTTP client
+        // would try again until its timeout before saying so.
+        if appConfiguration.proxy == nil, let url = URL(string: appConfiguration.apiBase), let host = url.host,
+            host == "localhost" || host.hasPrefix("127."),
+            let failure = DingStream.Sandbox.connectFailure(host: host == "localhost" ? "127.0.0.1" : host, port: url.port ?? (url.scheme == "https" ? 443 : 80))
+        {
+            FileHandle.standardError.write(Data("cannot reach api_base \(appConfiguration.apiBase) of app \(appConfiguration.name): \(failure); is the simulator or sandbox running?\n".utf8))
+            throw ExitCode(69)
         }
         let network = NetworkSettings.resolve(proxy: appConfiguration.proxy, caFile: appConfiguration.caFile, environment: environment())
         let client = try network.makeHTTPClient(for: appConfiguration.apiBase)
@@ -287,7 +305,9 @@ struct Send: AsyncParsableCommand {
         let sender = ProactiveSender(client: api)
         let summary = if let group { await sender.send(message: message, group: group) } else { await sender.send(message: message, users: users) }
         try? await client.shutdown()
-        print(summary.lines.joined(separator: "\n"))
+        // A failure (whole or partial) is an error: stderr, where cron mails and scripts look.
+        let report = Data((summary.lines.joined(separator: "\n") + "\n").utf8)
+        if summary.exitStatus == 0 { FileHandle.standardOutput.write(report) } else { FileHandle.standardError.write(report) }
         throw ExitCode(summary.exitStatus)
     }
 }
@@ -299,6 +319,13 @@ func checkPort(_ port: Int, allowAny: Bool = false) throws {
     guard range.contains(port) else {
         throw ValidationError("--port \(port) is not a TCP port; use \(range.lowerBound) to 65535")
     }
+}
+
+/// A usage error found in `run()`. ArgumentParser prints the root command's usage for an error
+/// thrown there; this prints the subcommand's own, then the command exits 64 (EX_USAGE).
+func usageError(_ message: String, _ command: any ParsableCommand.Type) -> ExitCode {
+    FileHandle.standardError.write(Data("Error: \(message)\nUsage: \(Dingstream.usageString(for: command))\n  See --help for more.\n".utf8))
+    return ExitCode.validationFailure
 }
 
 /// The configuration of a command; on error it is printed and the command exits 78 (EX_CONFIG).

@@ -13,6 +13,13 @@ struct Dingstream: AsyncParsableCommand {
             Run.self, DoctorCommand.self, Sandbox.self, SimulatorCommand.self, SpoolCommand.self, HandlersCommand.self, Send.self,
             Status.self, Version.self,
         ])
+
+    /// No subcommand: the usage on stderr and exit 64 (EX_USAGE), so that a script calling
+    /// `dingstream` without arguments does not pass for a success.
+    func run() async throws {
+        FileHandle.standardError.write(Data((Self.helpMessage() + "\n").utf8))
+        throw ExitCode.validationFailure
+    }
 }
 
 struct ConfigOption: ParsableArguments {
@@ -71,6 +78,6 @@ struct Sandbox: AsyncParsableCommand {
 }
 
 struct Version: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the version.")
-    func run() { print("dingstream \(Daemon.version)") }
+    static let configuration = CommandConfiguration(abstract: "Print the version and how this binary was built.")
+    func run() { print(BuildInfo.line) }
 }

@@ -79,6 +79,111 @@ struct CommandLineTests {
             }
         }
     }
+    /// Issue 15, bug 8: a reload said "reloaded" and ignored log_level, workers, retention and
+    /// more. Now log_level and workers apply at once, and what needs a restart is named.
+    @Test(.timeLimit(.minutes(1)))
+    func reloadAppliesTheLogLevelAndNamesWhatNeedsARestart() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-echo", "#!/bin/sh\nprintf 'echo %s' \"$DINGSTREAM_TEXT\"\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator, workers: 2, logLevel: "info")
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                _ = try simulator.injectText("before", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the first reply") {
+                    deliveredReplies(simulator, app: "helpdesk").contains { $0.content == "echo before" }
+                }
+                #expect(!daemon.log.contains(" debug dingstream: "), "no debug line at log_level info")
+                let good = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
+                let changed = good
+                    .replacingOccurrences(of: #"log_level = "info""#, with: "log_level = \"debug\"\nretention = \"3d\"")
+                    .replacingOccurrences(of: "workers = 2", with: "workers = 3")
+                try #require(changed != good)
+                try Data(changed.utf8).write(to: URL(fileURLWithPath: daemon.configPath))
+                daemon.send(signal: SIGHUP)
+                try await poll(timeout: .seconds(20), "the reload") { daemon.log.contains("configuration reloaded") }
+                #expect(daemon.log.contains("applied log_level info → debug; workers 2 → 3"))
+                #expect(daemon.log.contains("need a restart (systemctl restart dingstream): retention 7d → 3d"))
+                _ = try simulator.injectText("after", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "a debug line after the reload") { daemon.log.contains(" debug dingstream: ") }
+                try await daemon.terminate()
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
+
+    /// Issue 15 (polish): without arguments dingstream printed its help and exited 0, so a
+    /// script calling it wrongly passed for a success.
+    @Test(.timeLimit(.minutes(1)))
+    func noArgumentsPrintsTheUsageAndExits64() async throws {
+        let result = try await CommandRun.run([])
+        #expect(result.status == 64, "\(result.status)")
+        #expect(result.stderr.contains("SUBCOMMANDS") && result.stderr.contains("run"), "\(result.stderr)")
+        #expect(result.stdout.isEmpty)
+    }
+
+    /// Issue 15 (polish): `version` showed the version only; it also says how the binary was built.
+    @Test(.timeLimit(.minutes(1)))
+    func versionShowsTheBuild() async throws {
+        let result = try await CommandRun.run(["version"])
+        #expect(result.status == 0)
+        // The tests run the debug build of the binary.
+        #expect(result.stdout.hasPrefix("dingstream 0.1.0 (debug build, Swift 6."), "\(result.stdout)")
+        #expect(result.stdout.contains("binary of 20"), "\(result.stdout)")
+    }
+
+    /// Issue 15 (confusing): a usage error found after the options were read printed the root
+    /// command's usage line; it prints the subcommand's.
+    @Test(.timeLimit(.minutes(1)))
+    func aUsageErrorShowsTheSubcommandsUsage() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let config = try folder.write("ok.toml", "spool_dir = \"\(folder.path)/spool\"\n" + Self.app)
+        let retry = try await CommandRun.run(["spool", "retry", "--config", config])
+        #expect(retry.status == 64, "\(retry.status) \(retry.stderr)")
+        #expect(retry.stderr.contains("name an entry or pass --all-failed"), "\(retry.stderr)")
+        #expect(retry.stderr.contains("Usage: dingstream spool retry"), "\(retry.stderr)")
+        let send = try await CommandRun.run(["send", "--config", config, "hello"])
+        #expect(send.status == 64, "\(send.status) \(send.stderr)")
+        #expect(send.stderr.contains("Usage: dingstream send"), "\(send.stderr)")
+    }
+
+    /// Issue 15 (confusing): `status --config missing.toml` silently read /run/dingstream.
+    @Test(.timeLimit(.minutes(1)))
+    func statusWithAMissingConfigurationIsAnError() async throws {
+        let result = try await CommandRun.run(["status", "--config", "/nonexistent/missing.toml"])
+        #expect(result.status == 78, "\(result.status) \(result.stdout) \(result.stderr)")
+        #expect(result.stderr.contains("/nonexistent/missing.toml"), "\(result.stderr)")
+        #expect(!result.stdout.contains("/run/dingstream"), "\(result.stdout)")
+    }
+
+    /// Issue 15 (confusing): an unknown msgtype was forwarded without a word, and the stderr of
+    /// a handler that succeeded was dropped. The daemon warns, and logs stderr at info.
+    @Test(.timeLimit(.minutes(1)))
+    func handlerOutputProblemsAndStderrAreLogged() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-odd", "#!/bin/sh\necho 'note from the handler' >&2\nprintf '{\"msgtype\":\"bogus\"}'\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                _ = try simulator.injectText("odd", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the warning") { daemon.log.contains(#"msgtype "bogus" is not one DingTalk takes"#) }
+                #expect(daemon.log.contains("info dingstream: handler wrote to stderr: note from the handler"), "\(daemon.log)")
+                try await daemon.terminate()
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
+
     /// A SIGHUP during start-up, before the reloader listens, used to end the daemon (the
     /// signal's default action).
     @Test(.timeLimit(.minutes(1)))

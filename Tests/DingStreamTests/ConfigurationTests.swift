@@ -205,4 +205,38 @@ struct ConfigurationTests {
         let loaded = #expect(throws: ConfigurationError.self) { try Configuration.load(path: path, environment: [:]) }
         #expect(loaded?.description.contains("--config") == true)
     }
+    /// Issue 15: TOML this reader does not take was answered with "quote strings"; it says
+    /// "not supported" (or out of range) instead, naming the line.
+    @Test func unsupportedTOMLIsNamedAsSuch() {
+        let cases: [(String, String)] = [
+            ("spool_dir = '''/tmp/a'''\n", "multi-line literal strings"),
+            ("workers = 0x4\n", "hexadecimal, octal and binary numbers are not supported"),
+            ("workers = 0o17\n", "hexadecimal, octal and binary numbers are not supported"),
+            ("when = 1979-05-27T07:32:00Z\n", "dates and times are not supported"),
+            ("when = 07:32:00\n", "dates and times are not supported"),
+            ("workers = 99999999999999999999\n", "beyond the range of a 64-bit integer"),
+            ("workers = -inf\n", "inf and nan are not supported"),
+        ]
+        for (text, expected) in cases {
+            let error = #expect(throws: ConfigurationError.self, "\(text)") { try parse("# first\n" + text + Self.minimalApp) }
+            #expect(error?.line == 2, "\(text)")
+            #expect(error?.description.contains(expected) == true, "\(String(describing: error))")
+            #expect(error?.description.contains("quote strings") == false, "\(String(describing: error))")
+        }
+    }
+
+    /// Issue 15, bug 8: what a reload applies, and which changed keys wait for a restart.
+    @Test func aReloadSummaryNamesAppliedKeysAndThoseNeedingARestart() throws {
+        let running = try parse("workers = 4\n" + Self.minimalApp)
+        let new = try parse("workers = 8\nlog_level = \"debug\"\nretention = \"3d\"\nready_timeout = \"1m\"\nshutdown_grace = \"5s\"\n" + Self.minimalApp)
+        #expect(Configuration.liveChanges(from: running, to: new).map(\.description) == ["log_level info → debug", "workers 4 → 8", "shutdown_grace 20s → 5s"])
+        #expect(Configuration.restartChanges(from: running, to: new).map(\.description) == ["retention 7d → 3d", "ready_timeout 30s → 1m"])
+        let summary = Configuration.reloadSummary(path: "test.toml", from: running, started: running, to: new)
+        #expect(summary.contains("applied log_level info → debug; workers 4 → 8; shutdown_grace 20s → 5s"), "\(summary)")
+        #expect(summary.hasSuffix("need a restart (systemctl restart dingstream): retention 7d → 3d; ready_timeout 30s → 1m"), "\(summary)")
+        // Reloading the same file again: the restart keys are still pending, nothing else changed.
+        let again = Configuration.reloadSummary(path: "test.toml", from: new, started: running, to: new)
+        #expect(again.contains("nothing changed that applies at once") && again.contains("retention 7d → 3d"), "\(again)")
+        #expect(Configuration.reloadSummary(path: "t", from: running, started: running, to: running) == "configuration reloaded from t: nothing changed that applies at once")
+    }
 }

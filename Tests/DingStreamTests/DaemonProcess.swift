@@ -113,22 +113,27 @@ final class DaemonProcess {
         try await stop(signal: SIGTERM)
     }
 
+    /// Waits for an exit already asked for (a signal sent with `send`); SIGKILL after 20 s.
+    func waitForExit() async throws {
+        try await stop(signal: nil)
+    }
+
     /// Exit status of the last process that ended, nil before any did.
     private(set) var lastExitStatus: Int32?
 
-    private func stop(signal: Int32) async throws {
+    private func stop(signal: Int32?) async throws {
         guard let child = process else { return }
         defer { if !child.isRunning { lastExitStatus = child.terminationStatus } }
         process = nil
         guard child.isRunning else { return }
-        Foundation.kill(child.processIdentifier, signal)
+        if let signal { Foundation.kill(child.processIdentifier, signal) }
         let clock = ContinuousClock()
         let end = clock.now + .seconds(20)
         while child.isRunning {
             if clock.now >= end {
                 Foundation.kill(child.processIdentifier, SIGKILL)
                 child.waitUntilExit()
-                throw DaemonProcessError(message: "the daemon did not exit within 20 s of signal \(signal)")
+                throw DaemonProcessError(message: "the daemon did not exit within 20 s of signal \(signal.map { "\($0)" } ?? "sent before")")
             }
             try await Task.sleep(for: .milliseconds(10))
         }

@@ -1,5 +1,7 @@
 import Foundation
+import Handlers
 import Simulator
+import StreamProtocol
 import Testing
 
 @testable import DingStream
@@ -71,5 +73,70 @@ import Testing
         let dns = try #require(checks.first { $0.subject == "app lost" })
         #expect(dns.outcome == .failed)
         #expect(dns.detail.hasPrefix("DNS: dingstream-test.invalid does not resolve"))
+    }
+
+    /// Issue 15 (confusing): with the default allowed_users = [] the bot answers nobody, and doctor
+    /// said "all checks passed".
+    @Test(.timeLimit(.minutes(1))) func anEmptyAllowlistIsAWarningThatSaysHowToOpenIt() throws {
+        var configuration = Configuration()
+        var closed = Configuration.App(name: "helpdesk", clientID: "id", clientSecret: "s")
+        closed.allowedUsers = []
+        var open = Configuration.App(name: "ops", clientID: "id2", clientSecret: "s")
+        open.allowedUsers = ["*"]
+        var events = Configuration.App(name: "events", clientID: "id3", clientSecret: "s")
+        events.subscriptions = [.events]
+        configuration.apps = [closed, open, events]
+        let checks = Doctor.accessChecks(configuration)
+        #expect(checks.count == 1, "only the closed bot: \(checks)")
+        #expect(checks.first?.subject == "app helpdesk" && checks.first?.outcome == .warning)
+        #expect(checks.first?.detail.contains("nobody can talk to the bot") == true)
+        #expect(checks.first?.detail.contains(#"allowed_users = ["*"]"#) == true)
+    }
+
+    /// Issue 15 (confusing): an inline secret in a configuration every user can read, or a 0666
+    /// secret file, passed doctor.
+    @Test(.timeLimit(.minutes(1))) func secretsReadableByOthersAreWarnings() throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let secretFile = harness.root + "/ops.secret"
+        try "ops-secret\n".write(toFile: secretFile, atomically: true, encoding: .utf8)
+        let path = harness.root + "/dingstream.toml"
+        try """
+            spool_dir = "\(harness.spool)"
+            [[app]]
+            name = "helpdesk"
+            client_id = "id"
+            client_secret = "inline-secret"
+            [[app]]
+            name = "ops"
+            client_id = "id2"
+            client_secret_file = "\(secretFile)"
+
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let configuration = try Configuration.load(path: path, environment: [:])
+        chmod(path, 0o640)
+        chmod(secretFile, 0o640)
+        #expect(Doctor.secretChecks(configuration, path: path).isEmpty, "0640 files are fine")
+        chmod(path, 0o644)
+        chmod(secretFile, 0o666)
+        let checks = Doctor.secretChecks(configuration, path: path)
+        #expect(checks.count == 2, "\(checks)")
+        #expect(checks.allSatisfy { $0.outcome == .warning })
+        #expect(checks.contains { $0.detail.contains("client_secret of helpdesk") && $0.detail.contains("chmod 0640 \(path)") })
+        #expect(checks.contains { $0.detail.contains("\(secretFile) of app ops has mode 0666") })
+        #expect(!checks.map(\.detail).joined().contains("secret\n") && !checks.map(\.detail).joined().contains("inline-secret"))
+    }
+
+    /// Issue 15 (confusing): the handler line said "2 will run" while 9 were skipped.
+    @Test(.timeLimit(.minutes(1))) func theHandlerLineCountsTheSkippedOnes() throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-echo", "#!/bin/sh\necho hi\n")
+        try harness.addHandler("20-notes.txt", "not a handler name\n")
+        FileManager.default.createFile(atPath: harness.handlers + "/30-off", contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o644])
+        let scan = HandlerDirectory.scan(path: harness.handlers, allowedOwners: HandlerDirectory.allowedOwners())
+        let line = try #require(Doctor.handlerChecks(scan).first)
+        #expect(line.outcome == .ok)
+        #expect(line.detail == "1 will run: 10-echo; 2 skipped (`dingstream handlers check` says why)", "\(line.detail)")
     }
 }

@@ -88,4 +88,47 @@ struct ShutdownTests {
             }
         }
     }
+
+    /// Issue 15, bug 12: a handler that ended during the shutdown grace had its reply sent only
+    /// after the next start (the outbox stopped as soon as the dispatcher had), and the stop said
+    /// nothing of what it waited for. Now the outbox delivers until the grace ends.
+    @Test(.timeLimit(.minutes(1)))
+    func aReplyMadeDuringTheGraceIsSentBeforeTheDaemonExits() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let runLog = harness.root + "/runs.log"
+        let gate = harness.root + "/let-it-finish"
+        try harness.addHandler(
+            "10-gated",
+            """
+            #!/bin/sh
+            echo "run" >> '\(runLog)'
+            while [ ! -e '\(gate)' ]; do sleep 0.05; done
+            printf 'finished %s' "$DINGSTREAM_TEXT"
+
+            """)
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                let message = try simulator.injectText("in the grace", app: "helpdesk")
+                try await poll(timeout: .seconds(20), "the handler running") {
+                    (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("run") == true
+                }
+                daemon.send(signal: SIGTERM)
+                try await poll(timeout: .seconds(10), "the stop announced") { daemon.log.contains("stopping: closing the sockets") }
+                FileManager.default.createFile(atPath: gate, contents: nil)
+                try await daemon.waitForExit()
+                #expect(daemon.lastExitStatus == 0)
+                #expect(deliveredReplies(simulator, app: "helpdesk").contains { $0.content == "finished in the grace" }, "reply sent before the exit")
+                let row = try SpoolInspector(directory: harness.spool).resolve(message.msgId)
+                #expect(row.state == .done, "state \(row.state)")
+                #expect(daemon.log.contains("waiting up to"), "the stop says what it waits for")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
 }

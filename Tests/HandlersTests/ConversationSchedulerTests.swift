@@ -137,4 +137,36 @@ final class EventLog: Sendable {
         #expect(scheduler.snapshot == .init(queued: 0, running: 0))
         #expect(!scheduler.submit(conversation: "late") {})
     }
+
+    /// A reload's new `workers` counts at once: with one worker, three waiting jobs of three
+    /// conversations run one at a time; raised to three, all three run together (each waits for
+    /// the others, so the test only ends when they do).
+    @Test(.timeLimit(.minutes(1)))
+    func moreWorkersLetQueuedJobsStartAtOnce() async throws {
+        let scheduler = ConversationScheduler(workers: 1)
+        let firstRunning = Gate()
+        let allRunning = Gate()
+        let started = Mutex(0)
+        let finished = Mutex(0)
+        let done = Gate()
+        for index in 0..<3 {
+            scheduler.submit(conversation: "c\(index)") {
+                let count = started.withLock { $0 += 1; return $0 }
+                if count == 1 { firstRunning.open() }
+                if count == 3 { allRunning.open() }
+                await allRunning.wait()
+                if finished.withLock({ $0 += 1; return $0 }) == 3 { done.open() }
+            }
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            await firstRunning.wait()
+            #expect(scheduler.snapshot == .init(queued: 2, running: 1))
+            scheduler.setWorkers(3)
+            #expect(scheduler.workers == 3)
+            await done.wait()
+            scheduler.shutdown()
+        }
+        #expect(started.withLock { $0 } == 3)
+    }
 }

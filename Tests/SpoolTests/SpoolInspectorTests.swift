@@ -154,4 +154,44 @@ import Testing
         }
     }
 
+    /// Issue 15 (confusing, polish): a refused message looked like any handled one in `spool ls`,
+    /// a dead letter showed no reason there, and `spool purge` had no dry run.
+    @Test(.timeLimit(.minutes(1))) func listingShowsRefusalsAndReasonsAndPurgeHasADryRun() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            let spool = Spool(directory: root, logger: LogSink().logger, now: clock.closure)
+            try spool.open()
+            defer { spool.close() }
+            let names = try await withRunning(spool) {
+                var names: [EntryName] = []
+                for id in ["refused", "failed", "fine"] {
+                    if case .stored(let name) = await spool.store(botRecord(msgID: id, millis: millis(clock.now))) { names.append(name) }
+                }
+                return names
+            }
+            try #require(names.count == 3)
+            _ = try spool.claim(names[0])
+            try spool.complete(names[0], replies: nil, note: "refused: 0423297 is not in allowed_users of app helpdesk\n")
+            _ = try spool.claim(names[1])
+            try spool.deadLetter(names[1], reason: "handler: /var/spool/dingstream/handlers/10-check\nstatus: exited with status 3\nduration: 0.010s\n")
+            _ = try spool.claim(names[2])
+            try spool.complete(names[2], replies: nil)
+
+            let inspector = SpoolInspector(directory: root, now: clock.closure)
+            let listing = try inspector.list()
+            let table = SpoolInspector.table(listing)
+            #expect(table.contains("NOTE"), "\(table)")
+            #expect(table.contains("refused: 0423297 is not in allowed_users of app helpdesk"), "\(table)")
+            #expect(table.contains("10-check: exited with status 3"), "\(table)")
+            #expect(listing.first { $0.name == names[2] }?.note == "", "a plain done entry has no note")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(SpoolInspector.json(listing).utf8)) as? [[String: Any]])
+            #expect(json.contains { ($0["reason"] as? String)?.contains("duration: 0.010s") == true }, "--json has the whole reason")
+
+            clock.advance(2 * 86400)
+            #expect(try inspector.purgeable(.done, olderThan: .seconds(86400)) == 2)
+            #expect(try inspector.purgeable(.failed, olderThan: .seconds(86400)) == 1)
+            #expect(try inspector.purgeable(.done, olderThan: .seconds(3 * 86400)) == 0)
+            #expect(try inspector.list(states: [.done]).count == 2, "a dry run removes nothing")
+        }
+    }
 }

@@ -76,8 +76,8 @@ extension Spool {
         try transaction { writer throws(SpoolError) in try writer.store.names(in: state, dueBy: nil, limit: .max).map(\.name) }
     }
 
-    func complete(_ name: EntryName, replies: [Data]?) throws(SpoolError) {
-        try transaction { writer throws(SpoolError) in try writer.complete(name, replies: replies) }
+    func complete(_ name: EntryName, replies: [Data]?, note: String? = nil) throws(SpoolError) {
+        try transaction { writer throws(SpoolError) in try writer.complete(name, replies: replies, note: note) }
     }
 
     func deadLetter(_ name: EntryName, reason: String) throws(SpoolError) {

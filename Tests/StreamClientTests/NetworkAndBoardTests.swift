@@ -136,4 +136,23 @@ struct NetworkAndBoardTests {
             #expect(board.snapshot()[Self.app] == nil, "a stopped app leaves the board")
         }
     }
+
+    /// Issue 15 (confusing): a socket the server dropped was logged with the make-before-break
+    /// MESSAGE_ID (socketReplaced), so `journalctl MESSAGE_ID=…` mixed losses with rotations.
+    @Test(.timeLimit(.minutes(1)))
+    func aLostSocketIsLoggedWithItsOwnMessageID() async throws {
+        try await DingTalkSimulator.withRunning(.single(Self.app)) { sim in
+            let log = CapturedLog()
+            let board = ConnectionBoard()
+            try await withSupervisor(settings(for: sim, connections: 1), board: board, logger: log.logger) {
+                try await eventually("a socket") { board.census(app: Self.app).up == 1 }
+                let socket = try #require(sim.liveSockets(app: Self.app).first)
+                try sim.disconnect(socket: socket.id, mode: .abruptClose)
+                try await eventually("the loss logged") { !log.entries(messageID: "socketLost").isEmpty }
+                let lost = try #require(log.entries(messageID: "socketLost").first)
+                #expect("\(lost.message)".contains("socket closed after "), "\(lost.message)")
+                #expect(log.entries(messageID: "socketReplaced").isEmpty, "a loss is not a replacement")
+            }
+        }
+    }
 }

@@ -150,3 +150,37 @@ import Glibc
         #expect(StatusLine(phase: "ready", apps: [.init(name: "a", up: 1, wanted: 2)], queued: 0, failed: 0).everyAppLive)
     }
 }
+
+@Suite struct ColourTests {
+    /// Issue 15 (polish): no colour on a terminal. Now the level is coloured there, and only there.
+    @Test(.timeLimit(.minutes(1))) func levelsAreColouredOnATerminalOnly() throws {
+        // A real pseudo-terminal, as a person's shell has. Glibc's module leaves out the pty
+        // calls (they need _XOPEN_SOURCE), so they are looked up in the C library.
+        typealias IntCall = @convention(c) (Int32) -> Int32
+        typealias NameCall = @convention(c) (Int32) -> UnsafeMutablePointer<CChar>?
+        let library = dlopen(nil, RTLD_NOW)
+        let openpt = unsafeBitCast(try #require(dlsym(library, "posix_openpt")), to: IntCall.self)
+        let grant = unsafeBitCast(try #require(dlsym(library, "grantpt")), to: IntCall.self)
+        let unlock = unsafeBitCast(try #require(dlsym(library, "unlockpt")), to: IntCall.self)
+        let name = unsafeBitCast(try #require(dlsym(library, "ptsname")), to: NameCall.self)
+        let master = openpt(O_RDWR | O_NOCTTY)
+        try #require(master >= 0)
+        defer { close(master) }
+        try #require(grant(master) == 0 && unlock(master) == 0)
+        let terminal = open(String(cString: try #require(name(master))), O_RDWR | O_NOCTTY)
+        try #require(terminal >= 0)
+        defer { close(terminal) }
+        #expect(StderrLogHandler.wantsColour(environment: ["TERM": "xterm"], fileDescriptor: terminal))
+        #expect(!StderrLogHandler.wantsColour(environment: ["TERM": "xterm", "NO_COLOR": "1"], fileDescriptor: terminal))
+        #expect(!StderrLogHandler.wantsColour(environment: ["TERM": "dumb"], fileDescriptor: terminal))
+        var pipeEnds: [Int32] = [0, 0]
+        try #require(pipe(&pipeEnds) == 0)
+        defer { close(pipeEnds[0]); close(pipeEnds[1]) }
+        #expect(!StderrLogHandler.wantsColour(environment: ["TERM": "xterm"], fileDescriptor: pipeEnds[1]), "never into a pipe")
+
+        let coloured = StderrLogHandler.format(timestamp: nil, level: .error, label: "dingstream", message: "boom", metadata: [:], colour: true)
+        #expect(coloured == "\u{1B}[31merror\u{1B}[0m dingstream: boom")
+        let plain = StderrLogHandler.format(timestamp: nil, level: .error, label: "dingstream", message: "boom", metadata: [:])
+        #expect(plain == "error dingstream: boom")
+    }
+}

@@ -38,6 +38,8 @@ public struct Configuration: Sendable, Equatable {
         public var subscriptions: [Subscription] = [.bot]
         /// Staff ids; empty denies everyone, `"*"` allows everyone.
         public var allowedUsers: [String] = []
+        /// Where the secret was read from (doctor checks who else can read it).
+        public var secretSource: SecretSource = .inline
         public var apiBase = "https://api.dingtalk.com"
         public var proxy: String?
         public var caFile: String?
@@ -62,6 +64,14 @@ public struct Configuration: Sendable, Equatable {
             guard let staffID, !staffID.isEmpty else { return false }
             return allowedUsers.contains(staffID)
         }
+    }
+
+    /// Where an app's client secret comes from.
+    public enum SecretSource: Sendable, Equatable {
+        /// `client_secret` in the configuration file.
+        case inline
+        /// `client_secret_file`, or the systemd credential file named after the app.
+        case file(String)
     }
 
     public init() {}

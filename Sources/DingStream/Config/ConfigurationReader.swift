@@ -111,8 +111,9 @@ struct ConfigurationReader {
         guard let clientID = try string(table, "client_id"), !clientID.isEmpty else {
             throw fail(table.line, "[[app]] \"\(name)\" has no \"client_id\"; copy the AppKey/Client ID from the DingTalk developer console")
         }
-        let secret = try secret(table, app: name)
+        let (secret, source) = try secret(table, app: name)
         var app = Configuration.App(name: name, clientID: clientID, clientSecret: secret)
+        app.secretSource = source
         if let value = try integer(table, "connections", in: 1...50) { app.connections = value }
         if let entry = table["subscriptions"] {
             let names = try strings(table, "subscriptions") ?? []
@@ -222,20 +223,20 @@ struct ConfigurationReader {
     }
 
     /// `client_secret`, else `client_secret_file`, else the systemd credential named after the app.
-    private func secret(_ table: TOMLDocument.Table, app: String) throws(ConfigurationError) -> String {
+    private func secret(_ table: TOMLDocument.Table, app: String) throws(ConfigurationError) -> (String, Configuration.SecretSource) {
         if table["client_secret"] != nil, table["client_secret_file"] != nil {
             throw fail(table["client_secret_file"]?.line, "app \"\(app)\" sets both client_secret and client_secret_file; keep one")
         }
         if let secret = try string(table, "client_secret") {
             guard !secret.isEmpty else { throw fail(table["client_secret"]?.line, "client_secret of app \"\(app)\" is empty") }
-            return secret
+            return (secret, .inline)
         }
         if let path = try string(table, "client_secret_file") {
-            return try readSecret(path, line: table["client_secret_file"]?.line, app: app)
+            return (try readSecret(path, line: table["client_secret_file"]?.line, app: app), .file(path))
         }
         if let directory = environment["CREDENTIALS_DIRECTORY"] {
             let path = directory + "/" + app
-            if FileManager.default.fileExists(atPath: path) { return try readSecret(path, line: table.line, app: app) }
+            if FileManager.default.fileExists(atPath: path) { return (try readSecret(path, line: table.line, app: app), .file(path)) }
         }
         throw fail(table.line, "app \"\(app)\" has no secret; set client_secret_file = \"/etc/dingstream/\(app).secret\" or LoadCredential=\(app):… in the unit")
     }

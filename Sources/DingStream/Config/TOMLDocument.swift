@@ -1,8 +1,11 @@
+import Foundation
+
 /// A small TOML reader that keeps the line of every key, so configuration errors can name it.
 ///
 /// It reads the part of TOML a daemon configuration needs: comments, `[table]`, `[a.b]`,
-/// `[[array]]`, bare and quoted keys, basic and literal strings, integers, floats, booleans and
-/// (multi-line) arrays. Anything else is an error naming the line.
+/// `[[array]]`, bare and quoted keys, basic and literal strings, decimal integers, floats,
+/// booleans and (multi-line) arrays. Anything else (multi-line strings, inline tables,
+/// hexadecimal numbers, dates) is an error naming the line and saying it is not supported.
 struct TOMLDocument {
     indirect enum Value {
         case string(String)
@@ -304,6 +307,9 @@ private struct Parser {
             }
             return .string(try parseBasicString())
         case UInt8(ascii: "'"):
+            if peek(offset: 1) == UInt8(ascii: "'"), peek(offset: 2) == UInt8(ascii: "'") {
+                throw error("multi-line literal strings ('''…''') are not supported; write the value on one line")
+            }
             return .string(try parseLiteralString())
         case UInt8(ascii: "["):
             return try parseArray()
@@ -324,7 +330,8 @@ private struct Parser {
 
     private mutating func parseNumber() throws(TOMLDocument.ParseError) -> TOMLDocument.Value {
         let start = index
-        while let next = peek(), Self.isBareKey(next) || next == UInt8(ascii: "+") || next == UInt8(ascii: ".") {
+        // ":" belongs to a time: read on, so that one is named as such, not taken for a string.
+        while let next = peek(), Self.isBareKey(next) || next == UInt8(ascii: "+") || next == UInt8(ascii: ".") || next == UInt8(ascii: ":") {
             index += 1
         }
         let raw = String(decoding: bytes[start..<index], as: UTF8.self)
@@ -332,7 +339,26 @@ private struct Parser {
         if let integer = Int64(digits) { return .integer(integer) }
         if digits.contains("."), let float = Double(digits) { return .float(float) }
         if raw.isEmpty { throw error("expected a value \(found())") }
+        if let unsupported = Self.unsupportedNumber(raw, digits: digits) { throw error(unsupported) }
         throw error("\"\(raw)\" is not a value; quote strings: \"\(raw)\"")
+    }
+
+    /// Why `raw`, which looks like a number or a date, is not read: nil when it does not look like one.
+    private static func unsupportedNumber(_ raw: String, digits: String) -> String? {
+        let unsigned = digits.hasPrefix("-") || digits.hasPrefix("+") ? String(digits.dropFirst()) : digits
+        if ["0x", "0o", "0b"].contains(where: { unsigned.hasPrefix($0) }) {
+            return "\"\(raw)\": hexadecimal, octal and binary numbers are not supported; write the number in decimal"
+        }
+        if !unsigned.isEmpty, unsigned.allSatisfy({ ("0"..."9").contains($0) }) {
+            return "\"\(raw)\" is beyond the range of a 64-bit integer; no setting takes a number this large"
+        }
+        if raw.range(of: #"^\d{4}-\d{2}-\d{2}|^\d{2}:\d{2}"#, options: .regularExpression) != nil {
+            return "\"\(raw)\": dates and times are not supported (durations are strings such as \"90s\")"
+        }
+        if ["inf", "nan"].contains(unsigned) {
+            return "\"\(raw)\": inf and nan are not supported; write a finite number"
+        }
+        return nil
     }
 
     private mutating func parseArray() throws(TOMLDocument.ParseError) -> TOMLDocument.Value {

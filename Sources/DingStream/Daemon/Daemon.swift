@@ -52,9 +52,10 @@ public struct Daemon: Sendable {
     }
 
     public func run(configuration: Configuration, logger baseLogger: Logger, extraServices: [any Service] = []) async -> Int32 {
-        var configuredLogger = baseLogger
-        configuredLogger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
-        let logger = configuredLogger
+        // Shared by every copy of the logger, so that a reload can change it.
+        let logLevel = ReloadableLogLevel(Logger.Level(rawValue: configuration.logLevel) ?? .info)
+        let logger = logLevel.apply(to: baseLogger)
+        let stopDeadline = StopDeadline(grace: configuration.shutdownGrace)
         let notifier = Notifier(environment: environment)
         let (metrics, registry) = Self.makeMetrics(configuration)
         // Retries wait in new/ until a rescan finds them due: look often enough for short delays.
@@ -73,18 +74,18 @@ public struct Daemon: Sendable {
             DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
-                retryBackoff: Backoff(base: configuration.retryDelay, cap: max(configuration.retryDelay, .seconds(3600))),
+                retryDelay: configuration.retryDelay,
                 attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(
             spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, observer: replyObserver, logger: logger),
-            shutdownGrace: configuration.shutdownGrace, metrics: metrics, logger: logger)
+            stopDeadline: stopDeadline, metrics: metrics, logger: logger)
         spool.onOutboxTakeover { outbox.wake() }
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
-            baseEnvironment: environment, shutdownGrace: configuration.shutdownGrace,
+            baseEnvironment: environment, stopDeadline: stopDeadline,
             outboxWake: { outbox.wake() }, cards: cards, metrics: metrics, logger: logger)
         let connections = ConnectionManager(
             apps: configuration.apps,
@@ -98,18 +99,26 @@ public struct Daemon: Sendable {
             counts: { (dispatcher.queued, spool.deadLetterCount) },
             storeFault: { spool.currentFault.map { "\($0)" } },
             logger: logger)
+        // What the last reload applied; keys that need a restart are compared with `configuration`.
+        let running = Mutex(configuration)
         let reloader = Reloader(
             path: configurationPath, environment: environment, logger: logger,
             apply: { new in
                 status.reloading()
+                logLevel.current = Logger.Level(rawValue: new.logLevel) ?? .info
                 connections.apply(new.apps)
                 let clients = appClients.clients(for: new)
-                dispatcher.update(dispatchSettings(new, clients))
+                dispatcher.update(dispatchSettings(new, clients), workers: new.workers)
                 outbox.update(AppClients.deliverer(new, clients: clients, observer: replyObserver, logger: logger))
-                if new.metricsListen != configuration.metricsListen || new.metricsFile != configuration.metricsFile {
-                    logger.notice("metrics_listen and metrics_file take effect at the next restart")
-                }
                 cards.update(timeout: new.cardTimeout)
+                stopDeadline.update(grace: new.shutdownGrace)
+                let previous = running.withLock { running in
+                    defer { running = new }
+                    return running
+                }
+                logger.notice(
+                    "\(Configuration.reloadSummary(path: configurationPath, from: previous, started: configuration, to: new))",
+                    metadata: ["message.id": "configReloaded"])
                 status.reloaded()
             })
         let watchdog = WatchdogService(
@@ -132,7 +141,16 @@ public struct Daemon: Sendable {
         } ?? []
         let services: [any Service] = [SpoolService(spool: spool)] + metricsServices + [
             outbox, dispatcher, cards, connections, status, WatchdogRunner(watchdog: watchdog), reloader,
-        ] + extraServices
+        ] + extraServices + [
+            // Last, so told first of a stop.
+            StopAnnouncer(
+                deadline: stopDeadline,
+                pending: {
+                    let outboxed = (try? await spool.perform { writer throws(SpoolError) in try writer.outboxEntries().count }) ?? 0
+                    return (dispatcher.running, outboxed)
+                },
+                logger: logger)
+        ]
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: NamedService($0)) }, gracefulShutdownSignals: [.sigterm, .sigint],
@@ -237,9 +255,8 @@ struct Reloader: Service {
         await cancelWhenGracefulShutdown {
             for await _ in signals {
                 do {
-                    let configuration = try Configuration.load(path: path, environment: environment)
-                    logger.notice("configuration reloaded from \(path)", metadata: ["message.id": "configReloaded"])
-                    apply(configuration)
+                    // `apply` logs what changed, and which changes wait for a restart.
+                    apply(try Configuration.load(path: path, environment: environment))
                 } catch {
                     logger.error("reload rejected, the running configuration stays: \(error)", metadata: ["message.id": "configRejected"])
                 }

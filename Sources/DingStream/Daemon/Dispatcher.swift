@@ -12,13 +12,18 @@ struct DispatchSettings: Sendable {
     var apps: [String: Configuration.App]
     var handlerTimeout: Duration
     var maxAttempts: Int
-    var retryBackoff: Backoff
+    /// The wait before the second try; doubled for each further one, up to an hour.
+    var retryDelay: Duration
     /// Downloads the files of bot messages before their handlers run; nil downloads nothing.
     var attachments: AttachmentFetcher?
 
-    /// When a message whose `attempt`-th try asked to come back is tried again.
+    /// When a message whose `attempt`-th try asked to come back is tried again: `retryDelay`,
+    /// then twice that, and so on, never less than configured (these are single messages, not
+    /// a crowd of clients to spread out) and at most an hour (or `retryDelay`, if longer).
     func nextTry(afterAttempt attempt: Int) -> (delay: Duration, due: Date) {
-        let delay = retryBackoff.delay(afterFailures: attempt - 1, unit: Double.random(in: 0.5..<1))
+        let cap = max(retryDelay, .seconds(3600))
+        // 2^20 times a second is already far past the cap: no overflow.
+        let delay = min(retryDelay * (1 << min(max(attempt - 1, 0), 20)), cap)
         let seconds = Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18
         return (delay, Date().addingTimeInterval(seconds))
     }
@@ -26,14 +31,14 @@ struct DispatchSettings: Sendable {
 
 /// Takes committed entries from `new/`, runs the handlers for each (one conversation at a time,
 /// `workers` at most), and hands replies to the outbox. On graceful shutdown it stops taking
-/// entries, lets running handlers finish within `shutdownGrace`, and leaves the rest in the spool.
+/// entries, lets running handlers finish until the stop's deadline, and leaves the rest in the spool.
 final class Dispatcher: Service {
     private let spool: Spool
     private let scheduler: ConversationScheduler
     private let settings: Mutex<DispatchSettings>
     private let handlerScans: HandlerScanCache
     private let baseEnvironment: [String: String]
-    private let shutdownGrace: Duration
+    private let stopDeadline: StopDeadline
     private let outboxWake: @Sendable () -> Void
     private let cards: CardResponder?
     private let metrics: DaemonMetrics
@@ -48,7 +53,7 @@ final class Dispatcher: Service {
 
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
-        shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
+        stopDeadline: StopDeadline, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
         metrics: DaemonMetrics = .disabled, logger: Logger
     ) {
         self.spool = spool
@@ -56,16 +61,20 @@ final class Dispatcher: Service {
         self.settings = Mutex(settings)
         self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners())
         self.baseEnvironment = baseEnvironment
-        self.shutdownGrace = shutdownGrace
+        self.stopDeadline = stopDeadline
         self.outboxWake = outboxWake
         self.cards = cards
         self.metrics = metrics
         self.logger = logger
     }
 
-    func update(_ new: DispatchSettings) {
+    func update(_ new: DispatchSettings, workers: Int) {
         settings.withLock { $0 = new }
+        scheduler.setWorkers(workers)
     }
+
+    /// Messages whose handlers run now.
+    var running: Int { scheduler.snapshot.running }
 
     var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
 
@@ -102,14 +111,15 @@ final class Dispatcher: Service {
                     self.offer(announcement)
                 }
             }
-            // No new handler starts; running ones get the grace period, then are cancelled
+            // No new handler starts; running ones get what is left of the grace, then are cancelled
             // (their process groups killed) and their entries go back to new/ at the next start.
             scheduler.shutdown()
             let running = scheduler.snapshot.running
             if running > 0 {
-                logger.notice("stopping: waiting up to \(shutdownGrace) for \(running) running handlers; those still running then are stopped and run again after the next start")
+                logger.notice(
+                    "stopping: waiting up to \(stopDeadline.remainingText) for the handlers of \(running) message\(running == 1 ? "" : "s"); those still running then are stopped and run again after the next start")
             }
-            group.addTask { [shutdownGrace] in try? await Task.sleep(for: shutdownGrace) }
+            group.addTask { [stopDeadline] in try? await Task.sleep(for: stopDeadline.remaining) }
             await group.next()
             group.cancelAll()
         }
@@ -191,7 +201,8 @@ final class Dispatcher: Service {
             log.warning(
                 "\(actor.what) from \(actor.staffID ?? "unknown sender")\(actor.nick.map { " (\($0))" } ?? "") refused: not in allowed_users of app \(entry.app); add the staff id there to let them in")
             series.refused[.notAllowed]?[entry.kind].increment()
-            await finish { writer throws(SpoolError) in try writer.complete(name, replies: nil) }
+            let note = "refused: \(actor.staffID ?? "unknown sender") is not in allowed_users of app \(entry.app)\n"
+            await finish { writer throws(SpoolError) in try writer.complete(name, replies: nil, note: note) }
             return
         }
         var attachmentsFolder: String?
@@ -202,7 +213,7 @@ final class Dispatcher: Service {
                 attachmentsFolder = folder
             case .retryLater(let reason):
                 let (delay, due) = current.nextTry(afterAttempt: attempts)
-                log.warning("attachments not downloaded (\(reason)); message tried again in \(delay) (attempt \(attempts) of \(current.maxAttempts))")
+                log.warning("attachments not downloaded (\(reason)); message tried again in \(DurationText.format(delay)) (attempt \(attempts) of \(current.maxAttempts))")
                 await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 return
             }
@@ -219,6 +230,10 @@ final class Dispatcher: Service {
                 workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
                 stderrTailBytes: 4096)
             lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+            if result.outcome == .done, !result.stderrTail.isEmpty {
+                // A failure's stderr goes into its dead letter; a success's would be lost.
+                handlerLog.info("handler wrote to stderr: \(Self.bounded(result.stderrTail))")
+            }
             series.handlerRuns[HandlerRunResult(result)]?.increment()
             series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(result.duration))
             switch result.outcome {
@@ -236,6 +251,7 @@ final class Dispatcher: Service {
                     handlerLog.notice("event handler printed output; events have no conversation to reply to, so it is ignored (use dingstream send)")
                 }
             case .done:
+                if let problem = HandlerReply.problem(stdout: result.stdout) { handlerLog.warning("\(problem)") }
                 if let reply = HandlerReply.parse(stdout: result.stdout) { replies.append(Self.webhookBody(reply)) }
             case .retryLater:
                 let attempts = entry.attempts + 1
@@ -247,7 +263,7 @@ final class Dispatcher: Service {
                     }
                 } else {
                     let (delay, due) = current.nextTry(afterAttempt: attempts)
-                    handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(delay)")
+                    handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(DurationText.format(delay))")
                     await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 }
                 return
@@ -276,6 +292,12 @@ final class Dispatcher: Service {
         case .card: ("card action", entry.dataObject()?["userId"] as? String, nil)
         case .event, .other: nil
         }
+    }
+
+    /// At most `limit` characters of `text`, its end kept (the last lines say the most).
+    static func bounded(_ text: String, limit: Int = 1000) -> String {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        return trimmed.count <= limit ? trimmed : "…" + String(trimmed.suffix(limit))
     }
 
     /// stdout of a card handler as the ack's `response`: a JSON object, else nil.

@@ -15,16 +15,16 @@ final class OutboxSender: Service {
     private let spool: Spool
     private let deliverer: Mutex<ReplyDeliverer>
     private let logger: Logger
-    private let shutdownGrace: Duration
+    private let stopDeadline: StopDeadline
     private let scheduler = ConversationScheduler(workers: 8)
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
     private let metrics: DaemonMetrics
 
-    init(spool: Spool, deliverer: ReplyDeliverer, shutdownGrace: Duration, metrics: DaemonMetrics = .disabled, logger: Logger) {
+    init(spool: Spool, deliverer: ReplyDeliverer, stopDeadline: StopDeadline, metrics: DaemonMetrics = .disabled, logger: Logger) {
         self.spool = spool
-        self.shutdownGrace = shutdownGrace
+        self.stopDeadline = stopDeadline
         self.metrics = metrics
         self.deliverer = Mutex(deliverer)
         self.logger = logger
@@ -36,8 +36,9 @@ final class OutboxSender: Service {
     /// Called when something entered the outbox.
     func wake() { wakeContinuation.yield() }
 
-    /// Delivers until graceful shutdown; then deliveries under way get `shutdownGrace` to end
-    /// and are cancelled after it (a DingTalk outage would otherwise hold the stop until
+    /// Delivers until graceful shutdown; then it goes on delivering what is in the outbox, replies
+    /// of handlers that ended during the stop included, until the stop's deadline, and cancels
+    /// what is still under way then (a DingTalk outage would otherwise hold the stop until
     /// systemd's SIGKILL). A cancelled delivery stays in the outbox for the next start.
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
@@ -50,14 +51,32 @@ final class OutboxSender: Service {
             } onGracefulShutdown: { [wakeContinuation] in
                 wakeContinuation.finish()
             }
+            await drain()
             scheduler.shutdown()
-            let running = scheduler.snapshot.running
-            if running > 0 {
-                logger.notice("stopping: waiting up to \(shutdownGrace) for \(running) reply deliveries; what is left is sent after the next start")
-            }
-            group.addTask { [shutdownGrace] in try? await Task.sleep(for: shutdownGrace) }
+            group.addTask { [stopDeadline] in try? await Task.sleep(for: stopDeadline.remaining) }
             await group.next()
             group.cancelAll()
+        }
+    }
+
+    /// Offers the outbox again and again until it is empty or the stop's deadline has passed.
+    private func drain() async {
+        let end = stopDeadline.begin()
+        var told = false
+        while ContinuousClock.now < end {
+            // Offers what is not yet under way; the count includes what is.
+            let waiting = (try? await spool.perform { [self] writer throws(SpoolError) in
+                let names = try writer.outboxEntries()
+                for name in names { offer(name, writer: writer) }
+                return names.count
+            }) ?? 0
+            if waiting == 0 { return }
+            if !told {
+                logger.notice(
+                    "stopping: delivering the replies of \(waiting) outbox entr\(waiting == 1 ? "y" : "ies") for up to \(stopDeadline.remainingText); what is left then is sent after the next start")
+                told = true
+            }
+            try? await Task.sleep(for: min(.milliseconds(100), stopDeadline.remaining))
         }
     }
 

@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+
+/// `dingstream sandbox` as a new user runs it: the binary in a process of its own.
+@Suite("The sandbox command", .serialized)
+struct SandboxTests {
+    /// A TCP port on 127.0.0.1 that nothing listens on (the system picked it and it was let go).
+    static func unusedPort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(descriptor >= 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        try #require(bound)
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Issue 15 (confusing): `sandbox say` to a closed port waited 5 s and printed a garbled
+    /// error on stdout, advising `make run`. It says so at once, on stderr.
+    @Test(.timeLimit(.minutes(1)))
+    func sayToAClosedPortIsRefusedAtOnceOnStderr() async throws {
+        let port = try Self.unusedPort()
+        let clock = ContinuousClock()
+        let start = clock.now
+        let result = try await CommandRun.run(["sandbox", "say", "--port", "\(port)", "hello"])
+        #expect(clock.now - start < .seconds(3), "took \(clock.now - start)")
+        #expect(result.status == 69)
+        #expect(result.stdout.isEmpty, "\(result.stdout)")
+        #expect(result.stderr.contains("no sandbox on 127.0.0.1:\(port) (connection refused)"), "\(result.stderr)")
+        #expect(result.stderr.contains("dingstream sandbox --port \(port)") && !result.stderr.contains("make run"), "\(result.stderr)")
+    }
+
+    /// Issue 15 (confusing): `send` to a sandbox or simulator that is not running waited for the
+    /// HTTP client's timeout; a refused local port is said at once, on stderr.
+    @Test(.timeLimit(.minutes(1)))
+    func sendToALocalPortNobodyListensOnIsRefusedAtOnce() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let port = try Self.unusedPort()
+        let config = try folder.write(
+            "c.toml",
+            "spool_dir = \"\(folder.path)/spool\"\n[[app]]\nname = \"sandbox\"\nclient_id = \"id\"\nclient_secret = \"s\"\napi_base = \"http://127.0.0.1:\(port)\"\n")
+        let clock = ContinuousClock()
+        let start = clock.now
+        let result = try await CommandRun.run(["send", "--config", config, "--user", "u1", "hello"])
+        #expect(clock.now - start < .seconds(3), "took \(clock.now - start)")
+        #expect(result.status == 69, "\(result.status) \(result.stderr)")
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains("cannot reach api_base http://127.0.0.1:\(port) of app sandbox: connection refused"), "\(result.stderr)")
+    }
+
+    /// Issue 15 (confusing): the sandbox wrote no configuration file, so status, spool and doctor
+    /// could not look at it; its `say` hint left out a custom port; Ctrl-C left its folder behind.
+    @Test(.timeLimit(.minutes(1)))
+    func theSandboxWritesAConfigurationHintsItsPortAndCleansUpOnCtrlC() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        guard let executable = DaemonProcess.executable else { throw DaemonProcessError(message: "no dingstream binary") }
+        let port = try Self.unusedPort()
+        let output = folder.path + "/sandbox.out"
+        FileManager.default.createFile(atPath: output, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        defer { try? log.close() }
+        let sandbox = Process()
+        sandbox.executableURL = URL(fileURLWithPath: executable)
+        sandbox.arguments = ["sandbox", "--port", "\(port)"]
+        sandbox.environment = ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": folder.path, "TMPDIR": folder.path + "/"]
+        sandbox.standardInput = FileHandle.nullDevice
+        sandbox.standardOutput = log
+        sandbox.standardError = log
+        try sandbox.run()
+        defer { if sandbox.isRunning { kill(sandbox.processIdentifier, SIGKILL) } }
+        var printed: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        do {
+            try await poll(timeout: .seconds(30), "the sandbox banner") { printed.contains("Replies appear below") }
+            let root = folder.path + "/dingstream-sandbox-\(sandbox.processIdentifier)"
+            let config = root + "/dingstream.toml"
+            #expect(printed.contains("config:   \(config)"), "\(printed)")
+            #expect(printed.contains("dingstream sandbox say --port \(port) \"hello\""), "\(printed)")
+            #expect(FileManager.default.fileExists(atPath: config))
+
+            let said = try await CommandRun.run(["sandbox", "say", "--port", "\(port)", "hello"])
+            #expect(said.status == 0, "\(said.stdout) \(said.stderr)")
+            try await poll(timeout: .seconds(20), "the reply") { printed.contains("◀ reply via session webhook: echo from") }
+            var status = try await CommandRun.run(["status", "--config", config])
+            for _ in 0..<100 where status.status != 0 {
+                try await Task.sleep(for: .milliseconds(100))
+                status = try await CommandRun.run(["status", "--config", config])
+            }
+            #expect(status.status == 0, "\(status.stdout) \(status.stderr)")
+            #expect(status.stdout.contains("sandbox: ") && status.stdout.contains("sockets up"), "\(status.stdout)")
+            let listing = try await CommandRun.run(["spool", "ls", "--config", config])
+            #expect(listing.status == 0 && listing.stdout.contains("done (1)"), "\(listing.stdout) \(listing.stderr)")
+
+            kill(sandbox.processIdentifier, SIGINT)
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(20)
+            while sandbox.isRunning, clock.now < end { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(!sandbox.isRunning)
+            #expect(sandbox.terminationStatus == 0)
+            #expect(!FileManager.default.fileExists(atPath: root), "the temporary folder is removed")
+        } catch {
+            Issue.record("sandbox output:\n\(printed)")
+            throw error
+        }
+    }
+}

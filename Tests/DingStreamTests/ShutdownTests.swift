@@ -89,21 +89,25 @@ struct ShutdownTests {
         }
     }
 
-    /// Issue 15, bug 12: a handler that ended during the shutdown grace had its reply sent only
-    /// after the next start (the outbox stopped as soon as the dispatcher had), and the stop said
-    /// nothing of what it waited for. Now the outbox delivers until the grace ends.
+    /// Issue 15, bug 12: a reply made during the shutdown grace was sent only after the next
+    /// start: the outbox stopped with the dispatcher, dropping a delivery that waited behind
+    /// another of the same conversation, and the stop said nothing of what it waited for. Now the
+    /// outbox delivers until the grace ends.
     @Test(.timeLimit(.minutes(1)))
     func aReplyMadeDuringTheGraceIsSentBeforeTheDaemonExits() async throws {
         let harness = try DaemonHarness()
         defer { harness.remove() }
         let runLog = harness.root + "/runs.log"
         let gate = harness.root + "/let-it-finish"
+        // "second" waits for the gate; anything else answers at once.
         try harness.addHandler(
             "10-gated",
             """
             #!/bin/sh
-            echo "run" >> '\(runLog)'
-            while [ ! -e '\(gate)' ]; do sleep 0.05; done
+            echo "$DINGSTREAM_TEXT" >> '\(runLog)'
+            if [ "$DINGSTREAM_TEXT" = second ]; then
+                while [ ! -e '\(gate)' ]; do sleep 0.05; done
+            fi
             printf 'finished %s' "$DINGSTREAM_TEXT"
 
             """)
@@ -112,17 +116,23 @@ struct ShutdownTests {
             do {
                 try daemon.start()
                 try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
-                let message = try simulator.injectText("in the grace", app: "helpdesk")
-                try await poll(timeout: .seconds(20), "the handler running") {
-                    (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("run") == true
+                // The first reply takes a while at DingTalk; the second waits behind it (one
+                // conversation's replies go out in order).
+                try simulator.apply(.http(endpoint: .webhook, failure: .delay(.milliseconds(1200)), count: 1))
+                let group = BotMessageSpec.Conversation.group(conversationId: "cidShared==", title: "ops")
+                _ = try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("first"), conversation: group))
+                let second = try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("second"), conversation: group))
+                try await poll(timeout: .seconds(20), "the second handler running") {
+                    (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("second") == true
                 }
                 daemon.send(signal: SIGTERM)
                 try await poll(timeout: .seconds(10), "the stop announced") { daemon.log.contains("stopping: closing the sockets") }
                 FileManager.default.createFile(atPath: gate, contents: nil)
                 try await daemon.waitForExit()
                 #expect(daemon.lastExitStatus == 0)
-                #expect(deliveredReplies(simulator, app: "helpdesk").contains { $0.content == "finished in the grace" }, "reply sent before the exit")
-                let row = try SpoolInspector(directory: harness.spool).resolve(message.msgId)
+                let contents = deliveredReplies(simulator, app: "helpdesk").map(\.content)
+                #expect(contents == ["finished first", "finished second"], "replies sent before the exit: \(contents)")
+                let row = try SpoolInspector(directory: harness.spool).resolve(second.msgId)
                 #expect(row.state == .done, "state \(row.state)")
                 #expect(daemon.log.contains("waiting up to"), "the stop says what it waits for")
             } catch {

@@ -96,6 +96,9 @@ struct CommandLineTests {
                     deliveredReplies(simulator, app: "helpdesk").contains { $0.content == "echo before" }
                 }
                 #expect(!daemon.log.contains(" debug dingstream: "), "no debug line at log_level info")
+                // Issue 15 (polish): the ready line said its phase twice ("ready: ready: …").
+                try await poll(timeout: .seconds(20), "the ready line") { daemon.log.contains("notice dingstream: ready: helpdesk ") }
+                #expect(!daemon.log.contains("ready: ready:"))
                 let good = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
                 let changed = good
                     .replacingOccurrences(of: #"log_level = "info""#, with: "log_level = \"debug\"\nretention = \"3d\"")

@@ -1,7 +1,9 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import Simulator
+import Synchronization
 import Testing
 
 @testable import Replies
@@ -134,6 +136,30 @@ import Testing
             #expect(stack.sim.openAPISends().isEmpty)
         }
     }
+
+    /// Issue 19: token and OpenAPI lines carried the app as `reply.app`, so `journalctl APP=…`
+    /// (the `app` key everywhere else) missed them.
+    @Test(.timeLimit(.minutes(1))) func tokenAndOpenAPILinesCarryTheAppUnderTheSameKey() async throws {
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { sim in
+            let http = HTTPClient(eventLoopGroupProvider: .singleton)
+            defer { _ = http.shutdown(queue: .global()) { _ in } }
+            let lines = CapturedLines()
+            var logger = Logger(label: "replies.test") { _ in CapturingHandler(lines: lines) }
+            logger.logLevel = .trace
+            let app = try #require(sim.configuration.apps.first)
+            let real = AppCredentials(name: "helpdesk", clientID: app.clientId, clientSecret: app.clientSecret, apiBase: sim.baseURL)
+            let tokens = AccessTokenProvider(credentials: real, httpClient: http, logger: logger)
+            let client = OpenAPIClient(credentials: real, httpClient: http, tokens: tokens, logger: logger)
+            _ = try await tokens.token()
+            try sim.expireTokens(app: "helpdesk")
+            _ = try await client.sendToUsers(["0423297"], message: .text("hi"))
+            let entries = lines.entries
+            // A token fetched, refused by the OpenAPI, invalidated and fetched again.
+            #expect(entries.count >= 4, "\(entries.map(\.message))")
+            #expect(entries.allSatisfy { $0.metadata["app"] == "helpdesk" }, "\(entries)")
+            #expect(entries.allSatisfy { $0.metadata["reply.app"] == nil })
+        }
+    }
 }
 
 @Suite struct ProactiveSenderTests {
@@ -187,5 +213,26 @@ import Testing
             #expect(contents.enumerated().allSatisfy { $0.element.hasPrefix("section \($0.offset + 1)\n") })
             #expect(contents.joined(separator: "\n\n") == text)
         }
+    }
+}
+
+/// Log lines as written, with their merged metadata.
+final class CapturedLines: Sendable {
+    private let state = Mutex<[(message: String, metadata: [String: String])]>([])
+    func append(_ message: String, _ metadata: [String: String]) { state.withLock { $0.append((message, metadata)) } }
+    var entries: [(message: String, metadata: [String: String])] { state.withLock { $0 } }
+}
+
+struct CapturingHandler: LogHandler {
+    let lines: CapturedLines
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        lines.append(event.message.description, merged.mapValues(\.description))
     }
 }

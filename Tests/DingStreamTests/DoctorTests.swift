@@ -11,7 +11,7 @@ import Testing
     private func writeConfig(_ harness: DaemonHarness, apiBase: String, apps: [(String, String, String)]) throws -> String {
         var text = "spool_dir = \"\(harness.spool)\"\n"
         for (name, id, secret) in apps {
-            text += "[[app]]\nname = \"\(name)\"\nclient_id = \"\(id)\"\nclient_secret = \"\(secret)\"\napi_base = \"\(apiBase)\"\n"
+            text += "[[app]]\nname = \"\(name)\"\nclient_id = \"\(id)\"\nclient_secret = \"\(secret)\"\napi_base = \"\(apiBase)\"\nallowed_users = [\"*\"]\n"
         }
         let path = harness.root + "/dingstream.toml"
         try text.write(toFile: path, atomically: true, encoding: .utf8)

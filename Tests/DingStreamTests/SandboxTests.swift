@@ -89,9 +89,12 @@ struct SandboxTests {
             let said = try await CommandRun.run(["sandbox", "say", "--port", "\(port)", "hello"])
             #expect(said.status == 0, "\(said.stdout) \(said.stderr)")
             try await poll(timeout: .seconds(20), "the reply") { printed.contains("◀ reply via session webhook: echo from") }
+            // The daemon writes its status every few seconds: asked until it shows the app.
             var status = try await CommandRun.run(["status", "--config", config])
-            for _ in 0..<100 where status.status != 0 {
-                try await Task.sleep(for: .milliseconds(100))
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(20)
+            while !(status.status == 0 && status.stdout.contains("sandbox: ")), clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
                 status = try await CommandRun.run(["status", "--config", config])
             }
             #expect(status.status == 0, "\(status.stdout) \(status.stderr)")
@@ -100,7 +103,6 @@ struct SandboxTests {
             #expect(listing.status == 0 && listing.stdout.contains("done (1)"), "\(listing.stdout) \(listing.stderr)")
 
             kill(sandbox.processIdentifier, SIGINT)
-            let clock = ContinuousClock()
             let end = clock.now + .seconds(20)
             while sandbox.isRunning, clock.now < end { try await Task.sleep(for: .milliseconds(20)) }
             #expect(!sandbox.isRunning)

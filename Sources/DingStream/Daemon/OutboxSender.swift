@@ -20,6 +20,8 @@ final class OutboxSender: Service {
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let inFlight = Mutex<Set<EntryName>>([])
+    /// Entries offered while the stop drains the outbox.
+    private let drainOffered = Mutex<Set<EntryName>>([])
     private let metrics: DaemonMetrics
 
     init(spool: Spool, deliverer: ReplyDeliverer, stopDeadline: StopDeadline, metrics: DaemonMetrics = .disabled, logger: Logger) {
@@ -59,16 +61,25 @@ final class OutboxSender: Service {
         }
     }
 
-    /// Offers the outbox again and again until it is empty or the stop's deadline has passed.
+    /// Offers the outbox until nothing in it waits for a delivery or the stop's deadline has passed.
     private func drain() async {
         let end = stopDeadline.begin()
         var told = false
         while ContinuousClock.now < end {
-            // Offers what is not yet under way; the count includes what is.
+            // Offers what is not yet under way, each entry once: one whose delivery ended and is
+            // still in the outbox could not record its end (a spool error), and sending it again
+            // and again would only repeat the reply. The count includes what is under way.
             let waiting = (try? await spool.perform { [self] writer throws(SpoolError) in
-                let names = try writer.outboxEntries()
-                for name in names { offer(name, writer: writer) }
-                return names.count
+                var waiting = 0
+                for name in try writer.outboxEntries() {
+                    if inFlight.withLock({ $0.contains(name) }) {
+                        waiting += 1
+                    } else if drainOffered.withLock({ $0.insert(name).inserted }) {
+                        offer(name, writer: writer)
+                        waiting += 1
+                    }
+                }
+                return waiting
             }) ?? 0
             if waiting == 0 { return }
             if !told {

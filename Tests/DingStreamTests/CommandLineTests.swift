@@ -187,6 +187,28 @@ struct CommandLineTests {
         }
     }
 
+    /// Issue 15 (polish): `spool purge` had no dry run.
+    @Test(.timeLimit(.minutes(1)))
+    func purgeDryRunCountsAndRemovesNothing() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try harness.addHandler("10-echo", "#!/bin/sh\nprintf 'echo %s' \"$DINGSTREAM_TEXT\"\n")
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            try daemon.start()
+            try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+            _ = try simulator.injectText("keep me", app: "helpdesk")
+            try await poll(timeout: .seconds(20), "the entry done") { SpoolSnapshot(spool: harness.spool).count(in: "done") == 1 }
+            try await daemon.terminate()
+            let dry = try await CommandRun.run(["spool", "purge", "--done-older-than", "0s", "--dry-run", "--config", daemon.configPath])
+            #expect(dry.status == 0, "\(dry.stderr)")
+            #expect(dry.stdout == "1 done entry would be purged (dry run: nothing removed)\n", "\(dry.stdout)")
+            #expect(SpoolSnapshot(spool: harness.spool).count(in: "done") == 1, "nothing removed")
+            let real = try await CommandRun.run(["spool", "purge", "--done-older-than", "0s", "--config", daemon.configPath])
+            #expect(real.stdout == "1 done entry purged\n", "\(real.stdout) \(real.stderr)")
+        }
+    }
+
     /// A SIGHUP during start-up, before the reloader listens, used to end the daemon (the
     /// signal's default action).
     @Test(.timeLimit(.minutes(1)))

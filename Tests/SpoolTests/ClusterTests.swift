@@ -329,15 +329,10 @@ struct ClusterTests {
     @Test(.timeLimit(.minutes(1))) func aConversationRunsInTheOrderSentNotTheOrderStored() async throws {
         try await withPostgres { server in
             try await withTemporaryDirectory { directory in
-                let sink = LogSink()
-                let a = try Self.spool(directory, server, node: "a", logger: sink.logger)
-                let b = try Self.spool(directory, server, node: "b", logger: sink.logger)
-                try a.open()
-                try b.open()
-                defer {
-                    a.close()
-                    b.close()
-                }
+                let hosts = try ["a", "b"].map { try Self.spool(directory, server, node: $0, logger: LogSink().logger) }
+                for host in hosts { try host.open() }
+                defer { for host in hosts { host.close() } }
+                let (a, b) = (hosts[0], hosts[1])
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask { await a.run() }
                     group.addTask { await b.run() }

@@ -52,6 +52,8 @@ say:
 # Durable ingest against the simulator, side by side with the official Python SDK when python3
 # and PyPI are there (the SDK goes into a venv under .build; without it the peer column stays empty).
 BENCH_VENV := .build/bench-venv
+# Options for dingstream-bench, e.g. BENCH_ARGS="--sqlite no" for the cluster row alone.
+BENCH_ARGS ?=
 bench: deps
 	$(SWIFT) build -c release --product dingstream-bench
 	$(SWIFT) build -c release --product dingstream
@@ -63,9 +65,9 @@ bench: deps
 	     $(BENCH_VENV)/bin/pip install -q --timeout 20 dingtalk-stream >/dev/null 2>&1; then peer=yes; \
 	else echo "bench: no peer comparison: could not install dingtalk-stream from PyPI into $(BENCH_VENV)"; fi; \
 	if [ -n "$$peer" ]; then \
-	  .build/release/dingstream-bench --peer "$(BENCH_VENV)/bin/python Benchmarks/python_sdk_peer.py" \
+	  .build/release/dingstream-bench $(BENCH_ARGS) --peer "$(BENCH_VENV)/bin/python Benchmarks/python_sdk_peer.py" \
 	    --peer-name "python sdk $$($(BENCH_VENV)/bin/python -c 'from dingtalk_stream.version import VERSION_STRING as v; print(v)')"; \
-	else .build/release/dingstream-bench; fi
+	else .build/release/dingstream-bench $(BENCH_ARGS); fi
 
 # The Debian package, from a release build with the Swift runtime linked in (runs without a
 # toolchain): .build/deb/dingstream_<version>_<arch>.deb, for `apt install ./…deb`.

@@ -73,6 +73,16 @@ extension Spool.Writer {
         // Never claimed, so it has no message file: no unlink (a syscall per message).
     }
 
+    /// `skip` for many entries in one change; those no longer new are left alone.
+    public func skip(_ names: [EntryName]) throws(SpoolError) {
+        for name in names {
+            held.remove(name)
+            announced.remove(name)
+            committed.removeValue(forKey: name)
+        }
+        try store.finishNew(names, nowMillis: nowMillis)
+    }
+
     /// Puts a claimed entry back into `new` with `attempts` recorded; it is announced again
     /// once `notBefore` has passed.
     /// - Throws: `SpoolError`; the entry then stays `running` and runs again after a restart.

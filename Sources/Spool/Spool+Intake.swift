@@ -147,14 +147,19 @@ extension Spool {
                 try writer.store.begin()
                 if !batch.isEmpty { try writer.store.prepareIntake(batch.map(\.record)) }
                 let nowMillis = nowMillis
+                var fresh: [(name: EntryName, pending: Pending)] = []
                 for pending in batch {
                     let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
                     if !writer.legacySeen.isEmpty, writer.legacySeen.contains(String(name.dedupKey)) {
                         duplicates.append(pending)
-                    } else if try writer.store.insert(pending.record, name: name, bytes: pending.bytes, nowMillis: nowMillis) {
-                        stored.append((name, pending))
                     } else {
-                        duplicates.append(pending)
+                        fresh.append((name, pending))
+                    }
+                }
+                if !fresh.isEmpty {
+                    let entries = fresh.map { NewEntry(record: $0.pending.record, name: $0.name, bytes: $0.pending.bytes) }
+                    for (item, inserted) in zip(fresh, try writer.store.insert(entries, nowMillis: nowMillis)) {
+                        if inserted { stored.append(item) } else { duplicates.append(item.pending) }
                     }
                 }
                 writer.abort = nil

@@ -32,6 +32,11 @@ protocol SpoolStore: AnyObject {
     /// Inserts a new entry unless the same business message (app, kind, business id) is stored:
     /// true when inserted, false for a duplicate.
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool
+    /// A round's new entries in arrival order: for each, true when inserted, false for a duplicate.
+    func insert(_ entries: [NewEntry], nowMillis: Int64) throws(SpoolError) -> [Bool]
+    /// Moves those of `names` still in `new` to `done` (no handler needs them); the others are
+    /// left as they are.
+    func finishNew(_ names: [EntryName], nowMillis: Int64) throws(SpoolError)
 
     /// Reads an entry in any state.
     func row(_ name: EntryName) throws(SpoolError) -> StoredRow
@@ -123,5 +128,31 @@ public struct RowChange: Sendable {
         self.delivered = delivered
         self.deliveryAttempts = deliveryAttempts
         self.reason = reason
+    }
+}
+
+/// An entry of an intake round, named and encoded.
+struct NewEntry {
+    var record: IntakeRecord
+    var name: EntryName
+    var bytes: [UInt8]
+}
+
+extension SpoolStore {
+    /// One row at a time; a store that can take the round in one statement does so.
+    func insert(_ entries: [NewEntry], nowMillis: Int64) throws(SpoolError) -> [Bool] {
+        var inserted: [Bool] = []
+        inserted.reserveCapacity(entries.count)
+        for entry in entries { inserted.append(try insert(entry.record, name: entry.name, bytes: entry.bytes, nowMillis: nowMillis)) }
+        return inserted
+    }
+
+    func finishNew(_ names: [EntryName], nowMillis: Int64) throws(SpoolError) {
+        for name in names {
+            do throws(SpoolError) {
+                try transition(name, from: [.new], to: .done, change: RowChange(), nowMillis: nowMillis)
+            } catch where error.code == .notFound {
+            }
+        }
     }
 }

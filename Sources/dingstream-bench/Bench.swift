@@ -46,7 +46,9 @@ struct Bench {
         // image, when root), and in the temporary folder on the shared root filesystem, whose
         // syncfs also flushes everybody else's dirty data. Never tmpfs: durability is the point.
         var places: [(name: String, parent: String, cleanup: @Sendable () -> Void)] = []
-        if let parent = options.spoolParent {
+        if !options.sqlite {
+            say("spool: SQLite not measured (--sqlite no)")
+        } else if let parent = options.spoolParent {
             places.append(("dingstream", parent, {}))
         } else {
             switch DedicatedFilesystem.make() {

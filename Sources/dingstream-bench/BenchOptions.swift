@@ -14,6 +14,8 @@ struct BenchOptions: Sendable {
     var peerName = "python sdk"
     /// Where the temporary spool goes (default: the temporary folder). Put it on the filesystem you mean to measure.
     var spoolParent: String?
+    /// The daemon on SQLite (its own filesystem and the shared one); `--sqlite no` measures only the cluster.
+    var sqlite = true
     /// Also two daemons sharing a PostgreSQL, when Debian's PostgreSQL is installed.
     var cluster = FileManager.default.isExecutableFile(atPath: "/usr/lib/postgresql/15/bin/initdb")
     /// The daemon's `log_level`; nil leaves the default (info), as deployed.
@@ -24,7 +26,7 @@ struct BenchOptions: Sendable {
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
                                 [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
-                                [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
+                                [--sqlite yes|no] [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -43,6 +45,10 @@ struct BenchOptions: Sendable {
                 guard let number = Double(value), number > 0 else { throw Invalid(description: "\(option) wants a positive number, not \(value)") }
                 return number
             }
+            func yesOrNo() throws -> Bool {
+                guard value == "yes" || value == "no" else { throw Invalid(description: "\(option) wants yes or no, not \(value)") }
+                return value == "yes"
+            }
             switch option {
             case "--messages": messages = try integer()
             case "--window": window = try integer()
@@ -53,9 +59,8 @@ struct BenchOptions: Sendable {
             case "--spool-parent": spoolParent = value
             case "--daemon-log-level": daemonLogLevel = value
             case "--daemon-metrics": daemonMetrics = value
-            case "--cluster":
-                guard value == "yes" || value == "no" else { throw Invalid(description: "--cluster wants yes or no, not \(value)") }
-                cluster = value == "yes"
+            case "--cluster": cluster = try yesOrNo()
+            case "--sqlite": sqlite = try yesOrNo()
             case "--peer": peerCommand = value
             case "--peer-name": peerName = value
             default: throw Invalid(description: "unknown option \(option)")

@@ -36,8 +36,9 @@ struct TwoDaemonClusterTests {
     /// The simulator pushes each message to a random one of the four sockets, and some again
     /// (same msgId, new messageId, any socket). Host b is SIGKILLed mid-stream and stays dead.
     /// Every message is stored once, its handlers run once (again only for what b was running),
-    /// each conversation's messages start in the order they were stored, across both
-    /// hosts, and each message gets its reply once (twice at most for what b was handling).
+    /// each conversation's messages start in the order they were sent, across both hosts
+    /// (except that what was stored only after a later message had started cannot go before
+    /// it), and each message gets its reply once (twice at most for what b was handling).
     @Test(.timeLimit(.minutes(3)))
     func twoDaemonsOneDiesEveryMessageHandledOnceInOrder() async throws {
         try await withPostgres { server in
@@ -103,16 +104,31 @@ struct TwoDaemonClusterTests {
                         #expect(own.count == 1 || (own.count == 2 && own[0].daemon == killed), "\(text) ran \(own.map(\.daemon))")
                     }
                     #expect(Set(runs.map(\.daemon)).count == 2, "both hosts ran handlers")
-                    // The order a conversation runs in is the order its messages were stored. That is
-                    // the order sent, except for a message pushed to b as it died: it is stored
-                    // when DingTalk pushes it again, after the ones sent behind it.
-                    let stored = try server.psql("SELECT business_id FROM message ORDER BY id").split(separator: "\n").compactMap { texts[String($0)] }
+                    // A conversation runs in the order sent (the injection order here). The only
+                    // exception: a message pushed to b as it died is stored when DingTalk pushes it
+                    // again; what was sent after it and started before it was stored goes first.
+                    let arrivals = try server.psql("SELECT business_id, received_ms FROM message").split(separator: "\n").reduce(into: [String: Int64]()) {
+                        let parts = $1.split(separator: "|")
+                        if parts.count == 2, let text = texts[String(parts[0])], let millis = Int64(parts[1]) { $0[text] = millis }
+                    }
                     for number in conversations.indices {
-                        var seen: [String] = []
-                        for run in runs where run.text.hasPrefix("c\(number)-") && !seen.contains(run.text) {
-                            seen.append(run.text)
+                        var firstRuns: [(text: String, startedMillis: Int64)] = []
+                        for run in runs where run.text.hasPrefix("c\(number)-") && !firstRuns.contains(where: { $0.text == run.text }) {
+                            let nanos = Int64(run.token.split(separator: ".").last ?? "") ?? 0
+                            firstRuns.append((run.text, nanos / 1_000_000))
                         }
-                        #expect(seen == stored.filter { $0.hasPrefix("c\(number)-") }, "conversation \(number) ran in this order: \(seen)")
+                        for (position, later) in firstRuns.enumerated() {
+                            for earlier in firstRuns[(position + 1)...] {
+                                let sentBefore = (Int(earlier.text.split(separator: "-")[1]) ?? 0) < (Int(later.text.split(separator: "-")[1]) ?? 0)
+                                guard sentBefore else { continue }
+                                // Ran after something sent later: it must have been stored only once
+                                // that one had started (a second of slack for the commit).
+                                let arrived = arrivals[earlier.text] ?? 0
+                                #expect(
+                                    arrived > later.startedMillis - 1000,
+                                    "\(earlier.text), stored \(later.startedMillis - arrived) ms before \(later.text) started, ran after it: \(firstRuns.map(\.text))")
+                            }
+                        }
                     }
                     let replies = deliveredReplies(simulator, app: "helpdesk")
                     for message in messages {

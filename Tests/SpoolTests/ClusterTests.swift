@@ -10,12 +10,16 @@ import Testing
 /// Several hosts, one store: two `Spool`s on one real PostgreSQL, as two daemons would be.
 @Suite("Cluster store on PostgreSQL", .serialized)
 struct ClusterTests {
-    /// A bot message of `conversation` with business id `msgID`.
-    static func record(_ msgID: String, conversation: String, millis: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) -> IntakeRecord {
-        let data = JSON.encode([
+    /// A bot message of `conversation` with business id `msgID`, sent (`createAt`) at `sent`.
+    static func record(
+        _ msgID: String, conversation: String, millis: Int64 = Int64(Date().timeIntervalSince1970 * 1000), sent: Int64? = nil
+    ) -> IntakeRecord {
+        var payload: [String: Any] = [
             "msgId": msgID, "msgtype": "text", "text": ["content": msgID], "conversationId": conversation,
             "conversationType": "2", "senderStaffId": "0423297", "senderNick": "Zhang San",
-        ] as [String: Any])
+        ]
+        if let sent { payload["createAt"] = sent }
+        let data = JSON.encode(payload)
         let frame = StreamFrame(
             kind: .callback, headers: ["messageId": UUID().uuidString, "topic": Topic.botMessage, "contentType": "application/json"],
             data: data)
@@ -77,7 +81,7 @@ struct ClusterTests {
                     a.close()
                     b.close()
                 }
-                #expect(try server.psql("SELECT count(*) FROM dingstream_schema") == "1")
+                #expect(try server.psql("SELECT string_agg(version::text, ' ' ORDER BY version) FROM dingstream_schema") == "1 2", "each version recorded once")
 
                 let log = HandlingLog()
                 let conversations = ["c0", "c1", "c2", "c3"]
@@ -309,10 +313,111 @@ struct ClusterTests {
 
                     // `status` and `doctor`: the node, its heartbeat, what it holds, the clock skew.
                     let report = try #require(try tool.clusterReport())
-                    #expect(report.schemaVersion == 1)
+                    #expect(report.schemaVersion == Int(PostgresStore.schemaVersion))
                     #expect(report.nodes.map(\.name) == ["a"], "the tool registers no node of its own")
                     #expect(report.nodes.first?.alive == true && report.nodes.first?.pid == Int(getpid()))
                     #expect(report.clockSkew < .seconds(1) && report.clockSkew > .seconds(-1))
+                }
+            }
+        }
+    }
+
+    /// A conversation runs in the order its messages were sent (DingTalk's `createAt`), not the
+    /// order the hosts stored them: the first message, pushed again and stored last on the other
+    /// host, still runs first. And while one of its messages runs anywhere, no other starts,
+    /// also not one sent before it.
+    @Test(.timeLimit(.minutes(1))) func aConversationRunsInTheOrderSentNotTheOrderStored() async throws {
+        try await withPostgres { server in
+            try await withTemporaryDirectory { directory in
+                let hosts = try ["a", "b"].map { try Self.spool(directory, server, node: $0, logger: LogSink().logger) }
+                for host in hosts { try host.open() }
+                defer { for host in hosts { host.close() } }
+                let (a, b) = (hosts[0], hosts[1])
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { await a.run() }
+                    group.addTask { await b.run() }
+                    defer { group.cancelAll() }
+                    func stored(_ spool: Spool, _ id: String, sent: Int64) async throws -> EntryName {
+                        let outcome = await spool.store(Self.record(id, conversation: "c", sent: sent))
+                        guard case .stored(let name) = outcome else { throw SpoolError(.notFound, path: id, detail: "(not stored: \(outcome))") }
+                        return name
+                    }
+                    func claims(_ spool: Spool, _ name: EntryName) async -> Bool {
+                        (try? await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: false) }) != nil
+                    }
+                    let sent = Int64(Date().timeIntervalSince1970 * 1000) - 60_000
+                    let second = try await stored(a, "second", sent: sent + 1)
+                    let third = try await stored(a, "third", sent: sent + 2)
+                    let first = try await stored(b, "first", sent: sent)
+
+                    #expect(await !claims(a, second), "second started while first, sent before it, waits")
+                    #expect(await !claims(b, third))
+                    #expect(await claims(a, first))
+                    #expect(await !claims(b, second), "second started while first runs on a")
+                    try await a.perform { writer throws(SpoolError) in try writer.complete(first, replies: nil) }
+                    #expect(await !claims(b, third), "third started before second")
+                    #expect(await claims(b, second))
+                    // Something sent earlier than a running message waits for it too.
+                    let early = try await stored(a, "early", sent: sent - 1)
+                    #expect(await !claims(a, early), "two messages of one conversation ran at once")
+                    try await b.perform { writer throws(SpoolError) in try writer.complete(second, replies: nil) }
+                    #expect(await claims(a, early))
+                }
+            }
+        }
+    }
+
+    /// The pruning host removes the rows of nodes that have not heartbeated for a day, and
+    /// keeps those still about (and its own).
+    @Test(.timeLimit(.minutes(1))) func pruningForgetsNodesSilentForADay() async throws {
+        try await withPostgres { server in
+            try await withTemporaryDirectory { directory in
+                let a = try Self.spool(directory, server, node: "a", logger: LogSink().logger)
+                try a.open()
+                defer { a.close() }
+                _ = try server.psql(
+                    """
+                    INSERT INTO node (name, started_at, heartbeat_at, pid) VALUES
+                        ('gone', now() - interval '3 days', now() - interval '25 hours', 1),
+                        ('asleep', now() - interval '3 days', now() - interval '23 hours', 2)
+                    """)
+                try a.prune()
+                #expect(try server.psql("SELECT string_agg(name, ' ' ORDER BY name) FROM node") == "a asleep")
+            }
+        }
+    }
+
+    /// What `doctor` reports for the connection (`SpoolInspector.clusterReport`): each TLS
+    /// failure that real servers and certificates produce here is told apart from a refused
+    /// login and from an unreachable server, with its remedy.
+    @Test(.timeLimit(.minutes(1))) func doctorTellsTLSProblemsFromLoginAndConnectionProblems() async throws {
+        try await withPostgres(tcp: true) { plain in
+            try await withPostgres(tls: true) { secure in
+                try await withTemporaryDirectory { directory in
+                    func problem(_ settings: ClusterSettings) -> String {
+                        do {
+                            _ = try SpoolInspector(directory: directory, cluster: settings).clusterReport()
+                            return "no problem"
+                        } catch {
+                            return "\(error)"
+                        }
+                    }
+                    let noSSL = problem(try plain.tcpSettings(node: "x", sslmode: "require"))
+                    #expect(noSSL.contains("TLS: the server does not support SSL") && noSSL.contains("turn ssl on"), "\(noSSL)")
+                    let untrusted = problem(try secure.tcpSettings(node: "x", host: "localhost", sslmode: "verify-full"))
+                    #expect(untrusted.contains("TLS: the server's certificate is not trusted") && untrusted.contains("set ca_file"), "\(untrusted)")
+                    let mismatch = problem(try secure.tcpSettings(node: "x", sslmode: "verify-full", caFile: secure.caFile))
+                    #expect(mismatch.contains("TLS: hostname mismatch") && mismatch.contains("sslmode=verify-ca"), "\(mismatch)")
+                    // With the CA and the name it was made for, TLS and the login pass: what is left is the empty database.
+                    let good = try secure.tcpSettings(node: "x", host: "localhost", sslmode: "verify-full", caFile: secure.caFile)
+                    #expect(problem(good).contains("no dingstream schema"), "\(problem(good))")
+                    var wrongPassword = good
+                    wrongPassword.password = "not-the-password"
+                    let refused = problem(wrongPassword)
+                    #expect(refused.contains("refused the login") && !refused.contains("TLS"), "\(refused)")
+                    try plain.stop()
+                    let down = problem(try plain.tcpSettings(node: "x", sslmode: "disable"))
+                    #expect(down.contains("unreachable") && down.contains("check that PostgreSQL runs") && !down.contains("TLS"), "\(down)")
                 }
             }
         }

@@ -47,6 +47,9 @@ final class Dispatcher: Service {
     /// reported once, not once per message.
     private let loggedRefusals = Mutex<Set<String>>([])
     private let inFlight = Mutex<Set<EntryName>>([])
+    /// Announcements to mark done without a handler. One writer job takes all that queued up
+    /// meanwhile, so that a burst costs one change rather than one per message.
+    private let unhandled = Mutex<[Announcement]>([])
     /// When a handler run last ended (nanoseconds of the monotonic clock); the watchdog checks
     /// that it moves while work is queued.
     private let lastProgress = Atomic<Int64>(Dispatcher.monotonicNanoseconds())
@@ -133,16 +136,24 @@ final class Dispatcher: Service {
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
         if scan.runnable.isEmpty {
-            // Nothing would read it: done in one change, queued with the writer's next round,
-            // without a task (logged once, in logRefusals). Announced twice, the second finds it done.
-            spool.perform { [cards, logger] writer in
-                do throws(SpoolError) {
-                    try writer.skip(name)
-                } catch where error.code == .notFound {
-                } catch {
-                    logger.error("spool: \(error)", metadata: ["msg.key": "\(name)"])
+            // Nothing would read it: done with the writer's next round, without a task (logged
+            // once, in logRefusals). Announced twice, the second finds it done.
+            let first = unhandled.withLock { queued in
+                queued.append(announcement)
+                return queued.count == 1
+            }
+            guard first else { return }  // the job queued with the first one takes it
+            spool.perform { [self] writer in
+                let taken = unhandled.withLock { queued in
+                    defer { queued = [] }
+                    return queued
                 }
-                if announcement.kind == .card { cards?.finished(name) }
+                do throws(SpoolError) {
+                    try writer.skip(taken.map(\.name))
+                } catch {
+                    logger.error("spool: \(error)", metadata: ["msg.key": "\(taken.map(\.name.value).joined(separator: " "))"])
+                }
+                for done in taken where done.kind == .card { cards?.finished(done.name) }
             }
             return
         }

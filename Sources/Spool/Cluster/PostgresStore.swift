@@ -15,12 +15,14 @@ import Synchronization
 /// never an event loop. Each wait is bounded; a connection that failed or timed out is dropped
 /// and the next transaction connects again, so intake resumes by itself once the server answers.
 final class PostgresStore: SpoolStore {
-    static let schemaVersion: Int64 = 1
+    static let schemaVersion: Int64 = 2
     /// The NOTIFY channel: "something may have become runnable".
     static let channel = "dingstream"
     /// `pg_advisory_xact_lock` keys ("ding" + purpose): schema changes, pruning.
     static let migrationLock: Int64 = 0x6469_6E67_0001
     static let pruneLock: Int64 = 0x6469_6E67_0002
+    /// Seed of the conversations' claim locks (`hashtextextended`), apart from the keys above.
+    static let conversationLockSeed: Int64 = 0x6469_6E67_0003
 
     let settings: ClusterSettings
     let logger: Logger
@@ -33,6 +35,11 @@ final class PostgresStore: SpoolStore {
     private var connection: PostgresConnection?
     private var listener: PostgresConnection?
     private var inTransaction = false
+    /// BEGIN is sent with the transaction's first statement, not waited for on its own.
+    private var beginPending = false
+    /// Statements sent and not waited for yet (BEGIN, the round's locks): the next `run` waits
+    /// for them with its own, so that they cost no wake-up of the writer thread each.
+    private var unanswered: [(result: EventLoopFuture<PostgresQueryResult>, doing: String)] = []
     /// Set by a change that may make a message runnable elsewhere: COMMIT then notifies.
     private var wakesOthers = false
     /// A failed connect is not tried again before this, so a dead server costs each round nothing.
@@ -152,26 +159,49 @@ final class PostgresStore: SpoolStore {
         }
     }
 
-    /// Runs `query`, waiting at most `queryTimeout`.
+    /// Runs `query` after what was sent before it, waiting at most `queryTimeout` for each.
     @discardableResult
     private func run(_ query: PostgresQuery, doing: String) throws(SpoolError) -> PostgresQueryResult {
-        let connection = try current()
-        do {
-            return try bounded(connection.query(query, logger: logger), closing: connection).wait()
-        } catch {
-            let failure = failure(error, doing: doing)
-            // A server error (a constraint, a deadlock) leaves the connection usable; anything
-            // else (network, timeout, protocol) may not, so it is made anew.
-            let serverError = (error as? PSQLError)?.code == .server
-            if connection.isClosed || !serverError { drop() }
-            throw failure
+        let connection = try send(query, doing: doing)
+        let sent = unanswered
+        unanswered = []
+        var last: PostgresQueryResult?
+        for statement in sent {
+            do {
+                last = try statement.result.wait()
+            } catch {
+                let failure = failure(error, doing: statement.doing)
+                // A server error (a constraint, a deadlock) leaves the connection usable; anything
+                // else (network, timeout, protocol) may not, so it is made anew. The statements
+                // after a failed one fail too (the transaction is aborted): the first one says why.
+                let serverError = (error as? PSQLError)?.code == .server
+                for rest in sent { _ = try? rest.result.wait() }
+                if connection.isClosed || !serverError { drop() }
+                throw failure
+            }
         }
+        guard let last else { throw SpoolError(.database, path: url, detail: " \(doing): no answer") }
+        return last
+    }
+
+    /// Queues `query` on the connection (after a pending BEGIN) without waiting for it.
+    @discardableResult
+    private func send(_ query: PostgresQuery, doing: String) throws(SpoolError) -> PostgresConnection {
+        let connection = try current()
+        if beginPending {
+            beginPending = false
+            unanswered.append((bounded(connection.query("BEGIN", logger: logger), closing: connection), "starting a transaction"))
+        }
+        unanswered.append((bounded(connection.query(query, logger: logger), closing: connection), doing))
+        return connection
     }
 
     private func drop() {
         connection.map(Self.close)
         connection = nil
         inTransaction = false
+        beginPending = false
+        unanswered = []
     }
 
     /// `future`, or a timeout failure after `queryTimeout` that also closes `connection`.
@@ -218,7 +248,12 @@ final class PostgresStore: SpoolStore {
             }
             let cause = error.underlying.map { "\($0)" } ?? "\(error.code)"
             if error.code == .sslUnsupported {
-                return SpoolError(.database, path: url, detail: "\(doing): the server does not offer TLS; enable ssl on the server, or set sslmode=disable for a trusted network")
+                return SpoolError(
+                    .database, path: url,
+                    detail: "\(doing): TLS: the server does not support SSL (sslmode=\(settings.database.tls.rawValue) wants it); turn ssl on in its postgresql.conf, or set sslmode=disable only on a network you trust")
+            }
+            if let tls = tlsProblem(error.underlying) {
+                return SpoolError(.database, path: url, detail: "\(doing): TLS: \(tls)")
             }
             return SpoolError(.database, path: url, detail: "\(doing): unreachable (\(cause)); check that PostgreSQL runs and [cluster] database, intake resumes by itself")
         }
@@ -226,6 +261,26 @@ final class PostgresStore: SpoolStore {
             return SpoolError(.database, path: url, detail: "\(doing): \(error); the connection was dropped and is made again at the next round")
         }
         return SpoolError(.database, path: url, detail: "\(doing): unreachable (\(error)); check that PostgreSQL runs and [cluster] database, intake resumes by itself")
+    }
+
+    /// What a TLS handshake failure means and what to do; nil when `error` is not one.
+    private func tlsProblem(_ error: (any Error)?) -> String? {
+        guard let error else { return nil }
+        let host: String
+        switch settings.database.endpoint {
+        case .tcp(let name, _): host = name
+        case .unixSocket(let path): host = path
+        }
+        if let extra = error as? NIOSSLExtraError, extra == .failedToValidateHostname {
+            return "hostname mismatch: the server's certificate is not for \(host) (\(extra)); connect by a name its subjectAltName lists, or use sslmode=verify-ca, which checks the CA but not the name"
+        }
+        guard error is NIOSSLError || error is BoringSSLError else { return nil }
+        let text = "\(error)"
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            let trust = settings.caFile.map { "ca_file \($0)" } ?? "the system's CAs (no ca_file set)"
+            return "the server's certificate is not trusted by \(trust) (\(text)); set ca_file to the CA certificate that signed the server's (its root.crt)"
+        }
+        return "the handshake failed (\(text)); check ssl_cert_file and ssl_key_file on the server and ca_file here"
     }
 
     /// The wake-up connection: LISTEN on its own connection, so that a new message committed by
@@ -270,10 +325,13 @@ final class PostgresStore: SpoolStore {
             guard version <= Self.schemaVersion else {
                 throw SpoolError(.database, path: url, detail: ": schema version \(version) is newer than this dingstream knows (\(Self.schemaVersion)); upgrade this host to the version the others run")
             }
-            if version < 1 {
-                for statement in Self.schemaV1 { try run(PostgresQuery(unsafeSQL: statement), doing: "creating the schema") }
-                try run("INSERT INTO dingstream_schema (version) VALUES (1)", doing: "recording the schema version")
-                logger.notice("cluster: created the schema (version 1)", metadata: ["cluster.database": "\(url)"])
+            for (number, statements) in [(Int64(1), Self.schemaV1), (2, Self.schemaV2)] where version < number {
+                for statement in statements { try run(PostgresQuery(unsafeSQL: statement), doing: "migrating the schema to version \(number)") }
+                try run("INSERT INTO dingstream_schema (version) VALUES (\(number))", doing: "recording the schema version")
+            }
+            if version < Self.schemaVersion {
+                logger.notice(
+                    "cluster: \(version == 0 ? "created" : "migrated") the schema (version \(Self.schemaVersion))", metadata: ["cluster.database": "\(url)"])
             }
             try heartbeat()
             try commit()
@@ -321,23 +379,42 @@ final class PostgresStore: SpoolStore {
         """,
     ]
 
+    /// When a message was sent (DingTalk's `createAt`), so that a conversation runs in the order
+    /// sent, not the order the hosts happened to store it. And an index for the dead letters,
+    /// which every rescan counts: without it each count read the whole table.
+    static let schemaV2 = [
+        "CREATE INDEX message_failed ON message (id) WHERE state = 'failed'",
+        "ALTER TABLE message ADD COLUMN sent_ms bigint",
+        "UPDATE message SET sent_ms = received_ms",
+        "ALTER TABLE message ALTER COLUMN sent_ms SET NOT NULL",
+        "DROP INDEX message_conversation",
+        "CREATE INDEX message_conversation ON message (conversation, sent_ms, id) WHERE state IN ('new', 'running')",
+    ]
+
     // MARK: Transactions
 
     func begin() throws(SpoolError) {
-        try run("BEGIN", doing: "starting a transaction")
+        beginPending = true
         inTransaction = true
         wakesOthers = false
     }
 
     func commit() throws(SpoolError) {
+        if beginPending {
+            // Nothing was sent: nothing to commit.
+            beginPending = false
+            inTransaction = false
+            return
+        }
         // Delivered by the server at COMMIT, coalesced per transaction.
-        if wakesOthers { try run("SELECT pg_notify('dingstream', \(settings.node))", doing: "notifying the other hosts") }
+        if wakesOthers { try send("SELECT pg_notify('dingstream', \(settings.node))", doing: "notifying the other hosts") }
         try run("COMMIT", doing: "committing")
         inTransaction = false
         wakesOthers = false
     }
 
     func rollback() {
+        beginPending = false
         guard inTransaction, let connection, !connection.isClosed else {
             inTransaction = false
             return
@@ -358,7 +435,7 @@ final class PostgresStore: SpoolStore {
     /// the inserts then keep arrival order, which is the conversations' order.
     func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {
         let keys = Set(records.map { Self.lockKey(app: $0.app, kind: $0.kind.rawValue, id: $0.key.id) }).sorted()
-        try run(
+        try send(
             "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM unnest(\(keys)::bigint[]) AS k ORDER BY k) AS sorted",
             doing: "locking the round's business keys")
     }
@@ -373,17 +450,35 @@ final class PostgresStore: SpoolStore {
     }
 
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
-        let entry = ByteBuffer(bytes: bytes)
-        let result = try run(
+        try insert([NewEntry(record: record, name: name, bytes: bytes)], nowMillis: nowMillis)[0]
+    }
+
+    /// One statement for the round: the rows go in as arrays and come out in arrival order, so
+    /// that ids keep it (ties of `sent_ms` within a conversation are broken by id).
+    func insert(_ entries: [NewEntry], nowMillis: Int64) throws(SpoolError) -> [Bool] {
+        guard !entries.isEmpty else { return [] }
+        let rows = try run(
             """
-            INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
-            VALUES (\(name.value), \(record.app), \(record.kind.rawValue), \(record.key.id), 'new', \(record.conversation),
-                    \(record.receivedMillis), \(nowMillis), \(record.receivedMillis), \(entry))
+            INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, sent_ms, changed_ms, not_before_ms, entry)
+            SELECT name, app, kind, business_id, 'new', nullif(conversation, ''), received_ms, sent_ms, \(nowMillis), received_ms, entry
+            FROM unnest(
+                \(entries.map(\.name.value))::text[], \(entries.map(\.record.app))::text[], \(entries.map(\.record.kind.rawValue))::text[],
+                \(entries.map(\.record.key.id))::text[], \(entries.map { $0.record.conversation ?? "" })::text[],
+                \(entries.map(\.record.receivedMillis))::bigint[], \(entries.map(\.record.sentMillis))::bigint[],
+                \(entries.map { ByteBuffer(bytes: $0.bytes) })::bytea[])
+                WITH ORDINALITY AS round(name, app, kind, business_id, conversation, received_ms, sent_ms, entry, position)
+            ORDER BY position
             ON CONFLICT DO NOTHING
-            """, doing: "storing \(name)")
-        let inserted = result.metadata.rows == 1
-        if inserted { wakesOthers = true }
-        return inserted
+            RETURNING name
+            """, doing: "storing \(entries.count) message(s)"
+        ).rows
+        // No wake-up: this host announces what it stored and runs it; the others come across
+        // it at their regular rescan if it is still waiting then (this host died, say). Waking
+        // them would have every host go for every message, and wait for each other's rows.
+        var inserted = Set<String>()
+        for row in rows { if let name = try? row.decode(String.self) { inserted.insert(name) } }
+        // A name twice in the round (the same message twice in one millisecond): the first is stored.
+        return entries.map { inserted.remove($0.name.value) != nil }
     }
 
     // MARK: Entries
@@ -451,10 +546,18 @@ final class PostgresStore: SpoolStore {
         let states = from.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
         // A claimed row changes only by its holder: after a takeover the old holder's late
         // completion finds nothing (`.notFound`) instead of moving the row under the new one.
-        let sql = """
+        var sql = """
             UPDATE message SET \(assignments.joined(separator: ", "))
             WHERE name = $\(nameIndex) AND state IN (\(states)) AND (state NOT IN ('running', 'outbox') OR claimed_by = $\(nodeIndex))
             """
+        if from == [.new] {
+            // A new row another host is changing right now (finishing it too, or claiming it) is
+            // theirs: refused at once rather than waited for until their round commits.
+            sql = """
+                UPDATE message SET \(assignments.joined(separator: ", "))
+                WHERE id = (SELECT id FROM message WHERE name = $\(nameIndex) AND state = 'new' FOR UPDATE SKIP LOCKED)
+                """
+        }
         let result = try run(PostgresQuery(unsafeSQL: sql, binds: bindings), doing: "moving \(name) to \(to.rawValue)")
         guard result.metadata.rows == 1 else {
             throw SpoolError(.notFound, path: name.value, detail: "in \(states) held by \(settings.node)")
@@ -462,10 +565,34 @@ final class PostgresStore: SpoolStore {
         if from.contains(.running) || to == .new { wakesOthers = true }
     }
 
-    /// Moves `name` from `new` to `running`, held by this node, when nothing earlier of its
-    /// conversation is unfinished on any host (running, or due in `new`). `SKIP LOCKED`: a
-    /// row another host is claiming right now is theirs, not waited for.
+    /// One statement; rows another host is changing right now are theirs (`SKIP LOCKED`).
+    func finishNew(_ names: [EntryName], nowMillis: Int64) throws(SpoolError) {
+        guard !names.isEmpty else { return }
+        try run(
+            """
+            UPDATE message SET state = 'done', changed_ms = \(nowMillis), claimed_by = NULL, lease_until = NULL
+            WHERE id IN (SELECT id FROM message WHERE name = ANY(\(names.map(\.value))) AND state = 'new' FOR UPDATE SKIP LOCKED)
+            """, doing: "finishing \(names.count) message(s) no handler needs")
+    }
+
+    /// Moves `name` from `new` to `running`, held by this node, when nothing of its conversation
+    /// runs on any host and nothing sent before it is due in `new`. `SKIP LOCKED`: a row another
+    /// host is claiming right now is theirs, not waited for.
+    ///
+    /// Claims in one conversation take turns through a transaction lock taken in a statement of
+    /// its own: two hosts claiming two of its messages at once would each see the other's as
+    /// still new (uncommitted) and both run. The claim's statement then sees every claim that
+    /// committed before it. The lock is only tried: when another host holds it, that host is
+    /// claiming in the conversation right now and this claim is refused like a running one.
     func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {
+        // No row: not stored (refused below); NULL: no conversation, nothing to take turns with.
+        let rows = try run(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(conversation, \(Self.conversationLockSeed))) FROM message WHERE name = \(name.value)",
+            doing: "claiming \(name)"
+        ).rows
+        if let first = rows.first, (try? first.decode(Bool?.self)) == false {
+            throw SpoolError(.notFound, path: name.value, detail: "(another host is claiming in its conversation)")
+        }
         let result = try run(
             """
             UPDATE message SET state = 'running', changed_ms = \(nowMillis), claimed_by = \(settings.node),
@@ -473,15 +600,23 @@ final class PostgresStore: SpoolStore {
             WHERE id = (
                 SELECT m.id FROM message m
                 WHERE m.name = \(name.value) AND m.state = 'new'
-                  AND NOT EXISTS (
-                      SELECT 1 FROM message e
-                      WHERE e.conversation = m.conversation AND e.id < m.id
-                        AND (e.state = 'running' OR (e.state = 'new' AND e.not_before_ms <= \(nowMillis))))
+                  AND NOT EXISTS (\(unescaped: Self.unfinishedBefore(dueBy: nowMillis)))
                 FOR UPDATE OF m SKIP LOCKED)
             """, doing: "claiming \(name)")
         guard result.metadata.rows == 1 else {
             throw SpoolError(.notFound, path: name.value, detail: "in new and first of its conversation")
         }
+    }
+
+    /// What keeps `m` from running: a message of its conversation running anywhere, or one sent
+    /// before it (ties: stored before it) due in `new`. Sent, not stored: a redelivery stored
+    /// late on another host does not overtake what was sent after it but still waits.
+    private static func unfinishedBefore(dueBy: Int64) -> String {
+        """
+        SELECT 1 FROM message e
+        WHERE e.conversation = m.conversation AND e.id <> m.id
+          AND (e.state = 'running' OR (e.state = 'new' AND e.not_before_ms <= \(dueBy) AND (e.sent_ms, e.id) < (m.sent_ms, m.id)))
+        """
     }
 
     func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)] {
@@ -505,11 +640,8 @@ final class PostgresStore: SpoolStore {
             """
             SELECT m.name, m.kind, m.conversation FROM message m
             WHERE m.state = 'new' AND m.not_before_ms <= \(dueBy)
-              AND NOT EXISTS (
-                  SELECT 1 FROM message e
-                  WHERE e.conversation = m.conversation AND e.id < m.id
-                    AND (e.state = 'running' OR (e.state = 'new' AND e.not_before_ms <= \(dueBy))))
-            ORDER BY m.id LIMIT \(Int64(limit))
+              AND NOT EXISTS (\(unescaped: Self.unfinishedBefore(dueBy: dueBy)))
+            ORDER BY m.sent_ms, m.id LIMIT \(Int64(limit))
             """, doing: "looking for runnable messages"
         ).rows
         return rows.compactMap { row in
@@ -587,6 +719,7 @@ final class PostgresStore: SpoolStore {
     func prune(states: Set<EntryState>, receivedBefore before: Int64, dedupFrom: Int64, limit: Int) throws(SpoolError) -> Int {
         let locked = try run("SELECT pg_try_advisory_xact_lock(\(Self.pruneLock))", doing: "taking the prune lock").rows.first
         guard (try? locked?.decode(Bool.self)) == true else { return 0 }
+        try forgetSilentNodes()
         let list = states.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
         let deleted = try run(
             """
@@ -604,6 +737,29 @@ final class PostgresStore: SpoolStore {
             """, doing: "pruning")
         touched += tombstoned.metadata.rows ?? 0
         return touched
+    }
+
+    /// A node that has not heartbeated for this long is gone for good (renamed, decommissioned):
+    /// its row goes, so that `status` and the table do not keep every name ever used. A day,
+    /// so that a host that died overnight still shows; longer for a lease of hours.
+    var nodeForgetMillis: Int64 { max(24 * 3600 * 1000, 7 * leaseMillis) }
+
+    /// Removes the rows of nodes silent for `nodeForgetMillis` that hold nothing (what they held
+    /// was taken over after the lease, long before).
+    private func forgetSilentNodes() throws(SpoolError) {
+        let rows = try run(
+            """
+            DELETE FROM node n WHERE n.heartbeat_at < clock_timestamp() - \(nodeForgetMillis)::bigint * interval '1 millisecond'
+              AND NOT EXISTS (SELECT 1 FROM message m WHERE m.claimed_by = n.name AND m.state IN ('running', 'outbox'))
+            RETURNING n.name
+            """, doing: "forgetting silent nodes"
+        ).rows
+        let names = rows.compactMap { try? $0.decode(String.self) }
+        if !names.isEmpty {
+            logger.notice(
+                "cluster: forgot \(names.count) node(s) silent for more than \(nodeForgetMillis / 3_600_000) h",
+                metadata: ["cluster.node": "\(names.sorted().joined(separator: " "))"])
+        }
     }
 
     /// Autovacuum returns the space.
@@ -723,4 +879,15 @@ struct Upkeep {
     var reclaimed: [(name: String, holder: String)] = []
     /// Outbox entries now delivered by this node.
     var outbox: [(name: String, holder: String)] = []
+}
+
+extension IntakeRecord {
+    /// When DingTalk says the message was sent (`createAt`, its servers' clock), else its arrival.
+    /// Only a conversation's order needs it; the intake's quick scan does not read it, so a
+    /// message in a conversation is parsed here unless that was done already.
+    var sentMillis: Int64 {
+        if let createAt = botMessage?.createAt { return createAt }
+        guard conversation != nil, let object = JSON.object(data) else { return receivedMillis }
+        return BotMessage(data: object)?.createAt ?? receivedMillis
+    }
 }

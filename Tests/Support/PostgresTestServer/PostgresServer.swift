@@ -1,6 +1,10 @@
 import Foundation
 import Spool
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A PostgreSQL of the test's own: Debian's binaries, `initdb` into a temporary directory, a
 /// server listening only on a unix socket in that directory (no port to collide with other
 /// tests), password login (scram), stopped and removed at the end. As root (CI) the server
@@ -16,20 +20,29 @@ public final class PostgresServer: Sendable {
     let runAs: String?
     /// With fsync on (the bench measures durable commits); tests run without it.
     let durable: Bool
+    /// Also listening on 127.0.0.1 at this port (nil: the unix socket only).
+    public let port: Int?
+    /// With TLS on that port: a certificate for `localhost` signed by `caFile`.
+    public let tls: Bool
+    /// The CA that signed the server's certificate (when `tls`).
+    public var caFile: String { directory + "/ca.crt" }
 
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
     }
 
-    private init(directory: String, runAs: String?, durable: Bool) {
+    private init(directory: String, runAs: String?, durable: Bool, port: Int?, tls: Bool) {
         self.directory = directory
         self.runAs = runAs
         self.durable = durable
+        self.port = port
+        self.tls = tls
     }
 
-    /// initdb, start, createdb `dingstream`.
+    /// initdb, start, createdb `dingstream`. `tcp`: also on a free port of 127.0.0.1, with TLS
+    /// when `tls` (a CA and a server certificate for `localhost` made with openssl).
     /// - Throws: `Failure` saying what to install or what the server logged.
-    public static func start(durable: Bool = false) throws -> PostgresServer {
+    public static func start(durable: Bool = false, tcp: Bool = false, tls: Bool = false) throws -> PostgresServer {
         guard FileManager.default.isExecutableFile(atPath: binaries + "/initdb") else {
             throw Failure(description: "PostgreSQL 15 is not installed (\(binaries)/initdb); run make deps (it installs Debian's postgresql)")
         }
@@ -43,13 +56,14 @@ public final class PostgresServer: Sendable {
             }
             chown(directory, account.pointee.pw_uid, account.pointee.pw_gid)
         }
-        let server = PostgresServer(directory: directory, runAs: runAs, durable: durable)
+        let server = PostgresServer(directory: directory, runAs: runAs, durable: durable, port: tcp || tls ? try freePort() : nil, tls: tls)
         do {
             try server.write(Self.password + "\n", to: directory + "/pwfile")
+            if tls { try server.makeCertificates() }
             try server.run(
                 "initdb", ["-D", server.dataDirectory, "-U", user, "--pwfile", directory + "/pwfile", "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale", "C"])
             try server.startServer()
-            try server.run("createdb", ["-h", directory, "-U", user, "dingstream"])
+            try server.run("createdb", ["-h", directory] + server.portOption + ["-U", user, "dingstream"])
         } catch {
             server.remove()
             throw error
@@ -59,10 +73,50 @@ public final class PostgresServer: Sendable {
 
     /// The server again on the same data (after `stop`).
     public func startServer() throws {
-        try run("pg_ctl", [
-            "-D", dataDirectory, "-l", directory + "/server.log", "-w", "-t", "30",
-            "-o", "-k \(directory) -c listen_addresses=''\(durable ? "" : " -c fsync=off") -c max_connections=40", "start",
-        ])
+        var options = "-k \(directory)\(durable ? "" : " -c fsync=off") -c max_connections=40"
+        if let port {
+            options += " -c listen_addresses=127.0.0.1 -p \(port)"
+        } else {
+            options += " -c listen_addresses=''"
+        }
+        if tls { options += " -c ssl=on -c ssl_cert_file=\(directory)/server.crt -c ssl_key_file=\(directory)/server.key" }
+        try run("pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-w", "-t", "30", "-o", options, "start"])
+    }
+
+    /// The port names the unix socket too (`.s.PGSQL.<port>`).
+    var portOption: [String] { port.map { ["-p", "\($0)"] } ?? [] }
+
+    /// A CA and a server certificate for `localhost` (no IP address in it) signed by it.
+    private func makeCertificates() throws {
+        let openssl = "/usr/bin/openssl"
+        try run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=dingstream test CA",
+            "-keyout", directory + "/ca.key", "-out", caFile], binary: openssl)
+        try run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", directory + "/server.key", "-out", directory + "/server.csr"], binary: openssl)
+        try write("subjectAltName=DNS:localhost\n", to: directory + "/server.ext")
+        try run("openssl", ["x509", "-req", "-in", directory + "/server.csr", "-CA", caFile, "-CAkey", directory + "/ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", directory + "/server.ext", "-out", directory + "/server.crt"], binary: openssl)
+        // PostgreSQL refuses a key others can read.
+        chmod(directory + "/server.key", 0o600)
+        if let runAs, let account = getpwnam(runAs) {
+            for file in ["server.key", "server.crt", "ca.crt"] { chown(directory + "/" + file, account.pointee.pw_uid, account.pointee.pw_gid) }
+        }
+    }
+
+    /// A port nobody listens on now (bound to 0, read back, closed).
+    private static func freePort() throws -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socket >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        }
+        guard bound else { throw Failure(description: "cannot find a free port: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// `fast`: clients are disconnected, the server shuts down cleanly.
@@ -76,13 +130,20 @@ public final class PostgresServer: Sendable {
     }
 
     public func settings(node: String, lease: Duration = .seconds(30), password: String? = PostgresServer.password) throws -> ClusterSettings {
-        let url = try DatabaseURL(parsing: "postgresql://\(Self.user)@/dingstream?host=\(directory)")
+        let url = try DatabaseURL(parsing: "postgresql://\(Self.user)@/dingstream?host=\(directory)\(port.map { "&port=\($0)" } ?? "")")
         return ClusterSettings(database: url, password: password, node: node, lease: lease)
+    }
+
+    /// Over TCP to `host` (127.0.0.1 or localhost) at `port`, with `sslmode`.
+    public func tcpSettings(node: String, host: String = "127.0.0.1", sslmode: String, caFile: String? = nil) throws -> ClusterSettings {
+        guard let port else { throw Failure(description: "this server listens on its unix socket only; start it with tcp: true") }
+        let url = try DatabaseURL(parsing: "postgresql://\(Self.user)@\(host):\(port)/dingstream?sslmode=\(sslmode)")
+        return ClusterSettings(database: url, password: Self.password, caFile: caFile, node: node)
     }
 
     /// Runs `sql` through psql and returns its unaligned output.
     public func psql(_ sql: String) throws -> String {
-        try run("psql", ["-h", directory, "-U", Self.user, "-d", "dingstream", "-X", "-A", "-t", "-c", sql], binary: "/usr/bin/psql")
+        try run("psql", ["-h", directory] + portOption + ["-U", Self.user, "-d", "dingstream", "-X", "-A", "-t", "-c", sql], binary: "/usr/bin/psql")
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
@@ -142,8 +203,8 @@ func spawnAndWait(_ argv: [String], environment: [String: String], output: Strin
 }
 
 /// Runs `body` with a PostgreSQL of its own, stopped and removed after.
-public func withPostgres<T>(_ body: (PostgresServer) async throws -> T) async throws -> T {
-    let server = try PostgresServer.start()
+public func withPostgres<T>(tcp: Bool = false, tls: Bool = false, _ body: (PostgresServer) async throws -> T) async throws -> T {
+    let server = try PostgresServer.start(tcp: tcp, tls: tls)
     defer { server.remove() }
     return try await body(server)
 }

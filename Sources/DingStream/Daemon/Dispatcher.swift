@@ -37,6 +37,8 @@ final class Dispatcher: Service {
     private let outboxWake: @Sendable () -> Void
     private let cards: CardResponder?
     private let metrics: DaemonMetrics
+    /// Told of every handler run as it ends (the sandbox page lists them).
+    private let onHandlerRun: (@Sendable (HandlerRunReport) -> Void)?
     private let logger: Logger
     /// The handler refusals last logged, so that a file turning unsafe while the daemon runs is
     /// reported once, not once per message.
@@ -49,7 +51,7 @@ final class Dispatcher: Service {
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
         shutdownGrace: Duration, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
-        metrics: DaemonMetrics = .disabled, logger: Logger
+        metrics: DaemonMetrics = .disabled, onHandlerRun: (@Sendable (HandlerRunReport) -> Void)? = nil, logger: Logger
     ) {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
@@ -60,6 +62,7 @@ final class Dispatcher: Service {
         self.outboxWake = outboxWake
         self.cards = cards
         self.metrics = metrics
+        self.onHandlerRun = onHandlerRun
         self.logger = logger
     }
 
@@ -221,6 +224,7 @@ final class Dispatcher: Service {
             lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
             series.handlerRuns[HandlerRunResult(result)]?.increment()
             series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(result.duration))
+            onHandlerRun?(HandlerRunReport(entry: name, kind: entry.kind, handler: handler.name, result: result))
             switch result.outcome {
             case .done where entry.kind == .card:
                 // A card's answer is the ack's response, not a message: it has no conversation.

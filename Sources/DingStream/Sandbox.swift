@@ -136,6 +136,10 @@ public struct Sandbox: Sendable {
         app.apiBase = simulator.baseURL
         app.allowedUsers = ["*"]
         configuration.apps = [app]
+        let simulatorPort = URL(string: simulator.baseURL)?.port ?? port
+        let sayCommand = simulatorPort == Self.defaultPort
+            ? #"dingstream sandbox say "hello"                    (or: make say TEXT="hello")"#
+            : #"dingstream sandbox say --port \#(simulatorPort) "hello""#
         emit(
             """
 
@@ -146,7 +150,7 @@ public struct Sandbox: Sendable {
             Chat with the bot in a browser: http://\(pageAddress.hostForURL):\(page.port)/
 
             From a second terminal, send a message:
-              dingstream sandbox say "hello"                    (or: make say TEXT="hello")
+              \(sayCommand)
               curl -s -XPOST \(simulator.baseURL)/_sim/messages -d '{"app":"sandbox","text":"hello"}'
             Replies appear below. Ctrl-C stops both.
 

@@ -77,7 +77,7 @@ enum SandboxPageAssets {
     static let css = #"""
         * { box-sizing: border-box; }
         [hidden] { display: none !important; }
-        html, body { margin: 0; height: 100%; font: 14px/1.45 -apple-system, "Segoe UI", "PingFang SC", "Noto Sans", "DejaVu Sans", sans-serif; color: #171a1d; background: #f2f3f5; }
+        html, body { margin: 0; height: 100%; overflow: hidden; font: 14px/1.45 -apple-system, "Segoe UI", "PingFang SC", "Noto Sans", "DejaVu Sans", sans-serif; color: #171a1d; background: #f2f3f5; }
         #app { display: grid; grid-template-columns: 250px minmax(360px, 1fr) 330px; height: 100vh; }
         #side { background: #fff; border-right: 1px solid #e5e6eb; display: flex; flex-direction: column; overflow-y: auto; }
         .brand { font-weight: 600; font-size: 16px; padding: 14px 16px; border-bottom: 1px solid #eee; }
@@ -102,7 +102,7 @@ enum SandboxPageAssets {
         button:disabled { opacity: .5; cursor: default; }
         .muted { color: #858a93; font-size: 12px; }
         .hint code { background: #f2f3f5; padding: 0 3px; border-radius: 3px; }
-        #conversation { display: flex; flex-direction: column; min-width: 0; }
+        #conversation { display: flex; flex-direction: column; min-width: 0; min-height: 0; height: 100vh; }
         #chat-header { background: #fff; border-bottom: 1px solid #e5e6eb; padding: 12px 18px; font-weight: 600; font-size: 15px; }
         #chat-header small { font-weight: 400; color: #858a93; margin-left: 8px; font-size: 12px; }
         #messages { flex: 1; overflow-y: auto; padding: 14px 18px; }
@@ -127,7 +127,7 @@ enum SandboxPageAssets {
         .md ul, .md ol { margin: 4px 0; padding-left: 20px; }
         .md blockquote { margin: 4px 0; padding-left: 8px; border-left: 3px solid #d5d8de; color: #5f6570; }
         .md img { max-width: 100%; border-radius: 4px; }
-        .md a, .link-card a { color: #3296fa; text-decoration: none; }
+        .md a { color: #3296fa; text-decoration: none; }
         .card { background: #fff; border-radius: 8px; overflow: hidden; min-width: 260px; box-shadow: 0 1px 2px rgba(0,0,0,.06); }
         .card .card-body { padding: 10px 12px; }
         .card .buttons { display: flex; border-top: 1px solid #eee; }
@@ -137,7 +137,7 @@ enum SandboxPageAssets {
         .card .buttons.vertical button + button { border-left: 0; border-top: 1px solid #eee; }
         .card .buttons button.chosen { background: #e8f3ff; font-weight: 600; }
         .card-update { background: #f0faf5; color: #00864e; border-top: 1px solid #d8f0e3; padding: 6px 12px; font-size: 13px; }
-        .link-card { display: flex; gap: 10px; padding: 10px 12px; min-width: 260px; }
+        .link-card { display: flex; gap: 10px; padding: 10px 12px; min-width: 260px; color: inherit; text-decoration: none; }
         .link-card .pic { width: 52px; height: 52px; border-radius: 4px; background: #e8f3ff center/cover; flex: none; }
         .link-card .title { font-weight: 600; }
         .link-card .desc { color: #5f6570; font-size: 13px; }
@@ -302,7 +302,7 @@ enum SandboxPageAssets {
               const pic = safeURL(fields.picUrl || "", true);
               return el("div", { className: "card" }, el("a", { className: "link-card", href: url || undefined, target: "_blank", rel: "noopener noreferrer" },
                 el("div", {}, el("div", { className: "title" }, fields.title || ""), el("div", { className: "desc" }, fields.text || "")),
-                el("div", { className: "pic", style: pic ? "background-image:url('" + encodeURI(pic) + "')" : undefined })));
+                pic ? el("div", { className: "pic", style: "background-image:url('" + encodeURI(pic) + "')" }) : null));
             }
             case "feedCard":
               return el("div", { className: "card feed" }, (fields.links || []).map((l) =>
@@ -363,7 +363,7 @@ enum SandboxPageAssets {
           return item.from !== "update" && (item.chat === state.chat || item.chat === "all");
         }
 
-        function show(items) {
+        function show(items, fresh = true) {
           const box = $("messages");
           const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
           for (const item of items) {
@@ -373,7 +373,7 @@ enum SandboxPageAssets {
               if (card) applyUpdate(card, item);
             } else if (visible(item)) {
               box.append(renderItem(item));
-            } else if (item.chat in state.unread && item.from === "bot") {
+            } else if (fresh && item.chat in state.unread && item.from === "bot") {
               state.unread[item.chat] += 1;
             }
           }
@@ -395,7 +395,7 @@ enum SandboxPageAssets {
           $("sender-label").hidden = chat !== "group";
           $("at-label").hidden = chat !== "group";
           $("messages").textContent = "";
-          show(state.items);
+          show(state.items, false);
           $("messages").scrollTop = $("messages").scrollHeight;
         }
 

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
 
@@ -97,9 +98,9 @@ final class SandboxProcess: Sendable {
     let process: Process
     let root: String
     let pageURL: String
-    let output: Mutex<String>
+    let output: CollectedOutput
 
-    private init(process: Process, root: String, pageURL: String, output: Mutex<String>) {
+    private init(process: Process, root: String, pageURL: String, output: CollectedOutput) {
         self.process = process
         self.root = root
         self.pageURL = pageURL
@@ -118,15 +119,11 @@ final class SandboxProcess: Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        let output = Mutex("")
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let bytes = handle.availableData
-            if !bytes.isEmpty { output.withLock { $0 += String(decoding: bytes, as: UTF8.self) } }
-        }
+        let output = CollectedOutput(pipe)
         try process.run()
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline && process.isRunning {
-            let text = output.withLock { $0 }
+            let text = output.text
             if let line = text.split(separator: "\n").first(where: { $0.contains("Chat with the bot in a browser: ") }),
                 let url = line.split(separator: " ").last
             {
@@ -135,7 +132,7 @@ final class SandboxProcess: Sendable {
             Thread.sleep(forTimeInterval: 0.02)
         }
         process.terminate()
-        throw BrowserError("the sandbox printed no page address within 60 s; its output:\n\(output.withLock { $0 })")
+        throw BrowserError("the sandbox printed no page address within 60 s; its output:\n\(output.text)")
     }
 
     func stop() {
@@ -145,6 +142,24 @@ final class SandboxProcess: Sendable {
         }
         try? FileManager.default.removeItem(atPath: root)
     }
+}
+
+/// What a child process writes to `pipe`, gathered as it comes.
+final class CollectedOutput: Sendable {
+    private let collected = Mutex("")
+
+    init(_ pipe: Pipe) {
+        pipe.fileHandleForReading.readabilityHandler = { [collected = self] handle in
+            let bytes = handle.availableData
+            if !bytes.isEmpty { collected.append(bytes) }
+        }
+    }
+
+    private func append(_ bytes: Data) {
+        collected.withLock { $0 += String(decoding: bytes, as: UTF8.self) }
+    }
+
+    var text: String { collected.withLock { $0 } }
 }
 
 struct BrowserError: Error, CustomStringConvertible {
@@ -177,16 +192,12 @@ final class Browser: Sendable {
         let pipe = Pipe()
         driver.standardOutput = pipe
         driver.standardError = FileHandle.nullDevice
-        let output = Mutex("")
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let bytes = handle.availableData
-            if !bytes.isEmpty { output.withLock { $0 += String(decoding: bytes, as: UTF8.self) } }
-        }
+        let output = CollectedOutput(pipe)
         try driver.run()
         var port: String?
         let deadline = Date().addingTimeInterval(patience)
         while port == nil && Date() < deadline && driver.isRunning {
-            let text = output.withLock { $0 }
+            let text = output.text
             if let range = text.range(of: "started successfully on port ") {
                 let digits = text[range.upperBound...].prefix { $0.isNumber }
                 if !digits.isEmpty && text[range.upperBound...].dropFirst(digits.count).first == "." { port = String(digits) }
@@ -194,8 +205,8 @@ final class Browser: Sendable {
             if port == nil { try await Task.sleep(for: .milliseconds(20)) }
         }
         guard let port else {
-            driver.terminate()
-            throw BrowserError("chromedriver did not say its port within \(Int(patience)) s; it printed: \(output.withLock { $0 })")
+            kill(driver.processIdentifier, SIGKILL)
+            throw BrowserError("chromedriver did not say its port within \(Int(patience)) s; it printed: \(output.text)")
         }
         let base = "http://127.0.0.1:\(port)"
         let options: [String: Any] = [
@@ -210,7 +221,7 @@ final class Browser: Sendable {
             }
             return Browser(driver: driver, base: base, session: session)
         } catch {
-            driver.terminate()
+            kill(driver.processIdentifier, SIGKILL)
             throw error
         }
     }
@@ -223,7 +234,8 @@ final class Browser: Sendable {
             done.signal()
         }
         _ = done.wait(timeout: .now() + 10)
-        driver.terminate()
+        // chromedriver does not stop on SIGTERM.
+        kill(driver.processIdentifier, SIGKILL)
         driver.waitUntilExit()
     }
 
@@ -232,7 +244,7 @@ final class Browser: Sendable {
         request.method = method
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: body)))
+            request.body = .bytes(ByteBuffer(bytes: Array(try JSONSerialization.data(withJSONObject: body))))
         }
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
         let bytes = try await response.body.collect(upTo: 32 << 20)
@@ -244,7 +256,7 @@ final class Browser: Sendable {
     }
 
     private func command(_ path: String, _ body: [String: Any]? = [:], method: HTTPMethod = .POST) async throws -> Any? {
-        try await Self.call(base + "/session/" + session + path, method: method, body: method == .GET ? nil : body)["value"]
+        return try await Self.call(base + "/session/" + session + path, method: method, body: method == .GET ? nil : body)["value"]
     }
 
     func open(_ url: String) async throws {

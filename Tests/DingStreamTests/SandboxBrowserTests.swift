@@ -17,7 +17,7 @@ struct SandboxBrowserTests {
     func chatPageShowsRepliesCardsAndTheFallbackPath() async throws {
         #expect(Browser.installed, "chromium or chromedriver is missing: run make deps (it installs chromium and chromium-driver)")
         guard Browser.installed else { return }
-        let sandbox = try SandboxProcess.start()
+        let sandbox = try await SandboxProcess.start()
         defer { sandbox.stop() }
         let browser = try await Browser.start()
         defer { browser.stop() }
@@ -98,16 +98,16 @@ final class SandboxProcess: Sendable {
     let process: Process
     let root: String
     let pageURL: String
-    let output: CollectedOutput
+    let output: LineBuffer
 
-    private init(process: Process, root: String, pageURL: String, output: CollectedOutput) {
+    private init(process: Process, root: String, pageURL: String, output: LineBuffer) {
         self.process = process
         self.root = root
         self.pageURL = pageURL
         self.output = output
     }
 
-    static func start() throws -> SandboxProcess {
+    static func start() async throws -> SandboxProcess {
         guard let executable = DaemonProcess.executable else {
             throw BrowserError("no dingstream binary beside the tests; run swift build --build-tests")
         }
@@ -119,7 +119,8 @@ final class SandboxProcess: Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        let output = CollectedOutput(pipe)
+        let output = LineBuffer()
+        pipe.fileHandleForReading.readabilityHandler = { output.append($0.availableData) }
         try process.run()
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline && process.isRunning {
@@ -129,7 +130,7 @@ final class SandboxProcess: Sendable {
             {
                 return SandboxProcess(process: process, root: root, pageURL: String(url), output: output)
             }
-            Thread.sleep(forTimeInterval: 0.02)
+            try await Task.sleep(for: .milliseconds(20))
         }
         process.terminate()
         throw BrowserError("the sandbox printed no page address within 60 s; its output:\n\(output.text)")
@@ -142,24 +143,6 @@ final class SandboxProcess: Sendable {
         }
         try? FileManager.default.removeItem(atPath: root)
     }
-}
-
-/// What a child process writes to `pipe`, gathered as it comes.
-final class CollectedOutput: Sendable {
-    private let collected = Mutex("")
-
-    init(_ pipe: Pipe) {
-        pipe.fileHandleForReading.readabilityHandler = { [collected = self] handle in
-            let bytes = handle.availableData
-            if !bytes.isEmpty { collected.append(bytes) }
-        }
-    }
-
-    private func append(_ bytes: Data) {
-        collected.withLock { $0 += String(decoding: bytes, as: UTF8.self) }
-    }
-
-    var text: String { collected.withLock { $0 } }
 }
 
 struct BrowserError: Error, CustomStringConvertible {
@@ -192,7 +175,8 @@ final class Browser: Sendable {
         let pipe = Pipe()
         driver.standardOutput = pipe
         driver.standardError = FileHandle.nullDevice
-        let output = CollectedOutput(pipe)
+        let output = LineBuffer()
+        pipe.fileHandleForReading.readabilityHandler = { output.append($0.availableData) }
         try driver.run()
         var port: String?
         let deadline = Date().addingTimeInterval(patience)

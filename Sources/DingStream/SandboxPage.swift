@@ -13,14 +13,14 @@ import Synchronization
 /// process (the page is plain HTML, CSS and JavaScript compiled into the binary), and the small
 /// JSON API it polls. It speaks to the simulator in-process and reads the spool read-only.
 final class SandboxPage: Service {
-    private typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+    private typealias Connection = HTTPListener.Connection
 
     let chat: SandboxChat
     let simulator: DingTalkSimulator
     let app: String
     let spoolDirectory: String
     let port: Int
-    private let server: NIOAsyncChannel<Connection, Never>
+    private let server: HTTPListener.Server
     private let runs = Mutex<[String]>([])
     private let logger: Logger
 
@@ -35,15 +35,7 @@ final class SandboxPage: Service {
         self.spoolDirectory = spoolDirectory
         self.logger = logger
         chat = SandboxChat(simulator: simulator, app: app)
-        server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: address.host, port: address.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try Connection(wrappingChannelSynchronously: channel)
-                }
-            }
+        server = try await HTTPListener.bind(address, backlog: 64)
         port = server.channel.localAddress?.port ?? address.port
     }
 
@@ -65,28 +57,12 @@ final class SandboxPage: Service {
     func run() async throws {
         await cancelWhenGracefulShutdown { [self] in
             do {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { group in
-                        for try await connection in inbound {
-                            group.addTask { await self.answer(connection) }
-                        }
-                    }
-                }
+                try await HTTPListener.serve(server, timeout: Self.requestTimeout) { try await self.exchange($0) }
             } catch {
                 if !Task.isCancelled { logger.warning("sandbox page: listener failed: \(error)") }
             }
         }
         try? await server.channel.close()
-    }
-
-    private func answer(_ connection: Connection) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await self.exchange(connection) }
-            group.addTask { try? await Task.sleep(for: Self.requestTimeout) }
-            await group.next()
-            group.cancelAll()
-            connection.channel.close(promise: nil)
-        }
     }
 
     private func exchange(_ connection: Connection) async throws {

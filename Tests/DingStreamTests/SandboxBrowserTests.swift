@@ -67,6 +67,36 @@ struct SandboxBrowserTests {
             "the webhook's refusal", "const n = [...document.querySelectorAll('.notice')].find(e => e.textContent.includes('300001')); return n ? n.textContent : null;")
         #expect(refusal.contains("expired"))
 
+        // A picture: its bytes reach the handler through the simulator's download API.
+        let picture = sandbox.root + "-picture.png"
+        // Chromium's own icon when there, so the page shows a real picture; any bytes would do.
+        let bytes = FileManager.default.contents(atPath: "/usr/share/icons/hicolor/64x64/apps/chromium.png")
+            ?? Data((0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try bytes.write(to: URL(fileURLWithPath: picture))
+        defer { try? FileManager.default.removeItem(atPath: picture) }
+        try await browser.upload(picture, into: "#picture-input")
+        let got = try await browser.waitFor(
+            "the reply to the picture",
+            "const m = [...document.querySelectorAll('.msg.bot')].find(e => e.textContent.includes('got picture')); return m ? m.textContent : null;")
+        #expect(got.contains("got picture (\(bytes.count) bytes)"))
+
+        // The group: a message that does not mention the bot stays with the people; one that
+        // does is answered in the group.
+        try await browser.click(try await browser.waitForElement("#chat-group"))
+        _ = try await browser.script("document.getElementById('sender').value = '0423298'; document.getElementById('at-bot').checked = false; return 'ok';")
+        try await browser.send("just between us")
+        _ = try await browser.waitFor("the unmentioned message", "return document.querySelector('#messages .not-sent') ? 'yes' : null;")
+        _ = try await browser.script("document.getElementById('at-bot').checked = true; return 'ok';")
+        try await browser.send("status of the group")
+        let groupReply = try await browser.waitFor(
+            "the group reply",
+            """
+            const m = [...document.querySelectorAll('#messages .msg.bot')].find(e => e.textContent.includes('status of the group'));
+            return m ? m.dataset.path : null;
+            """)
+        #expect(groupReply == "groupSend")
+        #expect(try await browser.script("return [...document.querySelectorAll('#messages .msg.bot')].some(e => e.textContent.includes('just between us'));") as? Bool == false)
+
         if let folder = ProcessInfo.processInfo.environment["SANDBOX_SCREENSHOTS"] {
             try await Self.screenshots(browser, into: folder)
         }
@@ -74,21 +104,25 @@ struct SandboxBrowserTests {
 
     /// `SANDBOX_SCREENSHOTS=docs make …`: the private chat as the test left it, then a group.
     static func screenshots(_ browser: Browser, into folder: String) async throws {
+        try await browser.click(try await browser.waitForElement("#chat-private"))
         try await browser.click(try await browser.waitForElement("#restore-webhooks"))
         try await browser.send("# Release 1.4.2\n\n- **3** commits\n- tests *green*\n\n> deploy after 18:00")
         _ = try await browser.waitFor("the release notes", "return document.querySelector('.msg.bot .md h1') ? 'yes' : null;")
         try await browser.screenshot(to: folder + "/sandbox-private.png")
         try await browser.click(try await browser.waitForElement("#chat-group"))
-        for (sender, text) in [("0423298", "who is on call tonight?"), ("0423297", "link"), ("0423299", "feed")] {
+        let shown = [
+            ("0423298", "who is on call tonight?", "[...document.querySelectorAll('#messages .msg.bot')].some(e => e.textContent.includes('on call'))"),
+            ("0423297", "link", "document.querySelector('#messages .link-card')"),
+            ("0423299", "feed", "document.querySelector('#messages .feed')"),
+        ]
+        for (sender, text, condition) in shown {
             _ = try await browser.script("document.getElementById('sender').value = '\(sender)'; return 'ok';")
             try await browser.send(text)
-            _ = try await browser.waitFor(
-                "the group reply to \(text)",
-                "return document.querySelectorAll('#messages .msg.bot').length >= \(text == "feed" ? 3 : text == "link" ? 2 : 1) ? 'yes' : null;")
+            _ = try await browser.waitFor("the group reply to \(text)", "return \(condition) ? 'yes' : null;")
         }
         _ = try await browser.script("document.getElementById('at-bot').checked = false; document.getElementById('sender').value = '0423298'; return 'ok';")
         try await browser.send("thanks, all")
-        _ = try await browser.waitFor("the unmentioned message", "return document.querySelector('.not-sent') ? 'yes' : null;")
+        _ = try await browser.waitFor("the unmentioned message", "return document.querySelectorAll('.not-sent').length > 1 ? 'yes' : null;")
         try await browser.screenshot(to: folder + "/sandbox-group.png")
     }
 }
@@ -296,6 +330,12 @@ final class Browser: Sendable {
         }
         try await click(try await waitForElement("#send"))
         _ = try await waitFor("the composer to empty after sending \"\(text.prefix(30))\"", "return document.getElementById('composer-text').value === '' ? 'sent' : null;")
+    }
+
+    /// Chooses `file` in the file input `selector`, as a user picking it would.
+    func upload(_ file: String, into selector: String) async throws {
+        let input = try await waitForElement(selector)
+        _ = try await command("/element/\(input)/value", ["text": file])
     }
 
     func screenshot(to path: String) async throws {

@@ -20,7 +20,16 @@ struct SandboxBrowserTests {
         let sandbox = try await SandboxProcess.start()
         defer { sandbox.stop() }
         let browser = try await Browser.start()
-        defer { browser.stop() }
+        do {
+            try await Self.exercise(browser, sandbox)
+        } catch {
+            await browser.stop()
+            throw BrowserError("\(error)\nthe sandbox's output ends with:\n\(sandbox.output.text.suffix(3000))")
+        }
+        await browser.stop()
+    }
+
+    static func exercise(_ browser: Browser, _ sandbox: SandboxProcess) async throws {
         try await browser.open(sandbox.pageURL)
 
         // Plain text: the echo handler's reply comes back through the session webhook.
@@ -98,7 +107,7 @@ struct SandboxBrowserTests {
         #expect(try await browser.script("return [...document.querySelectorAll('#messages .msg.bot')].some(e => e.textContent.includes('just between us'));") as? Bool == false)
 
         if let folder = ProcessInfo.processInfo.environment["SANDBOX_SCREENSHOTS"] {
-            try await Self.screenshots(browser, into: folder)
+            try await screenshots(browser, into: folder)
         }
     }
 
@@ -244,15 +253,11 @@ final class Browser: Sendable {
         }
     }
 
-    func stop() {
-        let url = base + "/session/" + session
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            _ = try? await Self.call(url, method: .DELETE, body: nil)
-            done.signal()
-        }
-        _ = done.wait(timeout: .now() + 10)
-        // chromedriver does not stop on SIGTERM.
+    /// Ends the session (Chromium quits), then chromedriver, which does not stop on SIGTERM.
+    func stop() async {
+        var request = HTTPClientRequest(url: base + "/session/" + session)
+        request.method = .DELETE
+        _ = try? await HTTPClient.shared.execute(request, timeout: .seconds(10))
         kill(driver.processIdentifier, SIGKILL)
         driver.waitUntilExit()
     }

@@ -11,23 +11,81 @@ import StreamProtocol
 /// a new user sees a message go in and the reply come back without a DingTalk account.
 public struct Sandbox: Sendable {
     public static let defaultPort = 8930
+    /// Where the chat page is served unless `--listen` says otherwise.
+    public static let defaultPageAddress = MetricsAddress(host: "127.0.0.1", port: 8931)
     public var port: Int
     public var directory: String?
+    public var pageAddress: MetricsAddress
 
-    public init(port: Int = Sandbox.defaultPort, directory: String? = nil) {
+    public init(port: Int = Sandbox.defaultPort, directory: String? = nil, pageAddress: MetricsAddress = Sandbox.defaultPageAddress) {
         self.port = port
         self.directory = directory
+        self.pageAddress = pageAddress
     }
 
     static let app = SimulatedApp(name: "sandbox", clientId: "dingsandbox", clientSecret: "sandbox-secret")
 
-    static let echoHandler = """
+    /// The handler the sandbox starts with: it echoes text and answers a few words with the
+    /// message types DingTalk renders, so the page shows each of them.
+    static let echoHandler = #"""
         #!/bin/sh
         # Example handler: the message JSON is on stdin, the text in $DINGSTREAM_TEXT.
-        # Whatever it prints becomes the reply.
-        printf 'echo from %s: %s\\n' "$(hostname)" "$DINGSTREAM_TEXT"
+        # Whatever it prints becomes the reply: plain text, or a JSON object with "msgtype".
+        # Try: any text; markdown (# heading, **bold**, - list, > quote, [link](https://…));
+        # "card" (an actionCard whose buttons answer), "link", "feed"; a picture or a file.
+        # What it writes to stderr shows in the sandbox page's list of handler runs.
+        host=$(hostname)
 
-        """
+        # A JSON string's contents: backslashes, quotes, tabs and line breaks escaped.
+        quote() { printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' | awk 'NR > 1 { printf "\\n" } { printf "%s", $0 }'; }
+
+        case "$DINGSTREAM_KIND" in
+        card)
+            # A button click: the first JSON object printed updates the card at once.
+            action=$(sed -n 's/.*actionIds\\":\[\\"\([^\\"]*\)\\".*/\1/p' | head -n 1)
+            echo "50-echo: card button \"$action\" clicked" >&2
+            printf '{"cardData":{"cardParamMap":{"status":"%s: done on %s"}}}\n' "$(quote "$action")" "$(quote "$host")"
+            exit 0 ;;
+        event)
+            echo "50-echo: event $(head -c 300)" >&2
+            exit 0 ;;
+        esac
+
+        if [ -n "$DINGSTREAM_ATTACHMENTS" ]; then
+            for file in "$DINGSTREAM_ATTACHMENTS"/*; do
+                echo "50-echo: attachment $(basename "$file")" >&2
+                printf 'echo from %s: got %s (%s bytes)\n' "$host" "$(basename "$file")" "$(wc -c < "$file")"
+            done
+            exit 0
+        fi
+        text=$DINGSTREAM_TEXT
+        case "$text" in
+        card)
+            echo "50-echo: answering with an actionCard" >&2
+            h=$(quote "$host")
+            cat <<JSON
+        {"msgtype":"actionCard","actionCard":{"title":"Deploy to $h?","text":"### Deploy to $h\n\nRelease **1.4.2** is ready:\n\n- 3 commits\n- tests green","btnOrientation":"1","btns":[{"title":"Approve","actionURL":"https://example.com/approve"},{"title":"Reject","actionURL":"https://example.com/reject"}]},"msgKey":"sampleActionCard2","msgParam":{"title":"Deploy to $h?","text":"Release **1.4.2** is ready.","actionTitle1":"Approve","actionURL1":"https://example.com/approve","actionTitle2":"Reject","actionURL2":"https://example.com/reject"}}
+        JSON
+            ;;
+        link)
+            echo "50-echo: answering with a link" >&2
+            printf '{"msgtype":"link","link":{"title":"dingstream on %s","text":"Stream Mode bots with handlers as scripts.","messageUrl":"https://example.com/dingstream","picUrl":""}}\n' "$(quote "$host")"
+            ;;
+        feed)
+            echo "50-echo: answering with a feedCard" >&2
+            echo '{"msgtype":"feedCard","feedCard":{"links":[{"title":"Release notes","messageURL":"https://example.com/notes","picURL":""},{"title":"Runbook","messageURL":"https://example.com/runbook","picURL":""}]},"msgKey":"sampleLink","msgParam":{"title":"Release notes","text":"Release notes","messageUrl":"https://example.com/notes","picUrl":""}}'
+            ;;
+        '#'*|*'**'*|*']('*|'> '*|'- '*|*'
+        '[-\>#]*)
+            echo "50-echo: answering in markdown" >&2
+            printf '{"msgtype":"markdown","markdown":{"title":"echo","text":"%s"}}\n' "$(quote "$text")"
+            ;;
+        *)
+            printf 'echo from %s: %s\n' "$host" "$text"
+            ;;
+        esac
+
+        """#
 
     public func run(logger: Logger, environment: [String: String]) async -> Int32 {
         let root = directory ?? NSTemporaryDirectory() + "dingstream-sandbox-\(getpid())"
@@ -75,7 +133,19 @@ public struct Sandbox: Sendable {
             await simulator.shutdown()
             return 73
         }
-        let portOption = port == Self.defaultPort ? "" : " --port \(port)"
+        let page: SandboxPage
+        do {
+            page = try await SandboxPage(address: pageAddress, simulator: simulator, app: Self.app.name, spoolDirectory: spool, logger: logger)
+        } catch {
+            await simulator.shutdown()
+            logger.critical("sandbox: cannot serve the chat page on \(pageAddress): \(error); pick another address with --listen")
+            return 69
+        }
+        if !pageAddress.isLoopback {
+            logger.warning("sandbox: the chat page listens on \(pageAddress), not a loopback address: anyone who reaches it can chat as the sandbox's users")
+        }
+        let simulatorPort = URL(string: simulator.baseURL)?.port ?? port
+        let portOption = simulatorPort == Self.defaultPort ? "" : " --port \(simulatorPort)"
         emit(
             """
 
@@ -83,6 +153,8 @@ public struct Sandbox: Sendable {
               spool:    \(spool)
               handlers: \(handlers)   (edit 50-echo or drop in your own)
               config:   \(configurationPath)
+
+            Chat with the bot in a browser: http://\(pageAddress.hostForURL):\(page.port)/
 
             From a second terminal, send a message:
               dingstream sandbox say\(portOption) "hello"
@@ -95,8 +167,9 @@ public struct Sandbox: Sendable {
 
             """)
         let printer = ReplyPrinter(simulator: simulator)
-        let status = await Daemon(configurationPath: configurationPath, environment: environment).run(
-            configuration: configuration, logger: logger, extraServices: [printer])
+        var daemon = Daemon(configurationPath: configurationPath, environment: environment)
+        daemon.onHandlerRun = { page.record($0) }
+        let status = await daemon.run(configuration: configuration, logger: logger, extraServices: [printer, page])
         await simulator.shutdown()
         return status
     }

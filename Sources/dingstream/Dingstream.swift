@@ -50,14 +50,22 @@ struct Sandbox: AsyncParsableCommand {
 
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run the simulator and the daemon with an echo handler (the default).")
-        @Option(help: "Port of the simulator.") var port: Int = DingStream.Sandbox.defaultPort
+        @Option(help: "Port of the simulator; 0 picks a free one.") var port: Int = DingStream.Sandbox.defaultPort
         @Option(help: "Keep the sandbox spool here instead of a temporary folder.") var directory: String?
+        @Option(help: "Where the chat page listens: PORT or HOST:PORT (127.0.0.1 unless another address is written out; port 0 picks a free one).")
+        var listen = DingStream.Sandbox.defaultPageAddress.description
 
-        func validate() throws { try checkPort(port) }
+        func validate() throws {
+            try checkPort(port, allowAny: true)
+            if case .failure(let failure) = MetricsAddress.parse(listen) {
+                throw ValidationError("--listen \(listen): \(failure.message)")
+            }
+        }
 
         func run() async throws {
             let logger = DingStream.bootstrapLogging(environment: environment())
-            let status = await DingStream.Sandbox(port: port, directory: directory).run(logger: logger, environment: environment())
+            guard case .success(let page) = MetricsAddress.parse(listen) else { throw ExitCode(64) }
+            let status = await DingStream.Sandbox(port: port, directory: directory, pageAddress: page).run(logger: logger, environment: environment())
             throw ExitCode(status)
         }
     }

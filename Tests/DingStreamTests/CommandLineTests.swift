@@ -293,6 +293,14 @@ struct CommandLineTests {
         #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
         #expect(result.stderr.contains("port"), "\(result.stderr)")
     }
+    /// The sandbox page binds only where `--listen` says; a host name is refused with the rule.
+    @Test(.timeLimit(.minutes(1)), arguments: [["sandbox", "--listen", "example.com:8931"], ["sandbox", "--listen", "127.0.0.1:70000"]])
+    func badPageAddressesAreUsageErrors(arguments: [String]) async throws {
+        let result = try await CommandRun.run(arguments, timeout: .seconds(10))
+        #expect(!result.timedOut)
+        #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
+        #expect(result.stderr.contains("--listen"), "\(result.stderr)")
+    }
     /// Issue 15, bug 13: with stdout a pipe, "listening on" stayed in the buffer.
     @Test(.timeLimit(.minutes(1)))
     func simulatorSaysWhereItListensThroughAPipe() async throws {

@@ -24,6 +24,8 @@ public struct Daemon: Sendable {
     public var keepalive: KeepaliveSettings?
     /// Told the port `GET /metrics` is served on, once it is (tests listen on port 0).
     public var onMetricsListening: (@Sendable (Int) -> Void)?
+    /// Told of every handler run as it ends (the sandbox page lists them).
+    public var onHandlerRun: (@Sendable (HandlerRunReport) -> Void)?
 
     public init(
         configurationPath: String, environment: [String: String], keepalive: KeepaliveSettings? = nil,
@@ -86,7 +88,7 @@ public struct Daemon: Sendable {
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
             baseEnvironment: environment, stopDeadline: stopDeadline,
-            outboxWake: { outbox.wake() }, cards: cards, metrics: metrics, logger: logger)
+            outboxWake: { outbox.wake() }, cards: cards, metrics: metrics, onHandlerRun: onHandlerRun, logger: logger)
         let connections = ConnectionManager(
             apps: configuration.apps,
             // Metrics off: the intake skips even the no-op calls.

@@ -42,6 +42,8 @@ final class Dispatcher: Service {
     private let outboxWake: @Sendable () -> Void
     private let cards: CardResponder?
     private let metrics: DaemonMetrics
+    /// Told of every handler run as it ends (the sandbox page lists them).
+    private let onHandlerRun: (@Sendable (HandlerRunReport) -> Void)?
     private let logger: Logger
     /// The handler refusals last logged, so that a file turning unsafe while the daemon runs is
     /// reported once, not once per message.
@@ -57,7 +59,7 @@ final class Dispatcher: Service {
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
         stopDeadline: StopDeadline, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
-        metrics: DaemonMetrics = .disabled, logger: Logger
+        metrics: DaemonMetrics = .disabled, onHandlerRun: (@Sendable (HandlerRunReport) -> Void)? = nil, logger: Logger
     ) {
         self.spool = spool
         self.scheduler = ConversationScheduler(workers: workers)
@@ -68,6 +70,7 @@ final class Dispatcher: Service {
         self.outboxWake = outboxWake
         self.cards = cards
         self.metrics = metrics
+        self.onHandlerRun = onHandlerRun
         self.logger = logger
     }
 
@@ -247,6 +250,7 @@ final class Dispatcher: Service {
             }
             series.handlerRuns[HandlerRunResult(result)]?.increment()
             series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(result.duration))
+            onHandlerRun?(HandlerRunReport(entry: name, kind: entry.kind, handler: handler.name, result: result))
             switch result.outcome {
             case .done where entry.kind == .card:
                 // A card's answer is the ack's response, not a message: it has no conversation.

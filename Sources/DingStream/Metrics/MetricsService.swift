@@ -97,21 +97,13 @@ final class MetricsService: Service {
 
     // MARK: HTTP
 
-    private typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+    private typealias Connection = HTTPListener.Connection
 
     private func serve(_ address: MetricsAddress) async {
         while !Task.isCancelled {
-            let server: NIOAsyncChannel<Connection, Never>
+            let server: HTTPListener.Server
             do {
-                server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .serverChannelOption(.backlog, value: 32)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .bind(host: address.host, port: address.port) { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                            return try Connection(wrappingChannelSynchronously: channel)
-                        }
-                    }
+                server = try await HTTPListener.bind(address, backlog: 32)
             } catch {
                 logger.error(
                     "metrics: cannot listen on \(address) (\(error)); trying again in \(Self.bindRetry). Is another process on that port? Change metrics_listen or free it")
@@ -125,28 +117,11 @@ final class MetricsService: Service {
             }
             onListening?(port)
             do {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { group in
-                        for try await connection in inbound {
-                            group.addTask { await self.answer(connection) }
-                        }
-                    }
-                }
+                try await HTTPListener.serve(server, timeout: Self.requestTimeout) { try await self.exchange($0) }
             } catch {
                 if !Task.isCancelled { logger.warning("metrics: listener failed: \(error)") }
             }
             return
-        }
-    }
-
-    /// One request per connection, answered within `requestTimeout` or dropped.
-    private func answer(_ connection: Connection) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await self.exchange(connection) }
-            group.addTask { try? await Task.sleep(for: Self.requestTimeout) }
-            await group.next()
-            group.cancelAll()
-            connection.channel.close(promise: nil)
         }
     }
 

@@ -210,20 +210,8 @@ struct FastFrameReader {
             if byte < 0x20 { return nil }
             index += 1
         }
-        // Escaped (a frame's `data` is JSON text, so full of \"): the runs between escapes are
-        // copied whole, into room for the rest of the buffer, which the text never outgrows.
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count - start)
-        out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index]))
+        var out = Array(bytes[start..<index])
         while index < bytes.count {
-            let run = index
-            while index < bytes.count {
-                let byte = bytes[index]
-                if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 { break }
-                index += 1
-            }
-            if index > run { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<index])) }
-            guard index < bytes.count else { return nil }
             let byte = bytes[index]
             index += 1
             switch byte {
@@ -252,7 +240,8 @@ struct FastFrameReader {
                 default: return nil
                 }
             default:
-                return nil  // a raw control character
+                if byte < 0x20 { return nil }
+                out.append(byte)
             }
         }
         return nil

@@ -11,6 +11,7 @@ final class SQLiteConnection {
     /// Opens (or with `create`, creates) the database at `path`.
     /// - Throws: `SpoolError` naming `path` (`.permissionDenied`, `.corrupt`, `.io`, …).
     init(path: String, readOnly: Bool = false, create: Bool = true) throws(SpoolError) {
+        _ = Self.configured
         self.path = path
         var pointer: OpaquePointer?
         var flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_PRIVATECACHE
@@ -25,6 +26,11 @@ final class SQLiteConnection {
         handle = pointer
         sqlite3_extended_result_codes(handle, 1)
     }
+
+    /// Process-wide settings, made once before the first connection initialises SQLite.
+    private static let configured: Void = {
+        _ = dingstream_disable_memory_statistics()
+    }()
 
     deinit {
         for statement in statements.values { statement.finalize() }
@@ -155,6 +161,22 @@ final class SQLiteStatement {
         data.withUnsafeBytes { buffer in
             _ = dingstream_bind_blob(pointer, index, buffer.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, Int32(buffer.count))
         }
+    }
+
+    /// Binds `bytes` at `index` without copying them, steps once (no rows expected) and resets,
+    /// so that nothing points at the bytes after the call.
+    /// - Throws: `SpoolError` mapped from the result code.
+    func step(borrowing bytes: [UInt8], at index: Int32) throws(SpoolError) {
+        let failure = bytes.withUnsafeBytes { buffer -> SpoolError? in
+            _ = dingstream_bind_blob_static(pointer, index, buffer.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, Int32(buffer.count))
+            let code = sqlite3_step(pointer)
+            let failure =
+                code == SQLITE_DONE || code == SQLITE_ROW
+                ? nil : connection.failure(code, doing: "running \(String(cString: sqlite3_sql(pointer)).prefix(60))")
+            reset()
+            return failure
+        }
+        if let failure { throw failure }
     }
 
     /// Steps once: true with a row to read, false when done.

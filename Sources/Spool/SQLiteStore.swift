@@ -6,12 +6,15 @@ import StreamProtocol
 final class SQLiteStore: SpoolStore {
     static let fileName = "spool.db"
     /// Bumped with every change of the schema; `migrate` brings older files up to it.
-    static let schemaVersion: Int64 = 1
+    static let schemaVersion: Int64 = 2
     /// Rows removed by a prune are tombstones of this state while they still count for dedup.
     static let purgedState = "purged"
 
     let connection: SQLiteConnection
     var path: String { connection.path }
+    /// Statements run for every message, kept here so that a call does not hash their SQL text.
+    private var insertStatement: SQLiteStatement?
+    private var transitionStatements: [Int: SQLiteStatement] = [:]
 
     /// Opens (creating when missing) and migrates the database at `path`.
     /// - Throws: `SpoolError`; `.corrupt` when the file is not a usable database.
@@ -88,6 +91,18 @@ final class SQLiteStore: SpoolStore {
                     CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
                     """, doing: "creating the schema")
             }
+            if version < 2 {
+                // The same partial index with its condition spelled as ORs: SQLite evaluates an IN
+                // list in an index's WHERE through a temporary b-tree, built twice per UPDATE
+                // and once per INSERT; equalities it compares in place. Queries for one state
+                // still use the index.
+                try connection.execute(
+                    """
+                    DROP INDEX message_waiting;
+                    CREATE INDEX message_waiting ON message (state, not_before_ms)
+                        WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
+                    """, doing: "recreating the waiting index")
+            }
             try connection.execute("PRAGMA user_version = \(Self.schemaVersion)", doing: "recording the schema version")
         }
     }
@@ -109,11 +124,17 @@ final class SQLiteStore: SpoolStore {
     // MARK: Intake
 
     func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
-        let statement = try connection.statement(
-            """
-            INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
-            VALUES (?1, ?2, ?3, ?4, 'new', ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
-            """)
+        let statement: SQLiteStatement
+        if let cached = insertStatement {
+            statement = cached
+        } else {
+            statement = try connection.statement(
+                """
+                INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
+                VALUES (?1, ?2, ?3, ?4, 'new', ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
+                """)
+            insertStatement = statement
+        }
         statement.bind(1, name.value)
         statement.bind(2, record.app)
         statement.bind(3, record.kind.rawValue)
@@ -121,8 +142,7 @@ final class SQLiteStore: SpoolStore {
         statement.bind(5, record.conversation)
         statement.bind(6, record.receivedMillis)
         statement.bind(7, nowMillis)
-        statement.bind(8, bytes: bytes)
-        try statement.step()
+        try statement.step(borrowing: bytes, at: 8)
         return connection.changes == 1
     }
 
@@ -155,17 +175,29 @@ final class SQLiteStore: SpoolStore {
     }
 
     func transition(_ name: EntryName, from: Set<EntryState>, to: EntryState, change: RowChange, nowMillis: Int64) throws(SpoolError) {
-        // One statement per shape of change, each prepared once.
-        var assignments = ["state = ?2", "changed_ms = ?3"]
-        if change.attempts != nil { assignments.append("attempts = ?4") }
-        if change.notBeforeMillis != nil { assignments.append("not_before_ms = ?5") }
-        if change.replies != nil { assignments.append("replies = ?6") }
-        if change.delivered != nil { assignments.append("delivered = ?7") }
-        if change.deliveryAttempts != nil { assignments.append("delivery_attempts = ?8") }
-        if change.reason != nil { assignments.append("reason = ?9") }
-        let states = from.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
-        let statement = try connection.statement(
-            "UPDATE message SET \(assignments.joined(separator: ", ")) WHERE name = ?1 AND state IN (\(states))")
+        // One statement per shape of change, each prepared once and found by a bit per column
+        // and per state: this runs for every message, the SQL text is only built the first time.
+        var shape = 0
+        if change.attempts != nil { shape |= 1 << 0 }
+        if change.notBeforeMillis != nil { shape |= 1 << 1 }
+        if change.replies != nil { shape |= 1 << 2 }
+        if change.delivered != nil { shape |= 1 << 3 }
+        if change.deliveryAttempts != nil { shape |= 1 << 4 }
+        if change.reason != nil { shape |= 1 << 5 }
+        for (offset, state) in EntryState.allCases.enumerated() where from.contains(state) { shape |= 1 << (8 + offset) }
+        var states: String { from.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ") }
+        let statement: SQLiteStatement
+        if let cached = transitionStatements[shape] {
+            cached.reset()
+            statement = cached
+        } else {
+            var assignments = ["state = ?2", "changed_ms = ?3"]
+            let columns = ["attempts = ?4", "not_before_ms = ?5", "replies = ?6", "delivered = ?7", "delivery_attempts = ?8", "reason = ?9"]
+            for (bit, column) in columns.enumerated() where shape & (1 << bit) != 0 { assignments.append(column) }
+            statement = try connection.statement(
+                "UPDATE message SET \(assignments.joined(separator: ", ")) WHERE name = ?1 AND state IN (\(states))")
+            transitionStatements[shape] = statement
+        }
         statement.bind(1, name.value)
         statement.bind(2, to.rawValue)
         statement.bind(3, nowMillis)

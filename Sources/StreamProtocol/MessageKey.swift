@@ -47,10 +47,13 @@ public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
     /// 16 hex digits of FNV-1a over app and id: short enough for file names, stable across runs.
     public var hash: String {
         var value: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in "\(app)\u{0}\(kind.rawValue)\u{0}\(id)".utf8 {
-            value ^= UInt64(byte)
-            value = value &* 0x0000_0100_0000_01b3
-        }
+        // The bytes of "<app>\0<kind>\0<id>", hashed part by part rather than joined first.
+        func mix(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        for byte in app.utf8 { mix(byte) }
+        mix(0)
+        for byte in kind.rawValue.utf8 { mix(byte) }
+        mix(0)
+        for byte in id.utf8 { mix(byte) }
         let hex = String(value, radix: 16)
         return String(repeating: "0", count: 16 - hex.count) + hex
     }

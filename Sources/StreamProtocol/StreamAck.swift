@@ -23,8 +23,8 @@ public struct StreamAck: Sendable, Equatable {
 
     /// Ack of an EVENT: `SUCCESS` once stored, `LATER` to have it pushed again.
     public static func event(_ frame: StreamFrame, later: Bool = false) -> StreamAck {
-        let body: [String: Any] = later ? ["status": "LATER"] : ["status": "SUCCESS", "message": "success"]
-        return StreamAck(messageID: frame.messageID ?? "", data: JSON.encode(body))
+        // Fixed texts (keys sorted, as JSON.encode writes them): this is on every event's ack path.
+        StreamAck(messageID: frame.messageID ?? "", data: later ? #"{"status":"LATER"}"# : #"{"message":"success","status":"SUCCESS"}"#)
     }
 
     /// Ack of a CALLBACK; `response` is a JSON object text (card update) or nil.

@@ -257,4 +257,52 @@ import Testing
             }
         }
     }
+
+    /// A schema 1 file (its waiting index on `state IN (…)`) is brought to schema 2 at start with
+    /// its rows kept, and afterwards neither the intake's INSERT nor a state change makes SQLite
+    /// build a temporary b-tree for the index's condition.
+    @Test(.timeLimit(.minutes(1))) func schemaOneIsMigratedAndWritesNeedNoTemporaryTree() async throws {
+        try await withTemporaryDirectory { root in
+            let path = root + "/" + SQLiteStore.fileName
+            do {
+                let old = try SQLiteConnection(path: path)
+                try old.execute(
+                    """
+                    PRAGMA journal_mode = WAL;
+                    CREATE TABLE message (
+                        id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
+                        business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
+                        changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                        entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
+                        delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, UNIQUE (app, kind, business_id));
+                    CREATE UNIQUE INDEX message_name ON message (name);
+                    CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox', 'failed');
+                    CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
+                    INSERT INTO message (name, app, kind, business_id, state, received_ms, changed_ms, not_before_ms, entry)
+                        VALUES ('\(name("kept").value)', 'helpdesk', 'bot', 'kept', 'new', 1700000000000, 1700000000000, 0, x'7b7d');
+                    PRAGMA user_version = 1;
+                    """)
+            }
+            func temporaryTrees(_ connection: SQLiteConnection, _ sql: String) throws -> Int {
+                let explain = try connection.statement("EXPLAIN " + sql)
+                var count = 0
+                while try explain.step() {
+                    if explain.text(1) == "OpenEphemeral" { count += 1 }
+                }
+                return count
+            }
+            let store = try SQLiteStore(path: path)
+            #expect(try store.connection.integer("PRAGMA user_version") == 2)
+            #expect(try store.counts() == [.new: 1])
+            #expect(try store.runnable(dueBy: .max, limit: 10).map(\.name) == [name("kept")])
+            #expect(try temporaryTrees(store.connection, "UPDATE message SET state = ?2, changed_ms = ?3 WHERE name = ?1 AND state IN ('new')") == 0)
+            #expect(
+                try temporaryTrees(
+                    store.connection,
+                    "INSERT INTO message (name, app, kind, business_id, state, received_ms, changed_ms, not_before_ms, entry) VALUES (?1, 'a', 'bot', ?2, 'new', 0, 0, 0, x'')"
+                ) == 0)
+            let plan = try store.connection.statement("EXPLAIN QUERY PLAN SELECT count(*) FROM message WHERE state = 'new'")
+            #expect(try plan.step() && (plan.text(3) ?? "").contains("message_waiting"))
+        }
+    }
 }

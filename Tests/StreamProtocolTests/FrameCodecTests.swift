@@ -139,6 +139,12 @@ struct FrameCodecTests {
         #expect(MessageKey(app: "x", frame: first)?.hash != MessageKey(app: "y", frame: first)?.hash)
     }
 
+    /// The hash is in every entry name and in a 0.1 spool's dedup.log: it must never change.
+    /// Expected value: FNV-1a 64 over "helpdesk\0bot\0msg-1", computed independently.
+    @Test func keyHashIsFNV1aOfAppKindAndID() {
+        #expect(MessageKey(app: "helpdesk", kind: .bot, id: "msg-1").hash == "bb0a76cd89b9bb29")
+    }
+
     @Test func backoffFollowsFullJitterUpToTheCap() {
         let backoff = Backoff(base: .seconds(1), cap: .seconds(60))
         #expect(backoff.ceiling(afterFailures: 0) == .seconds(1))

@@ -32,10 +32,16 @@ final class SQLiteStore: SpoolStore {
     init(existingAt path: String, readOnly: Bool) throws(SpoolError) {
         connection = try SQLiteConnection(path: path, readOnly: readOnly, create: false)
         connection.setBusyTimeout(milliseconds: 5000)
+        _ = try schemaVersionKnown()
+    }
+
+    /// The file's schema version, if this binary knows it.
+    private func schemaVersionKnown() throws(SpoolError) -> Int64 {
         let version = try connection.integer("PRAGMA user_version")
         guard version <= Self.schemaVersion else {
-            throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); use the newer binary)")
+            throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); run the newer binary)")
         }
+        return version
     }
 
     /// Whole-file check, for start-up: a damaged file is moved aside rather than written to.
@@ -58,10 +64,7 @@ final class SQLiteStore: SpoolStore {
         try connection.execute(
             "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216",
             doing: "setting durability")
-        let version = try connection.integer("PRAGMA user_version")
-        guard version <= Self.schemaVersion else {
-            throw SpoolError(.corrupt, path: path, detail: "(schema version \(version) is newer than this dingstream knows, \(Self.schemaVersion); run the newer binary)")
-        }
+        let version = try schemaVersionKnown()
         if version == Self.schemaVersion { return }
         try inTransaction { () throws(SpoolError) in
             if version < 1 {

@@ -73,6 +73,9 @@ public struct Doctor: Sendable {
             path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUID))
         if let problem = scan.directoryProblem {
             record("handlers", .failed, problem.explanation(path: scan.directory))
+        } else if scan.runnable.isEmpty, configuration.apps.contains(where: { $0.httpHandler != nil }) {
+            let withHandler = configuration.apps.filter { $0.httpHandler != nil }.map(\.name)
+            record("handlers", .ok, "no script in \(scan.directory); the http_handler of \(withHandler.joined(separator: ", ")) will run")
         } else if scan.runnable.isEmpty {
             record("handlers", .warning, "nothing in \(scan.directory) would run; copy an example from /usr/share/doc/dingstream/handlers or see `dingstream handlers check`")
         } else {
@@ -89,6 +92,7 @@ public struct Doctor: Sendable {
             record("app \(app)", .failed, "no [[app]] named \(app) in \(configurationPath)")
         }
         for app in apps {
+            if let check = await Self.httpHandlerCheck(app) { record(check.subject, check.outcome, check.detail) }
             for check in await appChecks(app) { record(check.subject, check.outcome, check.detail) }
         }
         return checks
@@ -215,6 +219,29 @@ public struct Doctor: Sendable {
             checks.append(Check(subject: subject, outcome: .failed, detail: "Stream registration: \(error)"))
         }
         return checks
+    }
+
+    /// Whether the app's `http_handler` answers; nil when it has none.
+    static func httpHandlerCheck(_ app: Configuration.App) async -> Check? {
+        guard let settings = app.httpHandler else { return nil }
+        let subject = "app \(app.name)"
+        let handler: HTTPHandler
+        do {
+            handler = try HTTPHandler(app: app.name, secret: app.clientSecret, settings: settings)
+        } catch {
+            return Check(subject: subject, outcome: .failed, detail: "http_handler \(settings.url): TLS setup: \(error); check http_handler_ca_file")
+        }
+        let result = await handler.probe()
+        await handler.shutdown()
+        switch result {
+        case .success(let status):
+            let tls = settings.url.lowercased().hasPrefix("https:") ? ", certificate verified" : ""
+            return Check(subject: subject, outcome: .ok, detail: "http_handler \(settings.url) answers (GET: \(status.code) \(status.reasonPhrase)\(tls)); messages are POSTed to it")
+        case .failure(let error):
+            return Check(
+                subject: subject, outcome: .failed,
+                detail: "http_handler \(settings.url) does not answer: \(error); start the bot's server, or correct the URL (messages wait in the spool and are tried again meanwhile)")
+        }
     }
 
     /// nil when `host` resolves, else the resolver's message.

@@ -68,13 +68,15 @@ public struct Daemon: Sendable {
         let board = ConnectionBoard(observer: metrics.boardObserver)
         let replyObserver = metrics.replyObserver
         let appClients = AppClients(environment: environment, logger: logger, observer: replyObserver)
+        let httpHandlers = HTTPHandlers(logger: logger)
         let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {
             configuration, clients in
             DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
                 retryBackoff: Backoff(base: configuration.retryDelay, cap: max(configuration.retryDelay, .seconds(3600))),
-                attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
+                attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes),
+                httpHandlers: httpHandlers.handlers(for: configuration))
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(
@@ -147,6 +149,7 @@ public struct Daemon: Sendable {
             exitStatus = 1
         }
         await appClients.shutdown()
+        await httpHandlers.shutdown()
         logger.notice("stopped")
         return exitStatus
     }

@@ -158,7 +158,7 @@ final class Dispatcher: Service {
         guard force || changed else { return }
         scan.log(to: logger)
         // Said once while it lasts, not once per message; an app with an http_handler has one.
-        if scan.runnable.isEmpty, settings.withLock({ $0.apps.keys.contains { name in $0.httpHandlers[name] == nil } }) {
+        if scan.runnable.isEmpty, settings.withLock({ current in current.apps.keys.contains { current.httpHandlers[$0] == nil } }) {
             logger.warning("no runnable handler in \(handlerScans.path); messages are marked done without a reply until one is added (see dingstream handlers check)")
         }
     }

@@ -29,6 +29,7 @@ struct HTTPHandlerTests {
                 f.write(json.dumps(entry) + "\n")
         class Bot(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 ts = self.headers.get("timestamp", "")

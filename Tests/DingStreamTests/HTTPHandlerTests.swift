@@ -15,7 +15,7 @@ struct HTTPHandlerTests {
 
     /// A bot server for these tests. It refuses a bad signature with 401, logs each request it
     /// accepts as a JSON line to $LOG, and answers by the message text: "flaky" 503 on its first
-    /// try, "bad" 400, "order…" nothing after 50 ms (counting requests in flight at once), anything
+    /// try, "bad" 400, a card callback a card update, "order…" nothing after 50 ms (counting requests in flight at once), anything
     /// else a text reply "http: <text>".
     static let testServer = #"""
         import base64, hashlib, hmac, json, os, sys, threading, time
@@ -45,6 +45,8 @@ struct HTTPHandlerTests {
                         "type": self.headers.get("Content-Type"), "attempt": self.headers.get("X-Dingstream-Attempt"),
                         "port": self.client_address[1], "max": state["max"]})
                 try:
+                    if self.headers.get("X-Dingstream-Kind") == "card":
+                        return self.answer(200, b'{"cardData":{"cardParamMap":{"status":"done"}}}')
                     if text == "flaky":
                         with lock:
                             state["flaky"] += 1
@@ -297,6 +299,32 @@ struct HTTPHandlerTests {
             #expect(requests.compactMap { $0["max"] as? Int }.max() == 2)
             // Kept alive: twenty requests over no more connections than the limit.
             #expect(Set(requests.compactMap { $0["port"] as? Int }).count <= 2)
+        }
+    }
+
+    /// Card callbacks and events go to the handler too, named by X-Dingstream-Kind, and its
+    /// answer to a card is the card update; a message from outside allowed_users is not posted.
+    @Test(.timeLimit(.minutes(1)))
+    func cardsAndEventsGoThereWithTheirKindAndTheAllowlistHolds() async throws {
+        let files = try BotServerFiles()
+        defer { files.remove() }
+        let server = try files.start()
+        defer { server.stop() }
+        try await Self.withDaemon(
+            handlerURL: "http://127.0.0.1:\(server.port)/dingtalk",
+            configure: {
+                $0.apps[0].subscriptions = [.bot, .events, .cards]
+                $0.apps[0].allowedUsers = ["boss1"]
+                $0.cardTimeout = .seconds(30)
+            }
+        ) { harness, simulator, _ in
+            let update = try await simulator.injectCardCallback(app: "helpdesk", outTrackId: "track-1", userId: "boss1", timeout: .seconds(40))
+            #expect(update.flatMap { JSON.object($0) }.map { JSON.encode($0) } == JSON.object(#"{"cardData":{"cardParamMap":{"status":"done"}}}"#).map { JSON.encode($0) })
+            try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)
+            let refused = try simulator.injectText("let me in", app: "helpdesk", sender: "stranger7")
+            try await harness.waitFor("all three done") { harness.entries(in: "done").count == 3 }
+            #expect(files.requests().compactMap { $0["kind"] as? String }.sorted() == ["card", "event"])
+            #expect(Self.replyTexts(simulator, to: refused).isEmpty)
         }
     }
 

@@ -3,7 +3,7 @@ SWIFT ?= swift
 SHELL := /bin/bash
 BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
-APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver
+APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
 
 .PHONY: all deps build build-tests test unit-test system-test run say bench deb install clean
 

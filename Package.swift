@@ -17,6 +17,7 @@ let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "as
 let postgres = Target.Dependency.product(name: "PostgresNIO", package: "postgres-nio")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let coreMetrics = Target.Dependency.product(name: "CoreMetrics", package: "swift-metrics")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
 let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
 
 let package = Package(
@@ -38,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // Already resolved for postgres-nio; signs requests to HTTP handlers.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // Wire formats, keys, backoff and state machines: no I/O.
@@ -70,7 +73,7 @@ let package = Package(
             name: "DingStream",
             dependencies: [
                 "StreamProtocol", "StreamClient", "Spool", "Handlers", "Replies", "Systemd", "Simulator", log, lifecycle, coreMetrics, prometheus,
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"), nioCore, nioPosix, nioHTTP1, httpClient,
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"), nioCore, nioPosix, nioHTTP1, httpClient, crypto,
             ],
             swiftSettings: swiftSettings
         ),

@@ -74,25 +74,30 @@ public struct Doctor: Sendable {
 
         let scan = HandlerDirectory.scan(
             path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUID))
-        for check in Self.handlerChecks(scan) { record(check.subject, check.outcome, check.detail) }
+        for check in Self.handlerChecks(scan, httpHandlerApps: configuration.apps.filter { $0.httpHandler != nil }.map(\.name)) { record(check.subject, check.outcome, check.detail) }
 
         let apps = configuration.apps.filter { app == nil || $0.name == app }
         if let app, apps.isEmpty {
             record("app \(app)", .failed, "no [[app]] named \(app) in \(configurationPath)")
         }
         for app in apps {
+            if let check = await Self.httpHandlerCheck(app) { record(check.subject, check.outcome, check.detail) }
             for check in await appChecks(app) { record(check.subject, check.outcome, check.detail) }
         }
         return checks
     }
 
     /// What the handler scan found: how many run, how many are skipped, and each unsafe file.
-    static func handlerChecks(_ scan: HandlerScan) -> [Check] {
+    static func handlerChecks(_ scan: HandlerScan, httpHandlerApps: [String] = []) -> [Check] {
         var checks: [Check] = []
         let skipped = scan.entries.count - scan.runnable.count
         let skippedText = skipped == 0 ? "" : "; \(skipped) skipped (`dingstream handlers check` says why)"
         if let problem = scan.directoryProblem {
             checks.append(Check(subject: "handlers", outcome: .failed, detail: problem.explanation(path: scan.directory)))
+        } else if scan.runnable.isEmpty, !httpHandlerApps.isEmpty {
+            checks.append(Check(
+                subject: "handlers", outcome: .ok,
+                detail: "no script in \(scan.directory)\(skippedText); the http_handler of \(httpHandlerApps.joined(separator: ", ")) will run"))
         } else if scan.runnable.isEmpty {
             checks.append(Check(
                 subject: "handlers", outcome: .warning,
@@ -269,6 +274,29 @@ public struct Doctor: Sendable {
             checks.append(Check(subject: subject, outcome: .failed, detail: "Stream registration: \(error)"))
         }
         return checks
+    }
+
+    /// Whether the app's `http_handler` answers; nil when it has none.
+    static func httpHandlerCheck(_ app: Configuration.App) async -> Check? {
+        guard let settings = app.httpHandler else { return nil }
+        let subject = "app \(app.name)"
+        let handler: HTTPHandler
+        do {
+            handler = try HTTPHandler(app: app.name, secret: app.clientSecret, settings: settings)
+        } catch {
+            return Check(subject: subject, outcome: .failed, detail: "http_handler \(settings.url): TLS setup: \(error); check http_handler_ca_file")
+        }
+        let result = await handler.probe()
+        await handler.shutdown()
+        switch result {
+        case .success(let status):
+            let tls = settings.url.lowercased().hasPrefix("https:") ? ", certificate verified" : ""
+            return Check(subject: subject, outcome: .ok, detail: "http_handler \(settings.url) answers (GET: \(status.code) \(status.reasonPhrase)\(tls)); messages are POSTed to it")
+        case .failure(let error):
+            return Check(
+                subject: subject, outcome: .failed,
+                detail: "http_handler \(settings.url) does not answer: \(error); start the bot's server, or correct the URL (messages wait in the spool and are tried again meanwhile)")
+        }
     }
 
     /// nil when `host` resolves, else the resolver's message.

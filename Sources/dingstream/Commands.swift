@@ -167,8 +167,15 @@ struct HandlersCommand: ParsableCommand {
             let configuration = try loadConfiguration(options)
             let scan = HandlerDirectory.scan(
                 path: configuration.spoolDirectory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners(serviceUID: serviceUid))
+            let httpHandlers = configuration.apps.compactMap { app in app.httpHandler.map { (app.name, $0) } }
+            if !httpHandlers.isEmpty {
+                print("http handlers (called first, then the scripts below):")
+                for (app, settings) in httpHandlers {
+                    print("  app \(app): POST \(settings.url) (timeout \(DurationText.format(settings.timeout)), at most \(settings.concurrency) at once\(settings.caFile.map { ", ca_file \($0)" } ?? ""))")
+                }
+            }
             print(scan.report())
-            if scan.runnable.isEmpty { throw ExitCode(1) }
+            if scan.runnable.isEmpty, httpHandlers.isEmpty { throw ExitCode(1) }
         }
     }
 }

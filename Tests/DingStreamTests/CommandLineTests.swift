@@ -21,6 +21,22 @@ struct CommandLineTests {
         }
     }
 
+    /// `handlers check` lists an app's http_handler, and with one no script is needed.
+    @Test(.timeLimit(.minutes(1)))
+    func handlersCheckListsTheHTTPHandler() async throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let withHandler = try folder.write(
+            "h.toml", "spool_dir = \"\(folder.path)/spool\"\n" + Self.app + "http_handler = \"http://127.0.0.1:8080/dingtalk\"\nhttp_handler_concurrency = 3\n")
+        let listed = try await CommandRun.run(["handlers", "check", "--config", withHandler])
+        #expect(listed.status == 0, "\(listed.stdout) \(listed.stderr)")
+        #expect(listed.stdout.contains("app a: POST http://127.0.0.1:8080/dingtalk (timeout 30s, at most 3 at once)"), "\(listed.stdout)")
+        let without = try folder.write("n.toml", "spool_dir = \"\(folder.path)/spool\"\n" + Self.app)
+        let nothing = try await CommandRun.run(["handlers", "check", "--config", without])
+        #expect(nothing.status == 1)
+        #expect(!nothing.stdout.contains("http handlers"))
+    }
+
     /// Issue 15, bug 16: a spool_dir that is a file was answered with "check the filesystem
     /// (dmesg)", a missing parent with "list entries with `spool ls`". Each says what is wrong.
     @Test(.timeLimit(.minutes(1)))

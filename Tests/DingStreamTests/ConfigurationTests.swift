@@ -239,4 +239,27 @@ struct ConfigurationTests {
         #expect(again.contains("nothing changed that applies at once") && again.contains("retention 7d → 3d"), "\(again)")
         #expect(Configuration.reloadSummary(path: "t", from: running, started: running, to: running) == "configuration reloaded from t: nothing changed that applies at once")
     }
+
+    @Test func httpHandlerIsReadWithItsSettings() throws {
+        let app = try parse(Self.minimalApp + "http_handler = \"http://127.0.0.1:8080/dingtalk\"\nhttp_handler_timeout = \"5s\"\nhttp_handler_concurrency = 3\n").apps[0]
+        #expect(app.httpHandler?.url == "http://127.0.0.1:8080/dingtalk")
+        #expect(app.httpHandler?.timeout == .seconds(5))
+        #expect(app.httpHandler?.concurrency == 3)
+        #expect(try parse(Self.minimalApp).apps[0].httpHandler == nil)
+    }
+
+    @Test func httpHandlerMistakesAreNamed() {
+        let notAURL = #expect(throws: ConfigurationError.self) { try parse(Self.minimalApp + "http_handler = \"127.0.0.1:8080\"\n") }
+        #expect(notAURL?.description.contains("is not an http(s) URL") == true, "\(String(describing: notAURL))")
+        let orphan = #expect(throws: ConfigurationError.self) { try parse(Self.minimalApp + "http_handler_timeout = \"5s\"\n") }
+        #expect(orphan?.description.contains("has no http_handler") == true, "\(String(describing: orphan))")
+        let plainWithCA = #expect(throws: ConfigurationError.self) {
+            try parse(Self.minimalApp + "http_handler = \"http://10.0.0.5/bot\"\nhttp_handler_ca_file = \"/etc/hostname\"\n")
+        }
+        #expect(plainWithCA?.description.contains("plain http") == true, "\(String(describing: plainWithCA))")
+        let tooMany = #expect(throws: ConfigurationError.self) {
+            try parse(Self.minimalApp + "http_handler = \"http://127.0.0.1/bot\"\nhttp_handler_concurrency = 0\n")
+        }
+        #expect(tooMany?.line == 7)
+    }
 }

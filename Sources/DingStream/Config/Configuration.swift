@@ -52,6 +52,8 @@ public struct Configuration: Sendable, Equatable {
         public var silenceTimeout: Duration = KeepaliveSettings.defaultSilenceTimeout
         /// Frames with more payload bytes are left out and cost only the socket that carried them.
         public var maxFrameSize = StreamFrame.maximumSize
+        /// `http_handler`: each message is POSTed there first, as DingTalk's HTTP mode would; nil: none.
+        public var httpHandler: HTTPHandlerSettings?
 
         public init(name: String, clientID: String, clientSecret: String) {
             self.name = name
@@ -72,6 +74,21 @@ public struct Configuration: Sendable, Equatable {
         case inline
         /// `client_secret_file`, or the systemd credential file named after the app.
         case file(String)
+    }
+
+    /// Where and how an app's HTTP handler is called (`http_handler` and the keys beside it).
+    public struct HTTPHandlerSettings: Sendable, Equatable, Hashable {
+        public var url: String
+        /// Extra PEM CA bundle for an https handler signed by a company CA.
+        public var caFile: String?
+        /// One request, connecting included; past it the message is a dead letter, as a script's timeout is.
+        public var timeout: Duration = .seconds(30)
+        /// Requests in flight at once for this app; the others wait for a free slot.
+        public var concurrency = 8
+
+        public init(url: String) {
+            self.url = url
+        }
     }
 
     public init() {}

@@ -99,7 +99,8 @@ struct ConfigurationReader {
             allowed: [
                 "name", "client_id", "client_secret", "client_secret_file", "connections", "subscriptions",
                 "allowed_users", "api_base", "proxy", "ca_file", "max_connection_age", "idle_timeout",
-                "silence_timeout", "max_frame_size",
+                "silence_timeout", "max_frame_size", "http_handler", "http_handler_ca_file", "http_handler_timeout",
+                "http_handler_concurrency",
             ],
             place: place)
         guard let name = try string(table, "name") else {
@@ -155,7 +156,36 @@ struct ConfigurationReader {
         if let value = try duration(table, "silence_timeout", in: .seconds(1)...(.seconds(3600))) { app.silenceTimeout = value }
         // The WebSocket decoder takes at most 4 GiB; 1 GiB is already far beyond any real frame.
         if let value = try integer(table, "max_frame_size", in: 65_536...(1 << 30)) { app.maxFrameSize = value }
+        app.httpHandler = try httpHandler(table, app: name)
         return app
+    }
+
+    /// `http_handler` and its companions; these without it are an error, not silently unused.
+    private func httpHandler(_ table: TOMLDocument.Table, app: String) throws(ConfigurationError) -> Configuration.HTTPHandlerSettings? {
+        guard let text = try string(table, "http_handler") else {
+            for key in ["http_handler_ca_file", "http_handler_timeout", "http_handler_concurrency"] where table[key] != nil {
+                throw fail(table[key]?.line, "\(key) is set but app \"\(app)\" has no http_handler; add http_handler = \"http://127.0.0.1:8080/dingtalk\" or remove \(key)")
+            }
+            return nil
+        }
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme),
+            let host = url.host, !host.isEmpty
+        else {
+            throw fail(table["http_handler"]?.line, "http_handler \"\(text)\" of app \"\(app)\" is not an http(s) URL; write e.g. \"http://127.0.0.1:8080/dingtalk\"")
+        }
+        var settings = Configuration.HTTPHandlerSettings(url: text)
+        if let path = try string(table, "http_handler_ca_file") {
+            guard scheme == "https" else {
+                throw fail(table["http_handler_ca_file"]?.line, "http_handler_ca_file is set but http_handler \"\(text)\" is plain http; use an https URL or remove it")
+            }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw fail(table["http_handler_ca_file"]?.line, "http_handler_ca_file \"\(path)\" cannot be read; give the PEM file of the CA that signed the handler's certificate")
+            }
+            settings.caFile = path
+        }
+        if let value = try duration(table, "http_handler_timeout", in: .milliseconds(100)...(.seconds(3600))) { settings.timeout = value }
+        if let value = try integer(table, "http_handler_concurrency", in: 1...256) { settings.concurrency = value }
+        return settings
     }
 
     private func cluster(_ table: TOMLDocument.Table) throws(ConfigurationError) -> ClusterSettings {

@@ -71,13 +71,15 @@ public struct Daemon: Sendable {
         let board = ConnectionBoard(observer: metrics.boardObserver)
         let replyObserver = metrics.replyObserver
         let appClients = AppClients(environment: environment, logger: logger, observer: replyObserver)
+        let httpHandlers = HTTPHandlers(logger: logger)
         let dispatchSettings: @Sendable (Configuration, [String: AppClients.Client]) -> DispatchSettings = {
             configuration, clients in
             DispatchSettings(
                 apps: Dictionary(configuration.apps.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
                 retryDelay: configuration.retryDelay,
-                attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes))
+                attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes),
+                httpHandlers: httpHandlers.handlers(for: configuration))
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(
@@ -167,6 +169,7 @@ public struct Daemon: Sendable {
             exitStatus = 1
         }
         await appClients.shutdown()
+        await httpHandlers.shutdown()
         logger.notice("stopped")
         return exitStatus
     }

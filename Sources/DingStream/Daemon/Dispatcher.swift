@@ -16,6 +16,8 @@ struct DispatchSettings: Sendable {
     var retryDelay: Duration
     /// Downloads the files of bot messages before their handlers run; nil downloads nothing.
     var attachments: AttachmentFetcher?
+    /// Each app's `http_handler`, called before the scripts of handlers/.
+    var httpHandlers: [String: HTTPHandler] = [:]
 
     /// When a message whose `attempt`-th try asked to come back is tried again: `retryDelay`,
     /// then twice that, and so on, never less than configured (these are single messages, not
@@ -138,7 +140,7 @@ final class Dispatcher: Service {
         let name = announcement.name
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
-        if scan.runnable.isEmpty {
+        if scan.runnable.isEmpty, settings.withLock({ $0.httpHandlers[name.app] == nil }) {
             // Nothing would read it: done with the writer's next round, without a task (logged
             // once, in logRefusals). Announced twice, the second finds it done.
             let first = unhandled.withLock { queued in
@@ -179,8 +181,8 @@ final class Dispatcher: Service {
         }
         guard force || changed else { return }
         scan.log(to: logger)
-        // Said once while it lasts, not once per message.
-        if scan.runnable.isEmpty {
+        // Said once while it lasts, not once per message; an app with an http_handler has one.
+        if scan.runnable.isEmpty, settings.withLock({ current in current.apps.keys.contains { current.httpHandlers[$0] == nil } }) {
             logger.warning("no runnable handler in \(handlerScans.path); messages are marked done without a reply until one is added (see dingstream handlers check)")
         }
     }
@@ -236,49 +238,60 @@ final class Dispatcher: Service {
             app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "/dev/null",
             attachments: attachmentsFolder, base: baseEnvironment)
         var replies: [Data] = []
-        for handler in scan.runnable {
+        // The HTTP handler first, then the scripts, each after the one before has finished.
+        var steps: [HandlerStep] = current.httpHandlers[entry.app].map { [.http($0)] } ?? []
+        steps += scan.runnable.map { .script($0) }
+        for step in steps {
             var handlerLog = log
-            handlerLog[metadataKey: "handler.name"] = "\(handler.name)"
-            let result = await HandlerRunner.run(
-                executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
-                workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
-                stderrTailBytes: 4096)
+            let run: HandlerRun
+            switch step {
+            case .http(let handler):
+                handlerLog[metadataKey: "handler.name"] = "\(handler.settings.url)"
+                run = await handler.call(entry, attachments: attachmentsFolder)
+            case .script(let handler):
+                handlerLog[metadataKey: "handler.name"] = "\(handler.name)"
+                run = HandlerRun(
+                    await HandlerRunner.run(
+                        executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
+                        workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
+                        stderrTailBytes: 4096))
+            }
             lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
-            if result.outcome == .done, !result.stderrTail.isEmpty {
+            if let result = run.script, result.outcome == .done, !result.stderrTail.isEmpty {
                 // A failure's stderr goes into its dead letter; a success's would be lost.
                 handlerLog.info("handler wrote to stderr: \(Self.bounded(result.stderrTail))")
             }
-            series.handlerRuns[HandlerRunResult(result)]?.increment()
-            series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(result.duration))
-            onHandlerRun?(HandlerRunReport(entry: name, kind: entry.kind, handler: handler.name, result: result))
-            switch result.outcome {
+            series.handlerRuns[run.metricsResult]?.increment()
+            series.handlerDuration.recordNanoseconds(DaemonMetrics.nanoseconds(run.duration))
+            onHandlerRun?(HandlerRunReport(entry: name, kind: entry.kind, handler: step.name, run: run))
+            switch run.outcome {
             case .done where entry.kind == .card:
                 // A card's answer is the ack's response, not a message: it has no conversation.
-                if let response = Self.cardResponse(result.stdout) {
+                if let response = Self.cardResponse(run.output) {
                     cards?.answer(name, response: response)
-                } else if !result.stdout.isEmpty {
-                    handlerLog.notice("card handler printed something that is not a JSON object; ignored (print a card update object, or nothing)")
+                } else if !run.output.isEmpty {
+                    handlerLog.notice("card handler answered something that is not a JSON object; ignored (answer a card update object, or nothing)")
                 }
             case .done where entry.kind == .event:
                 // An event has no conversation to answer in; a handler that wants to tell someone
                 // uses `dingstream send`.
-                if !result.stdout.isEmpty {
-                    handlerLog.notice("event handler printed output; events have no conversation to reply to, so it is ignored (use dingstream send)")
+                if !run.output.isEmpty {
+                    handlerLog.notice("event handler answered with output; events have no conversation to reply to, so it is ignored (use dingstream send)")
                 }
             case .done:
-                if let problem = HandlerReply.problem(stdout: result.stdout) { handlerLog.warning("\(problem)") }
-                if let reply = HandlerReply.parse(stdout: result.stdout) { replies.append(Self.webhookBody(reply)) }
+                if let problem = HandlerReply.problem(stdout: run.output) { handlerLog.warning("\(problem)") }
+                if let reply = HandlerReply.parse(stdout: run.output) { replies.append(Self.webhookBody(reply)) }
             case .retryLater:
                 let attempts = entry.attempts + 1
                 if attempts >= current.maxAttempts {
                     handlerLog.error("handler asked to retry \(attempts) times; giving up", metadata: ["message.id": "handlerFailed"])
                     series.deadLetters[.retries]?.increment()
                     await finish { writer throws(SpoolError) in
-                        try writer.deadLetter(name, reason: result.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
+                        try writer.deadLetter(name, reason: run.reasonText + "\nattempts: \(attempts) of max_attempts \(current.maxAttempts)\n")
                     }
                 } else {
                     let (delay, due) = current.nextTry(afterAttempt: attempts)
-                    handlerLog.info("handler asked to retry later (attempt \(attempts) of \(current.maxAttempts)); next try in \(DurationText.format(delay))")
+                    handlerLog.info("handler asked to retry later\(run.note) (attempt \(attempts) of \(current.maxAttempts)); next try in \(DurationText.format(delay))")
                     await finish { writer throws(SpoolError) in try writer.retryLater(name, attempts: attempts, notBefore: due) }
                 }
                 return
@@ -289,7 +302,7 @@ final class Dispatcher: Service {
             case .failed(let reason):
                 handlerLog.error("handler failed: \(reason); the message is a dead letter (dingstream spool show \(name))", metadata: ["message.id": "handlerFailed"])
                 series.deadLetters[.handler]?.increment()
-                await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: result.reasonText) }
+                await finish { writer throws(SpoolError) in try writer.deadLetter(name, reason: run.reasonText) }
                 return
             }
         }
@@ -297,6 +310,19 @@ final class Dispatcher: Service {
         if !replies.isEmpty { outboxWake() }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
+    }
+
+    /// One handler of a message.
+    private enum HandlerStep {
+        case http(HTTPHandler)
+        case script(HandlerEntry)
+
+        var name: String {
+            switch self {
+            case .http(let handler): handler.settings.url
+            case .script(let handler): handler.name
+            }
+        }
     }
 
     /// Who acted, for `allowed_users`: the sender of a bot message, the user who clicked a card;

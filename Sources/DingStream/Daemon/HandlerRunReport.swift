@@ -26,4 +26,15 @@ public struct HandlerRunReport: Sendable {
         stderrTail = result.stderrTail
         self.ended = ended
     }
+
+    init(entry: EntryName, kind: MessageKind, handler: String, run: HandlerRun, ended: Date = Date()) {
+        self.entry = entry
+        self.kind = kind
+        self.handler = handler
+        if case .exited(let code)? = run.script?.status { exitCode = code } else { exitCode = nil }
+        status = run.statusText
+        duration = run.duration
+        stderrTail = run.script?.stderrTail ?? ""
+        self.ended = ended
+    }
 }

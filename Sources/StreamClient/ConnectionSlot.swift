@@ -102,8 +102,10 @@ struct ConnectionSlot: Sendable {
                 let upSince = environment.now()
                 board.socketUp(app: settings.app, slot: index, connectionID: socket.id, openedAt: upSince, wallClock: Date().timeIntervalSince1970)
                 // However the socket ends, it leaves the board with it, also while we back off.
+                board.channelOpened()
                 socket.channel.closeFuture.whenComplete { [board, app = settings.app, id = socket.id] _ in
                     board.socketDown(app: app, connectionID: id)
+                    board.channelClosed()
                 }
                 if let old = current {
                     // The replacement is live: only now let the old socket go.

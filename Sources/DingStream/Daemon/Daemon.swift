@@ -97,6 +97,7 @@ public struct Daemon: Sendable {
             readyTimeout: configuration.readyTimeout,
             counts: { (dispatcher.queued, spool.deadLetterCount) },
             storeFault: { spool.currentFault.map { "\($0)" } },
+            inFlight: { ["handlerRuns": dispatcher.running, "replyRuns": outbox.running] },
             logger: logger)
         let reloader = Reloader(
             path: configurationPath, environment: environment, logger: logger,

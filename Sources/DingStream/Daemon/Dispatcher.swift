@@ -69,6 +69,9 @@ final class Dispatcher: Service {
 
     var queued: Int { scheduler.snapshot.queued + scheduler.snapshot.running }
 
+    /// Messages whose handlers are running now.
+    var running: Int { scheduler.snapshot.running }
+
     /// The watchdog's dispatcher probe: with handlers running or waiting, one must have ended
     /// within `handler_timeout` plus a minute (a run past its timeout is killed, which ends it),
     /// else the dispatcher is stuck and systemd should restart the daemon.

@@ -1,4 +1,5 @@
-// libFuzzer target: the Stream frame reader, compiled into one module with Sources/StreamProtocol.
+// libFuzzer target: the Stream frame reader (and the HTTP date reader beside it), compiled into
+// one module with Sources/StreamProtocol.
 // Besides crashes it traps when the fast reader and the full parse disagree on a frame the fast
 // reader accepts, or when the quick scan of `data` vouches for something the full parse refuses
 // or reads differently.
@@ -27,5 +28,7 @@ public func fuzzFrame(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
         precondition(both[1] == reference?["conversationId"] as? String, "conversationId differs in the one-pass scan")
     }
     _ = BotMessage(data: reference ?? [:])
+    // A `Date` header from the network (the doctor's clock check) is read by this module too.
+    _ = HTTPDate.parse(String(decoding: bytes, as: UTF8.self))
     return 0
 }

@@ -145,6 +145,9 @@ struct ConnectionSlot: Sendable {
                         do { try await environment.sleep(delay) } catch { break }
                     }
                 case .event(.disconnectRequested(let reason))?:
+                    // The server rotates only a socket that works: however young, it proved the
+                    // link, so a close of its replacement starts the backoff from the beginning.
+                    failures = 0
                     board.replaced(app: settings.app, reason: .disconnect)
                     logger.notice(
                         "server rotates socket after \(age.formattedAge) (\(reason)); opening its replacement first",

@@ -56,7 +56,7 @@ soak: build
 soak-check: build
 	Tests/soak/soak.py --binary $(SOAK_BIN) --minutes 1 --check
 
-# libFuzzer targets for the untrusted inputs, FUZZ_SECONDS each (see docs/testing.md).
+# libFuzzer targets for the untrusted inputs, FUZZ_SECONDS each (see README, "Fuzzing").
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) Fuzz/fuzz.sh $(FUZZ_TARGETS)

@@ -5,7 +5,7 @@ BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
 APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
 
-.PHONY: all deps build build-tests test unit-test system-test run say bench deb install clean
+.PHONY: all deps build build-tests test unit-test system-test soak soak-check fuzz tsan asan run say bench deb install clean
 
 all: build
 
@@ -41,6 +41,36 @@ system-test: build-tests
 test: build-tests
 	$(MAKE) --no-print-directory unit-test
 	$(MAKE) --no-print-directory system-test
+	$(MAKE) --no-print-directory soak-check
+
+# A compressed day against the simulator: steady load, sockets rotated every few seconds, random
+# drops and black holes, a SIGHUP a minute; figures at the start and the end (see README, "Soak").
+# SOAK_MINUTES sets its length, SOAK_BIN the binary (e.g. .build/release/dingstream).
+SOAK_MINUTES ?= 10
+SOAK_BIN ?= $(BIN)
+soak: build
+	Tests/soak/soak.py --binary $(SOAK_BIN) --minutes $(SOAK_MINUTES) --check
+
+# The one-minute soak of `make test`: fails on a lost or twice-handled message, an unclean stop,
+# or growth beyond the tolerances stated in Tests/soak/soak.py.
+soak-check: build
+	Tests/soak/soak.py --binary $(SOAK_BIN) --minutes 1 --check
+
+# libFuzzer targets for the untrusted inputs, FUZZ_SECONDS each (see README, "Fuzzing").
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) Fuzz/fuzz.sh $(FUZZ_TARGETS)
+
+# The test suites under ThreadSanitizer / AddressSanitizer, each in a build folder of its own so
+# that the ordinary build stays as it is. SANITIZE_FILTER narrows them (a regex of suites).
+SANITIZE_FILTER ?=
+tsan: deps
+	TSAN_OPTIONS="suppressions=$(CURDIR)/Tests/sanitizers/tsan.supp $(TSAN_OPTIONS)" \
+	  $(SWIFT) test --sanitize=thread --scratch-path .build/tsan --no-parallel $(if $(SANITIZE_FILTER),--filter '$(SANITIZE_FILTER)')
+
+asan: deps
+	ASAN_OPTIONS="detect_leaks=0 $(ASAN_OPTIONS)" \
+	  $(SWIFT) test --sanitize=address --scratch-path .build/asan --no-parallel $(if $(SANITIZE_FILTER),--filter '$(SANITIZE_FILTER)')
 
 run: build
 	$(BIN) sandbox

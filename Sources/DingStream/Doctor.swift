@@ -37,6 +37,9 @@ public struct Doctor: Sendable {
     /// Owners accepted for handler files besides root and the caller.
     public var serviceUID: uid_t?
     public var clockSkewLimit: Duration = .seconds(60)
+    /// nil when a host name resolves, else why not; the system resolver unless a test needs a
+    /// DNS failure without a network to ask.
+    var resolveHost: @Sendable (String) -> String? = Doctor.resolve
 
     public init(configurationPath: String, environment: [String: String], app: String? = nil, serviceUID: uid_t? = nil) {
         self.configurationPath = configurationPath
@@ -219,7 +222,7 @@ public struct Doctor: Sendable {
         let network = NetworkSettings.resolve(proxy: app.proxy, caFile: app.caFile, environment: environment)
         let proxied = network.proxyEndpoint(for: host)
         let resolveHost = proxied?.host ?? host
-        if let failure = Self.resolve(resolveHost) {
+        if let failure = self.resolveHost(resolveHost) {
             checks.append(Check(subject: subject, outcome: .failed, detail: "DNS: \(resolveHost) does not resolve (\(failure)); check /etc/resolv.conf\(proxied == nil ? "" : " and the proxy setting")"))
             return checks
         }

@@ -119,6 +119,8 @@ extension DingTalkSimulator {
                 "pushes": s.pushes, "redeliveries": s.redeliveries, "acks": s.acks, "acksOnWrongSocket": s.acksOnWrongSocket,
                 "unacked": s.unacked, "pingEchoes": s.pingEchoes, "pingMismatches": s.pingMismatches,
                 "gaps": s.gaps, "gapSeconds": s.gapSeconds,
+                // For a `disconnect` fault aimed at one socket.
+                "liveSocketIds": liveSockets(app: app.name).map(\.id).sorted(),
             ] as [String: Any]
         }
         return .json(.ok, JSONText.encode(["apps": apps]))

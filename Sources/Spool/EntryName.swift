@@ -66,8 +66,6 @@ public struct EntryName: Sendable, Hashable, Comparable, CustomStringConvertible
         let end = utf8.index(utf8.endIndex, offsetBy: -17)
         return String(value[start..<end])
     }
-    /// `MessageKey.hash` of the entry.
-    public var keyHash: String { String(value.suffix(16)) }
     /// What dedup compares: app and key hash, independent of when the frame arrived.
     public var dedupKey: Substring { value.dropFirst(14) }
 

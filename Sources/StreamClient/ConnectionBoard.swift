@@ -68,6 +68,7 @@ public final class ConnectionBoard: Sendable {
     }
 
     private let state = Mutex<[String: AppState]>([:])
+    private let channels = Atomic<Int>(0)
     let observer: Observer
 
     public init(observer: Observer = Observer()) {
@@ -126,6 +127,18 @@ public final class ConnectionBoard: Sendable {
     func failed(app: String, error: String) {
         state.withLock { $0[app]?.lastError = error }
         observer.connectFailed(app)
+    }
+
+    /// Sockets whose channel is not closed yet, draining ones included: counted from the
+    /// channel itself, so a socket the slots forgot to close would show here (the soak watches it).
+    public var openChannels: Int { channels.load(ordering: .relaxed) }
+
+    func channelOpened() {
+        channels.add(1, ordering: .relaxed)
+    }
+
+    func channelClosed() {
+        channels.subtract(1, ordering: .relaxed)
     }
 
     public func snapshot() -> [String: AppState] {

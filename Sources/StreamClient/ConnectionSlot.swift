@@ -104,8 +104,10 @@ struct ConnectionSlot: Sendable {
                 let upSince = environment.now()
                 board.socketUp(app: settings.app, slot: index, connectionID: socket.id, openedAt: upSince, wallClock: Date().timeIntervalSince1970)
                 // However the socket ends, it leaves the board with it, also while we back off.
+                board.channelOpened()
                 socket.channel.closeFuture.whenComplete { [board, app = settings.app, id = socket.id] _ in
                     board.socketDown(app: app, connectionID: id)
+                    board.channelClosed()
                 }
                 if let old = current {
                     // The replacement is live: only now let the old socket go.
@@ -146,6 +148,9 @@ struct ConnectionSlot: Sendable {
                         do { try await environment.sleep(delay) } catch { break }
                     }
                 case .event(.disconnectRequested(let reason))?:
+                    // The server rotates only a socket that works: however young, it proved the
+                    // link, so a close of its replacement starts the backoff from the beginning.
+                    failures = 0
                     board.replaced(app: settings.app, reason: .disconnect)
                     logger.notice(
                         "server rotates socket after \(age.formattedAge) (\(reason)); opening its replacement first",

@@ -59,6 +59,12 @@ public struct StreamFrame: Sendable, Equatable {
         guard bytes.count <= limit else { throw FrameError(.tooLarge(bytes.count)) }
         let fast = bytes.withContiguousStorageIfAvailable { FastFrameReader.decode($0) }
         if let frame = fast ?? nil { return frame }
+        return try decodeFully(bytes)
+    }
+
+    /// The full parse through Foundation, for what the fast reader cannot vouch for (and for
+    /// the fuzz target that checks the two agree).
+    static func decodeFully(_ bytes: some Collection<UInt8>) throws(FrameError) -> StreamFrame {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(bytes), options: [])

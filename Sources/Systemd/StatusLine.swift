@@ -28,11 +28,6 @@ public struct StatusLine: Sendable, Equatable {
         self.failed = failed
     }
 
-    /// Whether every app has all wanted sockets up.
-    public var allUp: Bool { apps.allSatisfy { $0.up >= $0.wanted } }
-    /// Whether every app has at least one live socket (enough for `READY=1`).
-    public var everyAppLive: Bool { apps.allSatisfy { $0.up > 0 } }
-
     public var text: String {
         let sockets = apps.isEmpty ? "no apps" : apps.map { "\($0.name) \($0.up)/\($0.wanted) up" }.joined(separator: ", ")
         return "\(phase): \(sockets); \(queued) queued, \(failed) failed"

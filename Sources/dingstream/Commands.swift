@@ -17,11 +17,15 @@ struct SimulatorCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (127.0.0.1); 0 picks a free one.") var port: Int = DingStream.Sandbox.defaultPort
     @Option(help: "An app as NAME:CLIENT_ID:SECRET; repeat for several.") var app: [String] = ["sandbox:dingsandbox:sandbox-secret"]
     @Option(help: "Seconds between the server's SYSTEM pings.") var pingInterval: Int = 30
+    @Option(help: "Seconds before an unacked push is pushed again.") var redeliveryTimeout: Int = 60
 
     func validate() throws {
         try checkPort(port, allowAny: true)
         guard (1...3600).contains(pingInterval) else {
             throw ValidationError("--ping-interval \(pingInterval) is out of range; use 1 to 3600 seconds")
+        }
+        guard (1...3600).contains(redeliveryTimeout) else {
+            throw ValidationError("--redelivery-timeout \(redeliveryTimeout) is out of range; use 1 to 3600 seconds")
         }
     }
 
@@ -36,6 +40,7 @@ struct SimulatorCommand: AsyncParsableCommand {
         var configuration = SimulatorConfiguration(apps: apps)
         configuration.port = port
         configuration.pingInterval = .seconds(pingInterval)
+        configuration.redeliveryTimeout = .seconds(redeliveryTimeout)
         configuration.logger = logger
         let simulator = try await DingTalkSimulator.start(configuration)
         // Written to the descriptor at once: print() is block-buffered into a pipe or file, and

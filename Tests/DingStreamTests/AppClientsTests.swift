@@ -18,7 +18,7 @@ import Testing
 
     /// A reload must not throw away the token cache of apps it did not touch, nor keep clients of
     /// apps it changed.
-    @Test func reloadKeepsTheClientsOfUnchangedAppsOnly() async throws {
+    @Test(.timeLimit(.minutes(1))) func reloadKeepsTheClientsOfUnchangedAppsOnly() async throws {
         let clients = AppClients(environment: [:], logger: Logger(label: "test"), retireAfter: .zero)
         let first = clients.clients(for: configuration(secret: "one"))
         let same = clients.clients(for: configuration(secret: "one"))

@@ -15,7 +15,7 @@ import Testing
 
     static let name = EntryName(receivedMillis: 1_700_000_000_000, key: MessageKey(app: "a", kind: .card, id: "m1"))
 
-    @Test func anAnswerBeforeTheCommitIsKeptForTheAck() {
+    @Test(.timeLimit(.minutes(1))) func anAnswerBeforeTheCommitIsKeptForTheAck() {
         let responder = CardResponder(timeout: .seconds(60), logger: Logger(label: "test"))
         let acks = Acks()
         responder.answer(Self.name, response: #"{"x":1}"#)
@@ -24,7 +24,7 @@ import Testing
         #expect(acks.all == [#"{"x":1}"#])
     }
 
-    @Test func onlyTheFirstAnswerCountsAndTheAckGoesOnce() {
+    @Test(.timeLimit(.minutes(1))) func onlyTheFirstAnswerCountsAndTheAckGoesOnce() {
         let responder = CardResponder(timeout: .seconds(60), logger: Logger(label: "test"))
         let acks = Acks()
         responder.committed(Self.name) { acks.ack($0) }
@@ -35,7 +35,7 @@ import Testing
         #expect(acks.all == [#"{"x":1}"#])
     }
 
-    @Test func handlersEndingWithoutAnAnswerAckNull() {
+    @Test(.timeLimit(.minutes(1))) func handlersEndingWithoutAnAnswerAckNull() {
         let responder = CardResponder(timeout: .seconds(60), logger: Logger(label: "test"))
         let acks = Acks()
         responder.committed(Self.name) { acks.ack($0) }

@@ -2,6 +2,7 @@ import Foundation
 import Handlers
 import Simulator
 import StreamProtocol
+import Synchronization
 import Testing
 
 @testable import DingStream
@@ -54,7 +55,7 @@ import Testing
         }
     }
 
-    @Test func unsafeSpoolAndHandlersAreFailuresWithTheirFix() throws {
+    @Test(.timeLimit(.minutes(1))) func unsafeSpoolAndHandlersAreFailuresWithTheirFix() throws {
         let harness = try DaemonHarness()
         defer { harness.remove() }
         try harness.addHandler("10-open", "#!/bin/sh\necho hi\n")
@@ -65,14 +66,23 @@ import Testing
         #expect(Doctor.spoolChecks(harness.root + "/missing").first?.outcome == .failed)
     }
 
-    @Test func unresolvableHostIsADNSFailure() async throws {
+    @Test(.timeLimit(.minutes(1))) func unresolvableHostIsADNSFailure() async throws {
         let harness = try DaemonHarness()
         defer { harness.remove() }
         let path = try writeConfig(harness, apiBase: "https://dingstream-test.invalid", apps: [("lost", "dinglost", "x")])
-        let checks = await Doctor(configurationPath: path, environment: [:]).run()
+        // The resolver's answer for a name that does not exist, without asking a DNS server.
+        let asked = Mutex<[String]>([])
+        var doctor = Doctor(configurationPath: path, environment: [:])
+        doctor.resolveHost = { host in
+            asked.withLock { $0.append(host) }
+            return String(cString: gai_strerror(EAI_NONAME))
+        }
+        let checks = await doctor.run()
+        #expect(asked.withLock { $0 } == ["dingstream-test.invalid"])
         let dns = try #require(checks.first { $0.subject == "app lost" })
         #expect(dns.outcome == .failed)
-        #expect(dns.detail.hasPrefix("DNS: dingstream-test.invalid does not resolve"))
+        #expect(dns.detail == "DNS: dingstream-test.invalid does not resolve (Name or service not known); check /etc/resolv.conf")
+        #expect(checks.filter { $0.subject == "app lost" }.count == 1, "nothing past a failed DNS check")
     }
 
     /// Issue 15 (confusing): with the default allowed_users = [] the bot answers nobody, and doctor

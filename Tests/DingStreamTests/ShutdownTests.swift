@@ -89,6 +89,60 @@ struct ShutdownTests {
         }
     }
 
+    /// SIGTERM while messages stream in: exit status 0, every message the simulator saw acked is
+    /// in the spool after the stop, and after a restart each message has run its handler once.
+    @Test(.timeLimit(.minutes(2)))
+    func aStopWhileMessagesStreamInExitsZeroAndKeepsEveryAckedMessage() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        let runLog = harness.root + "/runs.log"
+        try harness.addHandler("10-log", loggingHandler(log: runLog))
+        var configuration = SimulatorConfiguration.single("helpdesk")
+        // Pushes that die with the stopped sockets come again soon after the restart.
+        configuration.redeliveryTimeout = .seconds(3)
+        try await DingTalkSimulator.withRunning(configuration) { simulator in
+            let daemon = try DaemonProcess(harness: harness, simulator: simulator)
+            do {
+                try daemon.start()
+                try await simulator.waitUntil(timeout: .seconds(30), "a live socket") { !$0.liveSockets(app: "helpdesk").isEmpty }
+                var messages = try (0..<20).map { try simulator.injectText("s\($0)", app: "helpdesk") }
+                try await poll(timeout: .seconds(20), "some messages acked") {
+                    messages.contains { simulator.isAcked(app: "helpdesk", businessId: $0.msgId) }
+                }
+                // More keep coming while the daemon stops.
+                let feeder = Task {
+                    var more: [InjectedMessage] = []
+                    for index in 20..<40 {
+                        more.append(try simulator.injectText("s\(index)", app: "helpdesk"))
+                        try await Task.sleep(for: .milliseconds(10))  // the pace of the stream
+                    }
+                    return more
+                }
+                try await daemon.terminate()
+                messages += try await feeder.value
+                #expect(daemon.lastExitStatus == 0, "exit status of the graceful stop")
+                let acked = messages.filter { simulator.isAcked(app: "helpdesk", businessId: $0.msgId) }.map(\.msgId)
+                let stored = Set(SpoolSnapshot(spool: harness.spool).entries.compactMap(\.msgId))
+                #expect(!acked.isEmpty)
+                #expect(acked.filter { !stored.contains($0) }.isEmpty, "acked but not in the spool after the stop")
+
+                // What was not acked before the stop comes again (the simulator redelivers it to
+                // the new sockets); each message runs once across both lives of the daemon.
+                try daemon.start()
+                try await poll(timeout: .seconds(60), "every message handled") {
+                    Set(handlerRuns(runLog).map(\.text)).count == messages.count
+                }
+                try await daemon.terminate()
+                #expect(daemon.lastExitStatus == 0)
+                let runs = handlerRuns(runLog).map(\.text)
+                #expect(runs.count == messages.count, "handled twice: \(Dictionary(grouping: runs) { $0 }.filter { $1.count > 1 }.keys.sorted())")
+            } catch {
+                Issue.record("daemon log:\n\(daemon.log)")
+                throw error
+            }
+        }
+    }
+
     /// Issue 15, bug 12: a reply made during the shutdown grace was sent only after the next
     /// start: the outbox stopped with the dispatcher, dropping a delivery that waited behind
     /// another of the same conversation, and the stop said nothing of what it waited for. Now the

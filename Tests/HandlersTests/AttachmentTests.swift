@@ -4,7 +4,7 @@ import Testing
 @testable import Handlers
 
 @Suite struct AttachmentTests {
-    @Test func hostileNamesStayInsideTheFolder() {
+    @Test(.timeLimit(.minutes(1))) func hostileNamesStayInsideTheFolder() {
         #expect(AttachmentNames.sanitize("../../etc/passwd") == "passwd")
         #expect(AttachmentNames.sanitize("..\\..\\boot.ini") == "boot.ini")
         #expect(AttachmentNames.sanitize("..") == "file")
@@ -18,7 +18,7 @@ import Testing
         #expect(long.hasSuffix(".pdf"))
     }
 
-    @Test func namesAreUniqueAndNeverClashWithNotes() {
+    @Test(.timeLimit(.minutes(1))) func namesAreUniqueAndNeverClashWithNotes() {
         let names = AttachmentNames.assign(["a.txt", "dir/a.txt", "a.txt.missing", "b", "b.missing"])
         #expect(Set(names).count == names.count)
         #expect(names[0] == "a.txt")
@@ -29,7 +29,7 @@ import Testing
         }
     }
 
-    @Test func everyKindOfAttachmentIsFound() {
+    @Test(.timeLimit(.minutes(1))) func everyKindOfAttachmentIsFound() {
         #expect(Attachment.list(in: ["msgtype": "text", "text": ["content": "hi"]]).isEmpty)
         #expect(
             Attachment.list(in: ["msgtype": "picture", "content": ["downloadCode": "p1", "pictureDownloadCode": "p1"]])

@@ -53,17 +53,11 @@ enum Processes {
         }
     }
 
-    /// Makes this process adopt orphaned descendants, so a test can reap the grandchildren it
-    /// knows by pid (PID 1 of a container may never reap them).
-    static func becomeSubreaper() {
-        typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
-        guard let symbol = dlsym(nil, "prctl") else { return }
-        _ = unsafeBitCast(symbol, to: Prctl.self)(36 /* PR_SET_CHILD_SUBREAPER */, 1, 0, 0, 0)
-    }
-
-    static func maxResidentKiB() -> Int {
-        var usage = rusage()
-        getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
-        return usage.ru_maxrss
+    /// Whether `pid` is a process that has not exited (a zombie has).
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return false
+        }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
     }
 }

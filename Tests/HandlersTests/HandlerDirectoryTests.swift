@@ -87,7 +87,7 @@ import Testing
         #expect(scan.entries.isEmpty)
     }
 
-    @Test func runPartsNames() {
+    @Test(.timeLimit(.minutes(1))) func runPartsNames() {
         #expect(HandlerDirectory.isValidName("10-echo_2"))
         #expect(!HandlerDirectory.isValidName("echo.sh"))
         #expect(!HandlerDirectory.isValidName(""))

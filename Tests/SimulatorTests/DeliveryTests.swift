@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 import Testing
 @testable import Simulator
 
@@ -97,10 +98,11 @@ struct ShutdownTests {
         try sim.apply(.registration(app: nil, failure: .noAnswer, count: 1))
         let app = sim.configuration.apps[0]
         let held = Task { try await TestHTTP.request(port: sim.port, path: "/v1.0/gateway/connections/open", json: #"{"clientId":"\#(app.clientId)","clientSecret":"\#(app.clientSecret)"}"#) }
-        try await Task.sleep(for: .milliseconds(100))
+        // The fault is used up when the simulator has the request in hand and holds it.
+        try await sim.waitUntil("the registration held") { $0.core.withLock { $0.registrationFaults.isEmpty } }
         await sim.shutdown()
         // The held registration never got an answer: its connection was closed instead.
-        await #expect(throws: (any Error).self) { _ = try await held.value }
+        await #expect(throws: ChannelError.inputClosed) { _ = try await held.value }
         try await socket.channel.closeFuture.get()
         #expect(sim.liveSockets(app: "helpdesk").isEmpty)
     }

@@ -162,17 +162,22 @@ final class FrameCollector: ChannelInboundHandler {
     }
 }
 
-/// Fails the upgrade promise when the upgrade handler reports a refusal (no 101) or the socket dies.
+/// The server answered the upgrade request with something else than 101 (and closed).
+struct NotUpgraded: Error, Equatable {}
+
+/// Fails the upgrade promise when the server refuses the upgrade: NIO's upgrader reports an
+/// answer without 101, or the server closes first (which of the two comes first is a race);
+/// `NotUpgraded` either way.
 final class UpgradeFailureWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     let promise: EventLoopPromise<Void>
     init(promise: EventLoopPromise<Void>) { self.promise = promise }
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        promise.fail(error)
+        promise.fail(error is NIOHTTPClientUpgradeError ? NotUpgraded() : error)
         context.fireErrorCaught(error)
     }
     func channelInactive(context: ChannelHandlerContext) {
-        promise.fail(ChannelError.ioOnClosedChannel)
+        promise.fail(NotUpgraded())
         context.fireChannelInactive()
     }
 }

@@ -19,7 +19,7 @@ import Testing
                 return
             }
             #expect(name.app == "helpdesk")
-            #expect(name.keyHash == record.key.hash)
+            #expect(name.value.hasSuffix(record.key.hash))
             #expect(name.receivedMillis == record.receivedMillis)
 
             let row = try spool.row(name)
@@ -174,7 +174,7 @@ import Testing
         }
     }
 
-    @Test func namesParseAndSort() throws {
+    @Test(.timeLimit(.minutes(1))) func namesParseAndSort() throws {
         let key = MessageKey(app: "help desk", kind: .bot, id: "abc")
         let name = EntryName(receivedMillis: 1_700_000_000_123, key: key)
         #expect(name.value.hasPrefix("1700000000123-help_desk-"))

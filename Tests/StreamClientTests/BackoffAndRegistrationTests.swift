@@ -78,6 +78,38 @@ struct BackoffAndRegistrationTests {
         }
     }
 
+    /// A socket the server rotates has proven the link, however young: when its replacement then
+    /// dies young, the backoff starts from its first window, not from where an earlier outage
+    /// left it. (Sockets rotated every few seconds never live `healthyAfter`; without this a slot
+    /// of the soak sat at the 60 s cap after a few drops.)
+    @Test(.timeLimit(.minutes(1)))
+    func aServerRotationStartsTheBackoffAgain() async throws {
+        try await DingTalkSimulator.withRunning(.single(Self.app)) { sim in
+            let log = CapturedLog()
+            let time = VirtualTime()
+            let board = ConnectionBoard()
+            let outage = 10
+            try sim.apply(.registration(app: Self.app, failure: .unavailable, count: outage))
+            try await withSupervisor(settings(for: sim), board: board, environment: time.environment, logger: log.logger) {
+                try await eventually("a socket after the outage") { board.census(app: Self.app).up == 1 }
+                #expect(time.sleeps.count == outage)
+                time.setRandom(0.999)
+                let rotated = try #require(sim.liveSockets(app: Self.app).first)
+                try sim.disconnect(socket: rotated.id, mode: .disconnectFrame)
+                try await eventually("the replacement") { sim.liveSockets(app: Self.app).contains { $0.id != rotated.id } }
+
+                // The replacement dies young, and the next registration fails once.
+                try sim.apply(.registration(app: Self.app, failure: .unavailable, count: 1))
+                try sim.disconnect(app: Self.app, mode: .abruptClose)
+                try await eventually("a socket again", state: { Self.state(board, time, log, outage) }) {
+                    time.sleeps.count == outage + 2 && board.census(app: Self.app).up == 1
+                }
+                let waits = time.sleeps.suffix(2).map(\.seconds)
+                #expect(zip(waits, [0.999, 1.998]).allSatisfy { abs($0 - $1) < 0.001 }, "\(waits)")
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func oneSlotInBackoffDoesNotStallTheOthers() async throws {
         try await DingTalkSimulator.withRunning(.single(Self.app)) { sim in

@@ -12,7 +12,7 @@ struct FrameCodecTests {
          "data":"{\"conversationId\":\"cidXXXX\",\"conversationType\":\"1\",\"msgId\":\"msgXXXX==\",\"msgtype\":\"text\",\"text\":{\"content\":\" hello\"},\"createAt\":1695283635765,\"senderStaffId\":\"0423297\",\"senderNick\":\"Zhang San\",\"robotCode\":\"dingXXXX\",\"sessionWebhook\":\"https://oapi.dingtalk.com/robot/sendBySession?session=79b4\",\"sessionWebhookExpiredTime\":1695289035996}"}
         """#
 
-    @Test func decodesABotMessageFrame() throws {
+    @Test(.timeLimit(.minutes(1))) func decodesABotMessageFrame() throws {
         let frame = try StreamFrame.decode(Array(Self.botFrame.utf8))
         #expect(frame.kind == .callback)
         #expect(frame.messageID == "212b9d7c_165f_19bfa1a500a_1461def")
@@ -28,7 +28,7 @@ struct FrameCodecTests {
         #expect(MessageKey(app: "helpdesk", frame: frame) == MessageKey(app: "helpdesk", kind: .bot, id: "msgXXXX=="))
     }
 
-    @Test func pingIsEchoedWithItsOpaque() throws {
+    @Test(.timeLimit(.minutes(1))) func pingIsEchoedWithItsOpaque() throws {
         let ping = #"{"specVersion":"1.0","type":"SYSTEM","headers":{"messageId":"m-1","topic":"ping","contentType":"application/json"},"data":"{\"opaque\":\"7f3a\"}"}"#
         let frame = try StreamFrame.decode(Array(ping.utf8))
         let ack = try #require(JSON.object(StreamAck.pong(to: frame).encoded()))
@@ -39,7 +39,7 @@ struct FrameCodecTests {
         #expect(data["opaque"] as? String == "7f3a")
     }
 
-    @Test func eventAcksCarryAStatus() throws {
+    @Test(.timeLimit(.minutes(1))) func eventAcksCarryAStatus() throws {
         let event = StreamFrame(kind: .event, headers: ["messageId": "e-1", "eventId": "ev-9", "topic": "*"], data: "{}")
         #expect(MessageKey(app: "a", frame: event)?.id == "ev-9")
         let success = try #require(JSON.object(StreamAck.event(event).encoded()))
@@ -48,7 +48,7 @@ struct FrameCodecTests {
         #expect(JSON.object(later["data"] as? String ?? "")?["status"] as? String == "LATER")
     }
 
-    @Test func callbackAckCarriesTheCardResponse() throws {
+    @Test(.timeLimit(.minutes(1))) func callbackAckCarriesTheCardResponse() throws {
         let card = StreamFrame(kind: .callback, headers: ["messageId": "c-1", "topic": Topic.cardCallback], data: "{}")
         let ack = try #require(JSON.object(StreamAck.callback(card, response: #"{"cardData":{"cardParamMap":{"status":"done"}}}"#).encoded()))
         let dataText = try #require(ack["data"] as? String)
@@ -59,7 +59,7 @@ struct FrameCodecTests {
         #expect((botAck["data"] as? String) == #"{"response":null}"#)
     }
 
-    @Test func malformedFramesAreNamed() {
+    @Test(.timeLimit(.minutes(1))) func malformedFramesAreNamed() {
         #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(Array("{nope".utf8)) }
         #expect(throws: FrameError(.notAnObject)) { try StreamFrame.decode(Array("[1]".utf8)) }
         #expect(throws: FrameError(.missingField("type"))) { try StreamFrame.decode(Array(#"{"headers":{}}"#.utf8)) }
@@ -68,7 +68,7 @@ struct FrameCodecTests {
     }
 
     /// Frames the quick reader takes and frames it leaves to JSONSerialization decode alike.
-    @Test func unusualFramesDecodeLikeUsualOnes() throws {
+    @Test(.timeLimit(.minutes(1))) func unusualFramesDecodeLikeUsualOnes() throws {
         let escaped = try StreamFrame.decode(Array(#"{"type":"EVENT","extra":[1,-2.5e3,{"a":null}],"headers":{"eventId":"e\u00e9\ud83d\ude00\n\/"},"data":"{\"k\":\"\\\"q\\\"\"}"}"#.utf8))
         #expect(escaped.kind == .event)
         #expect(escaped.specVersion == "1.0")
@@ -85,7 +85,7 @@ struct FrameCodecTests {
 
     /// The intake's quick scan of `data` never disagrees with the full parse: where it answers,
     /// validity and `msgId` match; where it cannot vouch it says so and the full parse decides.
-    @Test func dataScanAgreesWithTheFullParse() throws {
+    @Test(.timeLimit(.minutes(1))) func dataScanAgreesWithTheFullParse() throws {
         let samples = [
             #"{"msgId":"m1","text":{"content":" hi"},"atUsers":[{"dingtalkId":"$:LWCP"}],"createAt":1700000000000}"#,
             #" { "msgId" : "m\u00e9\ud83d\ude00\n" , "n": -0.5E+2, "t": true, "f": false, "z": null } "#,
@@ -131,7 +131,7 @@ struct FrameCodecTests {
         #expect(escapedName.dataObjectMembers(["msgId", "conversationId"]) == ["m3", "escaped name"])
     }
 
-    @Test func keysDoNotDependOnTheMessageID() throws {
+    @Test(.timeLimit(.minutes(1))) func keysDoNotDependOnTheMessageID() throws {
         let first = StreamFrame(kind: .callback, headers: ["messageId": "a", "topic": Topic.botMessage], data: #"{"msgId":"m1"}"#)
         var redelivery = first
         redelivery.headers["messageId"] = "b"
@@ -141,11 +141,11 @@ struct FrameCodecTests {
 
     /// The hash is in every entry name and in a 0.1 spool's dedup.log: it must never change.
     /// Expected value: FNV-1a 64 over "helpdesk\0bot\0msg-1", computed independently.
-    @Test func keyHashIsFNV1aOfAppKindAndID() {
+    @Test(.timeLimit(.minutes(1))) func keyHashIsFNV1aOfAppKindAndID() {
         #expect(MessageKey(app: "helpdesk", kind: .bot, id: "msg-1").hash == "bb0a76cd89b9bb29")
     }
 
-    @Test func backoffFollowsFullJitterUpToTheCap() {
+    @Test(.timeLimit(.minutes(1))) func backoffFollowsFullJitterUpToTheCap() {
         let backoff = Backoff(base: .seconds(1), cap: .seconds(60))
         #expect(backoff.ceiling(afterFailures: 0) == .seconds(1))
         #expect(backoff.ceiling(afterFailures: 3) == .seconds(8))

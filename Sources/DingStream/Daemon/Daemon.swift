@@ -102,6 +102,7 @@ public struct Daemon: Sendable {
             readyTimeout: configuration.readyTimeout,
             counts: { (dispatcher.queued, spool.deadLetterCount) },
             storeFault: { spool.currentFault.map { "\($0)" } },
+            inFlight: { ["handlerRuns": dispatcher.running, "replyRuns": outbox.running] },
             logger: logger)
         // What the last reload applied; keys that need a restart are compared with `configuration`.
         let running = Mutex(configuration)

@@ -91,6 +91,9 @@ final class OutboxSender: Service {
         }
     }
 
+    /// Outbox entries taken for delivery and not finished yet.
+    var running: Int { inFlight.withLock { $0.count } }
+
     /// Listing and reading are blocking database reads: the spool's writer thread does them.
     private func offerOutbox() {
         spool.perform { [self] writer in

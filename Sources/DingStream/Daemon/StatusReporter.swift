@@ -17,6 +17,9 @@ final class StatusReporter: Service {
     private let counts: @Sendable () -> (queued: Int, failed: Int)
     /// Why frames are not acked right now (the spool's store failing), shown in `STATUS=`.
     private let storeFault: @Sendable () -> String?
+    /// Work in flight by kind (`handlerRuns`, `replyRuns`); with the board's open channels it is
+    /// `live` in status.json: figures that return to their idle value unless something leaks.
+    private let inFlight: @Sendable () -> [String: Int]
     private let logger: Logger
     /// Whether `READY=1` went out; notifications are sent under this lock so that `READY=1` after a
     /// reload can never overtake its `RELOADING=1`, which would leave the unit "reloading".
@@ -27,9 +30,11 @@ final class StatusReporter: Service {
     init(
         board: ConnectionBoard, notifier: Notifier, runtimeDirectory: String, readyTimeout: Duration,
         counts: @escaping @Sendable () -> (queued: Int, failed: Int), storeFault: @escaping @Sendable () -> String? = { nil },
+        inFlight: @escaping @Sendable () -> [String: Int] = { [:] },
         logger: Logger
     ) {
         self.storeFault = storeFault
+        self.inFlight = inFlight
         self.board = board
         self.notifier = notifier
         self.runtimeDirectory = runtimeDirectory
@@ -123,6 +128,7 @@ final class StatusReporter: Service {
         let object: [String: Any] = [
             "pid": Int(getpid()), "phase": phase, "queued": queued, "failed": failed, "apps": apps,
             "storeFault": storeFault() ?? NSNull(),
+            "live": inFlight().merging(["channels": board.openChannels]) { own, _ in own },
             "updatedAt": wallNow,
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }

@@ -35,10 +35,15 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
         switch endpoint {
         case .tcp(let host, let port):
             let shown = host.contains(":") ? "[\(host)]" : host
-            return "postgresql://\(user)@\(shown):\(port)/\(database)?sslmode=\(tls.rawValue)"
+            return "postgresql://\(Self.escaped(user))@\(shown):\(port)/\(Self.escaped(database))?sslmode=\(tls.rawValue)"
         case .unixSocket(let path):
-            return "postgresql://\(user)@/\(database)?host=\((path as NSString).deletingLastPathComponent)"
+            return "postgresql://\(Self.escaped(user))@/\(Self.escaped(database))?host=\((path as NSString).deletingLastPathComponent)"
         }
+    }
+
+    /// `text` as it must be written in a URL's user or path (`@`, `/`, `?`, `%`… percent-encoded).
+    private static func escaped(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
     }
 
     /// Why a URL cannot be used, in words that name the remedy.
@@ -107,9 +112,11 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
             endpoint = .unixSocket(path: "\(socketDirectory)/.s.PGSQL.\(port)")
             self.tls = .disable
         } else {
-            guard let host = components.host, !host.isEmpty else {
+            guard var host = components.host, !host.isEmpty else {
                 throw Problem(description: "the URL names no host; write postgresql://\(user)@HOST:5432/\(database), or ?host=/run/postgresql for a unix socket")
             }
+            // An IPv6 literal comes with its brackets, which no resolver takes.
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             endpoint = .tcp(host: host, port: port)
             self.tls = tls ?? .verifyFull
         }

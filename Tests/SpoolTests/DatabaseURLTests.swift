@@ -1,0 +1,26 @@
+import Testing
+
+@testable import Spool
+
+/// Inputs `make fuzz` found (Fuzz/targets/database-url.swift).
+@Suite(.timeLimit(.minutes(1))) struct DatabaseURLTests {
+    /// An IPv6 literal kept its brackets as the host, which no resolver takes: the cluster could
+    /// not connect to `postgres://u@[::1]:6543/d`.
+    @Test func anIPv6HostLosesItsBrackets() throws {
+        let url = try DatabaseURL(parsing: "postgres://u@[::1]:6543/d?sslmode=require&connect_timeout=5")
+        #expect(url.endpoint == .tcp(host: "::1", port: 6543))
+        #expect(url.description == "postgresql://u@[::1]:6543/d?sslmode=require")
+    }
+
+    /// The log line names the same server, user and database the URL did, escapes included.
+    @Test(arguments: [
+        "postgres://u@[::1]:6543/d?sslmode=require",
+        "postgresql://a%40b@db.example.com:5432/x%3Fy",
+        "postgresql://dingstream@/dingstream?host=/run/postgresql",
+    ])
+    func theDescriptionReadsBackAsTheSameURL(_ text: String) throws {
+        let url = try DatabaseURL(parsing: text)
+        let again = try DatabaseURL(parsing: url.description)
+        #expect(again.endpoint == url.endpoint && again.user == url.user && again.database == url.database, "\(url)")
+    }
+}

@@ -218,7 +218,7 @@ final class SQLiteStore: SpoolStore {
 
     func names(in state: EntryState, dueBy: Int64?, limit: Int) throws(SpoolError) -> [(name: EntryName, notBeforeMillis: Int64)] {
         let statement = try connection.statement(
-            "SELECT name, not_before_ms FROM message WHERE state = ?1 AND not_before_ms <= ?2 ORDER BY name LIMIT ?3")
+            "SELECT name, not_before_ms FROM message WHERE state = ?1 AND not_before_ms <= ?2 ORDER BY id LIMIT ?3")
         statement.bind(1, state.rawValue)
         statement.bind(2, dueBy ?? Int64.max)
         statement.bind(3, limit)
@@ -231,7 +231,7 @@ final class SQLiteStore: SpoolStore {
 
     func runnable(dueBy byMillis: Int64, limit: Int) throws(SpoolError) -> [Announcement] {
         let statement = try connection.statement(
-            "SELECT name, kind, conversation FROM message WHERE state = 'new' AND not_before_ms <= ?1 ORDER BY name LIMIT ?2")
+            "SELECT name, kind, conversation FROM message WHERE state = 'new' AND not_before_ms <= ?1 ORDER BY id LIMIT ?2")
         statement.bind(1, byMillis)
         statement.bind(2, limit)
         var result: [Announcement] = []

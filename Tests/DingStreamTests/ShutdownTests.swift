@@ -175,6 +175,11 @@ struct ShutdownTests {
                 try simulator.apply(.http(endpoint: .webhook, failure: .delay(.milliseconds(1200)), count: 1))
                 let group = BotMessageSpec.Conversation.group(conversationId: "cidShared==", title: "ops")
                 _ = try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("first"), conversation: group))
+                // Sent after the first was handled: pushed at once over two sockets, the two could
+                // reach the daemon in either order.
+                try await poll(timeout: .seconds(20), "the first handler run") {
+                    (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("first") == true
+                }
                 let second = try simulator.injectBotMessage(BotMessageSpec(app: "helpdesk", content: .text("second"), conversation: group))
                 try await poll(timeout: .seconds(20), "the second handler running") {
                     (try? String(contentsOfFile: runLog, encoding: .utf8))?.contains("second") == true

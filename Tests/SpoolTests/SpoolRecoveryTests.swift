@@ -46,6 +46,40 @@ import Testing
         }
     }
 
+    /// Two messages of one conversation stored in the same millisecond: after a restart they come
+    /// back, to the handlers and to the outbox, in the order they arrived, not in the order of their
+    /// names (which then sort by key hash).
+    @Test(.timeLimit(.minutes(1))) func sameMillisecondEntriesComeBackInArrivalOrder() async throws {
+        // Ids whose names sort against their arrival order.
+        let hash = { (id: String) in MessageKey(app: "helpdesk", kind: .bot, id: id).hash }
+        let ids = (0..<64).map { "m\($0)" }
+        let first = try #require(ids.first { id in ids.contains { hash($0) < hash(id) } })
+        let second = try #require(ids.first { hash($0) < hash(first) })
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            let stored = try await withRunning(spool) {
+                [await spool.store(botRecord(msgID: first)), await spool.store(botRecord(msgID: second))]
+            }
+            guard case .stored(let earlier) = stored[0], case .stored(let later) = stored[1] else {
+                Issue.record("expected both stored: \(stored)")
+                return
+            }
+            #expect(later.value < earlier.value, "the names sort against arrival")
+            spool.close()
+
+            let restarted = Spool(directory: root, logger: LogSink().logger)
+            try restarted.open()
+            #expect(try restarted.names(in: .new) == [earlier, later])
+            for name in [earlier, later] {
+                _ = try restarted.claim(name)
+                try restarted.complete(name, replies: [Data(#"{"msgtype":"text","text":{"content":"r"}}"#.utf8)])
+            }
+            #expect(try restarted.transaction { writer throws(SpoolError) in try writer.outboxEntries() } == [earlier, later])
+            restarted.close()
+        }
+    }
+
     /// new → running (message file) → outbox (replies, progress) → done, every step a committed
     /// transaction; the message file goes when the handlers are through.
     @Test(.timeLimit(.minutes(1))) func dispatchLifecycleThroughOutboxToDone() async throws {

@@ -23,4 +23,11 @@ import Testing
         let again = try DatabaseURL(parsing: url.description)
         #expect(again.endpoint == url.endpoint && again.user == url.user && again.database == url.database, "\(url)")
     }
+
+    /// Empty brackets were taken as a host (an empty one) whose description read back as another
+    /// URL: `postgres://u@@[]:5/dei`. An empty literal names no host.
+    @Test func emptyBracketsAreNoHost() {
+        let problem = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgres://u@@[]:5/dei") }
+        #expect(problem?.description.contains("names no host") == true, "\(String(describing: problem))")
+    }
 }

@@ -112,11 +112,12 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
             endpoint = .unixSocket(path: "\(socketDirectory)/.s.PGSQL.\(port)")
             self.tls = .disable
         } else {
-            guard var host = components.host, !host.isEmpty else {
+            var host = components.host ?? ""
+            // An IPv6 literal comes with its brackets, which no resolver takes; "[]" is no host.
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty else {
                 throw Problem(description: "the URL names no host; write postgresql://\(user)@HOST:5432/\(database), or ?host=/run/postgresql for a unix socket")
             }
-            // An IPv6 literal comes with its brackets, which no resolver takes.
-            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             endpoint = .tcp(host: host, port: port)
             self.tls = tls ?? .verifyFull
         }

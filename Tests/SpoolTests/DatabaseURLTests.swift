@@ -24,10 +24,11 @@ import Testing
         #expect(again.endpoint == url.endpoint && again.user == url.user && again.database == url.database, "\(url)")
     }
 
-    /// Empty brackets were taken as a host (an empty one) whose description read back as another
-    /// URL: `postgres://u@@[]:5/dei`. An empty literal names no host.
-    @Test func emptyBracketsAreNoHost() {
-        let problem = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgres://u@@[]:5/dei") }
-        #expect(problem?.description.contains("names no host") == true, "\(String(describing: problem))")
+    /// Whatever stood in brackets was taken as the host, and its description read back as another
+    /// URL or none: `postgres://u@@[]:5/dei`, `postgres://u@[1%]/i`.
+    @Test(arguments: ["postgres://u@@[]:5/dei", "postgres://u@[1%]/i"])
+    func bracketsHoldAnIPv6AddressOrNothingIsTaken(_ text: String) {
+        let problem = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: text) }
+        #expect(problem?.description.contains("is not an IPv6 address") == true, "\(String(describing: problem))")
     }
 }

@@ -113,8 +113,15 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
             self.tls = .disable
         } else {
             var host = components.host ?? ""
-            // An IPv6 literal comes with its brackets, which no resolver takes; "[]" is no host.
-            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            // An IPv6 literal comes with its brackets, which no resolver takes; inside them only an
+            // IPv6 address will do ("[]" and "[1%]" are no host).
+            if host.hasPrefix("["), host.hasSuffix("]") {
+                host = String(host.dropFirst().dropLast())
+                var address = in6_addr()
+                guard inet_pton(AF_INET6, host, &address) == 1 else {
+                    throw Problem(description: "[\(host)] is not an IPv6 address; write an IPv6 host in brackets, postgresql://\(user)@[::1]:5432/\(database), or a host name without them")
+                }
+            }
             guard !host.isEmpty else {
                 throw Problem(description: "the URL names no host; write postgresql://\(user)@HOST:5432/\(database), or ?host=/run/postgresql for a unix socket")
             }

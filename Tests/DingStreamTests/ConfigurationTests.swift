@@ -162,6 +162,15 @@ struct ConfigurationTests {
         #expect(DurationText.parse("") == nil)
     }
 
+    /// `make fuzz` found that `database = [[[[…` thousands deep overflowed the stack: the reader
+    /// recursed once per bracket. Nesting is bounded and named.
+    @Test func deeplyNestedArraysAreRefusedNotAStackOverflow() {
+        let text = "workers = 2\nallowed = " + String(repeating: "[", count: 100_000) + "\n"
+        let error = #expect(throws: ConfigurationError.self) { try parse(text) }
+        #expect(error?.line == 2)
+        #expect(error?.description.contains("arrays nested more than 32 deep") == true, "\(String(describing: error))")
+    }
+
     /// Issue 15, bug 11: a NUL inside a path was accepted and cut the path short.
     @Test func controlCharactersInStringsAndCommentsAreRefusedNamingTheLine() {
         for text in [

@@ -82,6 +82,9 @@ private struct Parser {
     private let bytes: [UInt8]
     private var index = 0
     private var line = 1
+    /// Arrays open around the value being read: bounded, so that `[[[[…` cannot exhaust the stack.
+    private var arrayDepth = 0
+    private static let maximumArrayDepth = 32
 
     init(text: String) {
         bytes = Array(text.utf8)
@@ -362,6 +365,11 @@ private struct Parser {
     }
 
     private mutating func parseArray() throws(TOMLDocument.ParseError) -> TOMLDocument.Value {
+        guard arrayDepth < Self.maximumArrayDepth else {
+            throw error("arrays nested more than \(Self.maximumArrayDepth) deep; no setting takes more than one level")
+        }
+        arrayDepth += 1
+        defer { arrayDepth -= 1 }
         index += 1
         var items: [TOMLDocument.Value] = []
         while true {

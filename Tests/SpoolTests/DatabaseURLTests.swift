@@ -31,4 +31,13 @@ import Testing
         let problem = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: text) }
         #expect(problem?.description.contains("is not an IPv6 address") == true, "\(String(describing: problem))")
     }
+
+    /// A host of query-like text (`u@bct_timeout=+01&…`) was taken as a host name whose description
+    /// could not be read back.
+    @Test func aHostNameHoldsOnlyHostNameCharacters() {
+        let problem = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgres://u@bct_timeout=+01&x/d") }
+        #expect(problem?.description.contains("which no host name does") == true, "\(String(describing: problem))")
+        #expect(throws: Never.self) { try DatabaseURL(parsing: "postgresql://dingstream@db-1.example.com:5432/dingstream") }
+        #expect(throws: Never.self) { try DatabaseURL(parsing: "postgresql://dingstream@10.0.0.5/dingstream") }
+    }
 }

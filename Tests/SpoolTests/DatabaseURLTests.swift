@@ -39,5 +39,8 @@ import Testing
         #expect(problem?.description.contains("which no host name does") == true, "\(String(describing: problem))")
         #expect(throws: Never.self) { try DatabaseURL(parsing: "postgresql://dingstream@db-1.example.com:5432/dingstream") }
         #expect(throws: Never.self) { try DatabaseURL(parsing: "postgresql://dingstream@10.0.0.5/dingstream") }
+        // A non-ASCII name came back from its description as another name (IDNA on the way out).
+        let unicode = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgresql://d@d\u{0614}aqxxxe.c2/l") }
+        #expect(unicode?.description.contains("xn--") == true, "\(String(describing: unicode))")
     }
 }

@@ -41,8 +41,10 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// Letters, digits, `-`, `.` and `_`: a DNS name or an IPv4 address.
-    private static let hostNameCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._"))
+    /// ASCII letters, digits, `-`, `.` and `_`: a DNS name (an international one in its xn-- form)
+    /// or an IPv4 address.
+    private static let hostNameCharacters = CharacterSet(
+        charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
     /// `text` as it must be written in a URL's user or path (`@`, `/`, `?`, `%`… percent-encoded).
     private static func escaped(_ text: String) -> String {
@@ -125,7 +127,7 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
                     throw Problem(description: "[\(host)] is not an IPv6 address; write an IPv6 host in brackets, postgresql://\(user)@[::1]:5432/\(database), or a host name without them")
                 }
             } else if let odd = host.unicodeScalars.first(where: { !Self.hostNameCharacters.contains($0) }) {
-                throw Problem(description: "the host \"\(host)\" holds \"\(odd.escaped(asASCII: true))\", which no host name does; write a name or address, postgresql://\(user)@db.example.com:5432/\(database)")
+                throw Problem(description: "the host \"\(host)\" holds \"\(odd.escaped(asASCII: true))\", which no host name does; write a name (an international one in its xn-- form) or an address, postgresql://\(user)@db.example.com:5432/\(database)")
             }
             guard !host.isEmpty else {
                 throw Problem(description: "the URL names no host; write postgresql://\(user)@HOST:5432/\(database), or ?host=/run/postgresql for a unix socket")

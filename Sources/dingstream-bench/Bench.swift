@@ -362,10 +362,7 @@ struct Bench {
                 [name] + ours.map { number(value($0.1), digits) } + [peer.map { number(value($0), digits) } ?? "-"]
                     + ours.map { ratio(value($0.1), peer.map(value)) })
         }
-        let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
-        for line in lines {
-            say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
-        }
+        sayColumns(lines)
         say("dingstream acks after the entry is durable (its round's SQLite transaction committed, WAL fsynced);")
         say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
         say("own CPU: user + system time of the subject's process (/proc/PID/stat) during the burst; dingstream")
@@ -399,6 +396,14 @@ struct LoadResult: Sendable {
     var spoolAloneCPU = Double.nan
 
     var throughput: Double { elapsed > 0 ? Double(acked) / elapsed : .nan }
+}
+
+/// Rows of cells, each column padded to its widest cell.
+func sayColumns(_ lines: [[String]]) {
+    let widths = (0..<(lines.first?.count ?? 0)).map { column in lines.map { $0[column].count }.max() ?? 0 }
+    for line in lines {
+        say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+    }
 }
 
 /// One line to stdout at once, unbuffered: progress shows up as it happens, also through a pipe.

@@ -205,10 +205,7 @@ extension Bench {
         for (name, value, digits) in metrics {
             lines.append([name] + results.map { number(value($0.1), digits) })
         }
-        let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
-        for line in lines {
-            say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
-        }
+        sayColumns(lines)
         say("from the push of a bot message (each its own conversation) to the simulator recording the reply")
         say("at the session webhook. The daemon acks once the message is durable, runs the handler, and")
         say("delivers the reply from its outbox; the SDK replies inside its callback, then acks.")

@@ -82,7 +82,8 @@ say:
 # Durable ingest against the simulator, side by side with the official Python SDK when python3
 # and PyPI are there (the SDK goes into a venv under .build; without it the peer column stays empty).
 BENCH_VENV := .build/bench-venv
-# Options for dingstream-bench, e.g. BENCH_ARGS="--sqlite no" for the cluster row alone.
+# Options for dingstream-bench, e.g. BENCH_ARGS="--sqlite no" for the cluster row alone,
+# BENCH_ARGS="--replies only" for the message-to-reply row alone (HTTP handler, script handler, SDK).
 BENCH_ARGS ?=
 bench: deps
 	$(SWIFT) build -c release --product dingstream-bench

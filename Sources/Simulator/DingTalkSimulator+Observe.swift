@@ -24,6 +24,11 @@ extension DingTalkSimulator {
         core.withLock { c in app == nil ? c.webhookReplies : c.webhookReplies.filter { $0.app == app } }
     }
 
+    /// Session webhook calls so far, all apps, any answer: cheap enough to poll while waiting.
+    public var webhookReplyCount: Int {
+        core.withLock { $0.webhookReplies.count }
+    }
+
     public func openAPISends(app: String? = nil) -> [OpenAPISendRecord] {
         core.withLock { c in app == nil ? c.openAPISends : c.openAPISends.filter { $0.app == app } }
     }

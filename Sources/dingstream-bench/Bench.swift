@@ -31,6 +31,8 @@ struct Bench {
             SimulatedApp(name: "bench", clientId: "dingbench", clientSecret: "secret-bench"),
             SimulatedApp(name: "bench2", clientId: "dingbench2", clientSecret: "secret-bench2"),
             SimulatedApp(name: "peer", clientId: "dingpeer", clientSecret: "secret-peer"),
+            SimulatedApp(name: "http", clientId: "dinghttp", clientSecret: "secret-http"),
+            SimulatedApp(name: "script", clientId: "dingscript", clientSecret: "secret-script"),
         ])
         simulatorConfiguration.recordDetails = false
         simulatorConfiguration.recordAckLatencies = true
@@ -40,13 +42,20 @@ struct Bench {
         simulatorLogger.logLevel = .error
         simulatorConfiguration.logger = simulatorLogger
 
-        say("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
+        if options.acks {
+            say("dingstream-bench: \(options.messages) messages with \(options.window) in flight, then \(options.rate) msgs/s for \(options.seconds) s")
+        }
+        if options.replies {
+            say("dingstream-bench: replies, \(options.replyRate) msgs/s for \(options.replySeconds) s, then \(options.replyMessages) messages with \(options.replyWindow) waiting for a reply")
+        }
         say("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(loadAverage()) at start")
         // Where the spool goes: as deployed, on a filesystem of its own (a loop-mounted ext4
         // image, when root), and in the temporary folder on the shared root filesystem, whose
         // syncfs also flushes everybody else's dirty data. Never tmpfs: durability is the point.
         var places: [(name: String, parent: String, cleanup: @Sendable () -> Void)] = []
-        if !options.sqlite {
+        if !options.acks {
+            say("acks: not measured (--replies only)")
+        } else if !options.sqlite {
             say("spool: SQLite not measured (--sqlite no)")
         } else if let parent = options.spoolParent {
             places.append(("dingstream", parent, {}))
@@ -60,7 +69,7 @@ struct Bench {
             }
             places.append(("dingstream shared fs", NSTemporaryDirectory(), {}))
         }
-        let (ours, peer) = try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
+        let (ours, peer, replies) = try await DingTalkSimulator.withRunning(simulatorConfiguration) { simulator in
             var ours: [(String, LoadResult)] = []
             for place in places {
                 defer { place.cleanup() }
@@ -76,7 +85,7 @@ struct Bench {
                 result.spoolAloneCPU = alone.cpuMicrosPerMessage
                 ours.append((place.name, result))
             }
-            if options.cluster {
+            if options.acks && options.cluster {
                 var leftovers: [String] = []
                 defer { for path in leftovers { try? FileManager.default.removeItem(atPath: path) } }
                 say("dingstream cluster: two daemons sharing one PostgreSQL (fsync on) on this machine")
@@ -87,22 +96,29 @@ struct Bench {
                 }
             }
             var peer: LoadResult?
-            if let command = options.peerCommand {
+            if options.acks, let command = options.peerCommand {
                 do {
                     peer = try await measurePeer(simulator, command: command, options)
                 } catch {
                     say("peer: not measured: \(error)")
                 }
             }
-            return (ours, peer)
+            let replies = options.replies ? try await measureReplies(simulator, options) : []
+            return (ours, peer, replies)
         }
-        say("")
-        printTable(ours: ours, peer: peer, peerName: options.peerName)
-        say("")
-        for (name, result) in ours {
-            let throughputMet = result.throughput >= 20_000
-            let latencyMet = result.p99 < 0.005
-            say("target, \(name): >= 20000 acked msgs/s \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s \(latencyMet ? "met" : "missed")")
+        if options.acks {
+            say("")
+            printTable(ours: ours, peer: peer, peerName: options.peerName)
+            say("")
+            for (name, result) in ours {
+                let throughputMet = result.throughput >= 20_000
+                let latencyMet = result.p99 < 0.005
+                say("target, \(name): >= 20000 acked msgs/s \(throughputMet ? "met" : "missed"); p99 < 5 ms at \(options.rate)/s \(latencyMet ? "met" : "missed")")
+            }
+        }
+        if options.replies {
+            say("")
+            printReplyTable(replies, options)
         }
         say("load average at end: \(loadAverage()) (other work on this machine shows in these numbers)")
     }
@@ -176,7 +192,8 @@ struct Bench {
 
     /// Writes a configuration under `root` and starts `dingstream run` on it, output discarded.
     static func startDaemon(
-        root: String, simulator: DingTalkSimulator, _ options: BenchOptions, apps: [String] = ["bench", "bench2"], extra: String = ""
+        root: String, simulator: DingTalkSimulator, _ options: BenchOptions, apps: [String] = ["bench", "bench2"],
+        appSettings: String = "", extra: String = ""
     ) throws -> Process {
         try FileManager.default.createDirectory(atPath: root + "/spool", withIntermediateDirectories: true)
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dingstream").path
@@ -202,7 +219,7 @@ struct Bench {
                 allowed_users = ["*"]
                 api_base = "\(simulator.baseURL)"
 
-                """
+                """ + appSettings
         }
         toml += extra
         try Data(toml.utf8).write(to: URL(fileURLWithPath: root + "/dingstream.toml"))
@@ -225,6 +242,14 @@ struct Bench {
     }
 
     static func measurePeer(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) async throws -> LoadResult {
+        let process = try startPeer(simulator, command: command)
+        defer { killPeer(process) }
+        try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
+        return try await measure(simulator, app: "peer", options, pids: [process.processIdentifier])
+    }
+
+    /// Starts the peer client on the simulator's "peer" app.
+    static func startPeer(_ simulator: DingTalkSimulator, command: String) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "exec " + command]
@@ -234,15 +259,15 @@ struct Bench {
         environment["BENCH_CLIENT_SECRET"] = "secret-peer"
         process.environment = environment
         try process.run()
-        defer {
-            // SIGKILL: the daemon's signal handling leaves SIGTERM ignored, and children inherit that.
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
+        return process
+    }
+
+    static func killPeer(_ process: Process) {
+        // SIGKILL: the daemon's signal handling leaves SIGTERM ignored, and children inherit that.
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
         }
-        try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
-        return try await measure(simulator, app: "peer", options, pids: [process.processIdentifier])
     }
 
     // MARK: the load
@@ -337,10 +362,7 @@ struct Bench {
                 [name] + ours.map { number(value($0.1), digits) } + [peer.map { number(value($0), digits) } ?? "-"]
                     + ours.map { ratio(value($0.1), peer.map(value)) })
         }
-        let widths = (0..<header.count).map { column in lines.map { $0[column].count }.max() ?? 0 }
-        for line in lines {
-            say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
-        }
+        sayColumns(lines)
         say("dingstream acks after the entry is durable (its round's SQLite transaction committed, WAL fsynced);")
         say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
         say("own CPU: user + system time of the subject's process (/proc/PID/stat) during the burst; dingstream")
@@ -374,6 +396,14 @@ struct LoadResult: Sendable {
     var spoolAloneCPU = Double.nan
 
     var throughput: Double { elapsed > 0 ? Double(acked) / elapsed : .nan }
+}
+
+/// Rows of cells, each column padded to its widest cell.
+func sayColumns(_ lines: [[String]]) {
+    let widths = (0..<(lines.first?.count ?? 0)).map { column in lines.map { $0[column].count }.max() ?? 0 }
+    for line in lines {
+        say(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+    }
 }
 
 /// One line to stdout at once, unbuffered: progress shows up as it happens, also through a pipe.

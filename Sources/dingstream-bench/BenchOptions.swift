@@ -22,11 +22,26 @@ struct BenchOptions: Sendable {
     var daemonLogLevel: String?
     /// The daemon's `metrics_listen` (e.g. "127.0.0.1:0"); nil leaves metrics off, the default.
     var daemonMetrics: String?
+    /// Message-to-reply times through an HTTP handler, a script handler and the peer replying:
+    /// "yes" after the ack measurements, "only" without them, "no" not at all.
+    var repliesMode = "yes"
+    var replyMessages = 3000
+    var replyWindow = 200
+    var replyWarmup = 300
+    var replyRate = 100
+    var replySeconds = 10.0
+    /// The HTTP-mode bot server the HTTP handler posts to; it prints its port first.
+    var httpServerScript = "etc/http-handler-example.py"
+
+    var acks: Bool { repliesMode != "only" }
+    var replies: Bool { repliesMode != "no" }
 
     static let usage = """
         usage: dingstream-bench [--messages N] [--window N] [--warmup N] [--rate N] [--seconds S] [--timeout S]
                                 [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
                                 [--sqlite yes|no] [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
+                                [--replies yes|no|only] [--reply-messages N] [--reply-window N] [--reply-warmup N]
+                                [--reply-rate N] [--reply-seconds S] [--http-server SCRIPT]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -63,6 +78,15 @@ struct BenchOptions: Sendable {
             case "--sqlite": sqlite = try yesOrNo()
             case "--peer": peerCommand = value
             case "--peer-name": peerName = value
+            case "--replies":
+                guard ["yes", "no", "only"].contains(value) else { throw Invalid(description: "--replies wants yes, no or only, not \(value)") }
+                repliesMode = value
+            case "--reply-messages": replyMessages = try integer()
+            case "--reply-window": replyWindow = try integer()
+            case "--reply-warmup": replyWarmup = try integer()
+            case "--reply-rate": replyRate = try integer()
+            case "--reply-seconds": replySeconds = try real()
+            case "--http-server": httpServerScript = value
             default: throw Invalid(description: "unknown option \(option)")
             }
         }

@@ -42,5 +42,7 @@ import Testing
         // A non-ASCII name came back from its description as another name (IDNA on the way out).
         let unicode = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgresql://d@d\u{0614}aqxxxe.c2/l") }
         #expect(unicode?.description.contains("xn--") == true, "\(String(describing: unicode))")
+        let mangled = #expect(throws: DatabaseURL.Problem.self) { try DatabaseURL(parsing: "postgresql://d@d\u{0614}aqxxxe.%\u{0614}432/l") }
+        #expect(mangled?.description.contains("xn--") == true, "\(String(describing: mangled))")
     }
 }

@@ -60,6 +60,11 @@ public struct DatabaseURL: Sendable, Equatable, CustomStringConvertible {
     /// silently send message contents in clear text to a server without TLS); a unix socket to `disable`.
     /// - Throws: `Problem` naming the part that is wrong.
     public init(parsing text: String) throws(Problem) {
+        // Foundation turns non-ASCII host names into their xn-- form and back, not always to the
+        // same name; the URL an operator writes is ASCII, with the rest percent-encoded.
+        if let odd = text.unicodeScalars.first(where: { !$0.isASCII }) {
+            throw Problem(description: "the URL holds \"\(odd.escaped(asASCII: true))\"; write an international host name in its xn-- form and percent-encode anything else")
+        }
         guard let components = URLComponents(string: text), let scheme = components.scheme else {
             throw Problem(description: "\"\(text)\" is not a URL; write it like postgresql://dingstream@db.example.com:5432/dingstream?sslmode=verify-full")
         }

@@ -1,32 +1,15 @@
 import Foundation
+import PostgresTestServer
 import Testing
 
 /// `dingstream sandbox` as a new user runs it: the binary in a process of its own.
 @Suite("The sandbox command", .serialized)
 struct SandboxTests {
-    /// A TCP port on 127.0.0.1 that nothing listens on (the system picked it and it was let go).
-    static func unusedPort() throws -> Int {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        try #require(descriptor >= 0)
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        try #require(bound)
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     /// Issue 15 (confusing): `sandbox say` to a closed port waited 5 s and printed a garbled
     /// error on stdout, advising `make run`. It says so at once, on stderr.
     @Test(.timeLimit(.minutes(1)))
     func sayToAClosedPortIsRefusedAtOnceOnStderr() async throws {
-        let port = try Self.unusedPort()
+        let port = try unusedLoopbackPort()
         let clock = ContinuousClock()
         let start = clock.now
         let result = try await CommandRun.run(["sandbox", "say", "--port", "\(port)", "hello"])
@@ -43,7 +26,7 @@ struct SandboxTests {
     func sendToALocalPortNobodyListensOnIsRefusedAtOnce() async throws {
         let folder = try TemporaryFolder()
         defer { folder.remove() }
-        let port = try Self.unusedPort()
+        let port = try unusedLoopbackPort()
         let config = try folder.write(
             "c.toml",
             "spool_dir = \"\(folder.path)/spool\"\n[[app]]\nname = \"sandbox\"\nclient_id = \"id\"\nclient_secret = \"s\"\napi_base = \"http://127.0.0.1:\(port)\"\n")
@@ -63,7 +46,7 @@ struct SandboxTests {
         let folder = try TemporaryFolder()
         defer { folder.remove() }
         guard let executable = DaemonProcess.executable else { throw DaemonProcessError(message: "no dingstream binary") }
-        let port = try Self.unusedPort()
+        let port = try unusedLoopbackPort()
         let output = folder.path + "/sandbox.out"
         FileManager.default.createFile(atPath: output, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: output))

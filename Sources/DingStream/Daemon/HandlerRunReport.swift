@@ -16,17 +16,6 @@ public struct HandlerRunReport: Sendable {
     public var stderrTail: String
     public var ended: Date
 
-    init(entry: EntryName, kind: MessageKind, handler: String, result: HandlerResult, ended: Date = Date()) {
-        self.entry = entry
-        self.kind = kind
-        self.handler = handler
-        if case .exited(let code) = result.status { exitCode = code } else { exitCode = nil }
-        status = result.statusText
-        duration = result.duration
-        stderrTail = result.stderrTail
-        self.ended = ended
-    }
-
     init(entry: EntryName, kind: MessageKind, handler: String, run: HandlerRun, ended: Date = Date()) {
         self.entry = entry
         self.kind = kind

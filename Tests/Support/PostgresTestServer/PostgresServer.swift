@@ -56,7 +56,7 @@ public final class PostgresServer: Sendable {
             }
             chown(directory, account.pointee.pw_uid, account.pointee.pw_gid)
         }
-        let server = PostgresServer(directory: directory, runAs: runAs, durable: durable, port: tcp || tls ? try freePort() : nil, tls: tls)
+        let server = PostgresServer(directory: directory, runAs: runAs, durable: durable, port: tcp || tls ? try unusedLoopbackPort() : nil, tls: tls)
         do {
             try server.write(Self.password + "\n", to: directory + "/pwfile")
             if tls { try server.makeCertificates() }
@@ -101,22 +101,6 @@ public final class PostgresServer: Sendable {
         if let runAs, let account = getpwnam(runAs) {
             for file in ["server.key", "server.crt", "ca.crt"] { chown(directory + "/" + file, account.pointee.pw_uid, account.pointee.pw_gid) }
         }
-    }
-
-    /// A port nobody listens on now (bound to 0, read back, closed).
-    private static func freePort() throws -> Int {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socket >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
-        }
-        guard bound else { throw Failure(description: "cannot find a free port: \(String(cString: strerror(errno)))") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// `fast`: clients are disconnected, the server shuts down cleanly.

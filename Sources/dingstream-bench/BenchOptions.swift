@@ -32,6 +32,9 @@ struct BenchOptions: Sendable {
     var replySeconds = 10.0
     /// The HTTP-mode bot server the HTTP handler posts to; it prints its port first.
     var httpServerScript = "etc/http-handler-example.py"
+    /// Only the warm-up and the burst (no paced phase, no spool alone): own CPU per message in
+    /// a minute, for comparing two builds or profiling the daemon under the burst.
+    var burstOnly = false
 
     var acks: Bool { repliesMode != "only" }
     var replies: Bool { repliesMode != "no" }
@@ -42,6 +45,7 @@ struct BenchOptions: Sendable {
                                 [--sqlite yes|no] [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
                                 [--replies yes|no|only] [--reply-messages N] [--reply-window N] [--reply-warmup N]
                                 [--reply-rate N] [--reply-seconds S] [--http-server SCRIPT]
+                                [--burst-only yes|no]
         """
 
     struct Invalid: Error, CustomStringConvertible {
@@ -87,6 +91,7 @@ struct BenchOptions: Sendable {
             case "--reply-rate": replyRate = try integer()
             case "--reply-seconds": replySeconds = try real()
             case "--http-server": httpServerScript = value
+            case "--burst-only": burstOnly = try yesOrNo()
             default: throw Invalid(description: "unknown option \(option)")
             }
         }

@@ -16,8 +16,12 @@ struct FastFrameReader {
         self.bytes = bytes
     }
 
+    /// The frame's UTF-8 is checked once, up front: its strings are then made without checking
+    /// each again through the generic `String(validating:as:)`, and skipped ones are only scanned.
     static func decode(_ bytes: UnsafeBufferPointer<UInt8>) -> StreamFrame? {
+        guard UTF8Check.isValid(bytes) else { return nil }
         var reader = FastFrameReader(bytes)
+        reader.knownUTF8 = true
         return reader.frame()
     }
 
@@ -204,12 +208,15 @@ struct FastFrameReader {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 defer { index += 1 }
-                return String(validating: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+                let text = UnsafeBufferPointer(rebasing: bytes[start..<index])
+                if knownUTF8 { return String(decoding: text, as: UTF8.self) }
+                return String(validating: text, as: UTF8.self)
             }
             if byte == UInt8(ascii: "\\") { break }
             if byte < 0x20 { return nil }
             index += 1
         }
+        if knownUTF8 { return unescapedString(from: start) }
         var out = Array(bytes[start..<index])
         while index < bytes.count {
             let byte = bytes[index]
@@ -245,6 +252,65 @@ struct FastFrameReader {
             }
         }
         return nil
+    }
+
+    /// The rest of a string literal of valid UTF-8 that began at `start` and has an escape at
+    /// `index`, unescaped straight into the string's storage: its end is found (and its escapes
+    /// checked) first, and unescaping never lengthens it, so that length is the capacity.
+    private mutating func unescapedString(from start: Int) -> String? {
+        index = start - 1
+        guard skipString() else { return nil }
+        let end = index - 1
+        let source = bytes
+        return String(unsafeUninitializedCapacity: end - start) { out in
+            var read = start
+            var written = 0
+            func put(_ byte: UInt8) {
+                out[written] = byte
+                written += 1
+            }
+            func hex4(at offset: Int) -> UInt32 {
+                var value: UInt32 = 0
+                for byte in source[offset..<offset + 4] {
+                    let digit: UInt8
+                    switch byte {
+                    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+                    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+                    default: digit = byte - UInt8(ascii: "A") + 10
+                    }
+                    value = value << 4 | UInt32(digit)
+                }
+                return value
+            }
+            while read < end {
+                let byte = source[read]
+                read += 1
+                guard byte == UInt8(ascii: "\\") else {
+                    put(byte)
+                    continue
+                }
+                let escape = source[read]
+                read += 1
+                switch escape {
+                case UInt8(ascii: "b"): put(0x08)
+                case UInt8(ascii: "f"): put(0x0C)
+                case UInt8(ascii: "n"): put(0x0A)
+                case UInt8(ascii: "r"): put(0x0D)
+                case UInt8(ascii: "t"): put(0x09)
+                case UInt8(ascii: "u"):
+                    // skipString let only valid escapes and whole surrogate pairs through.
+                    var scalar = hex4(at: read)
+                    read += 4
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (hex4(at: read + 2) - 0xDC00)
+                        read += 6
+                    }
+                    for unit in UTF8.encode(Unicode.Scalar(scalar)!)! { put(unit) }
+                default: put(escape)  // \" \\ \/
+                }
+            }
+            return written
+        }
     }
 
     /// Moves past a string literal whose bytes are valid UTF-8, checking only its escapes.

@@ -1,6 +1,7 @@
 import Foundation
-import StreamProtocol
 import Testing
+
+@testable import StreamProtocol
 
 @Suite("Frame and ack codecs on the samples of PROTOCOL.md")
 struct FrameCodecTests {
@@ -166,5 +167,55 @@ struct FrameCodecTests {
         let message = try #require(BotMessage(data: ["msgId": "m1", "createAt": 1695283635765.0, "sessionWebhookExpiredTime": "1695289035996"]))
         #expect(message.createAt == 1_695_283_635_765)
         #expect(message.sessionWebhookExpiredTime == 1_695_289_035_996)
+    }
+
+    /// The frame's one UTF-8 check agrees with the standard library on well-formed text, on
+    /// each kind of malformed sequence (also behind runs of ASCII the check takes eight at a
+    /// time), and on random bytes.
+    @Test(.timeLimit(.minutes(1))) func utf8CheckAgreesWithTheStandardLibrary() {
+        func agree(_ bytes: [UInt8], _ label: String) {
+            let reference = String(validating: bytes, as: UTF8.self) != nil
+            #expect(bytes.withUnsafeBufferPointer { UTF8Check.isValid($0) } == reference, "\(label): \(bytes)")
+        }
+        let samples: [[UInt8]] = [
+            [], Array("plain ascii".utf8), Array("é 中文 😀 \u{10FFFF}".utf8),
+            [0xC0, 0x80], [0xC1, 0xBF], [0xE0, 0x80, 0x80], [0xE0, 0x9F, 0xBF], [0xED, 0xA0, 0x80], [0xED, 0xBF, 0xBF],
+            [0xF0, 0x80, 0x80, 0x80], [0xF0, 0x8F, 0xBF, 0xBF], [0xF4, 0x90, 0x80, 0x80], [0xF5, 0x80, 0x80, 0x80], [0xFF],
+            [0x80], [0xC3], [0xE4, 0xB8], [0xF0, 0x9F, 0x98], [0xC3, 0x28], [0xE4, 0x28, 0xAD], [0xF0, 0x9F, 0x28, 0x80],
+            [0xEE, 0x80, 0x80], [0xED, 0x9F, 0xBF], [0xF4, 0x8F, 0xBF, 0xBF],
+        ]
+        for sample in samples {
+            agree(sample, "alone")
+            agree(Array("0123456789abcdef".utf8) + sample + Array("tail".utf8), "behind ascii")
+        }
+        var generator = SplitMix64(seed: 12)
+        for round in 0..<20_000 {
+            let count = Int(generator.next() % 24)
+            // Mostly high bytes, so that every lead and continuation shows up.
+            let bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: generator.next() % 3 == 0 ? generator.next() % 0x80 : 0x80 | generator.next()) }
+            agree(bytes, "random \(round)")
+        }
+        // A frame with a malformed string goes to the general parse, which refuses it.
+        let broken = Array(#"{"type":"EVENT","headers":{"eventId":"e"#.utf8) + [0xC3, 0x28] + Array(#""},"data":"{}"}"#.utf8)
+        #expect(broken.withUnsafeBufferPointer { FastFrameReader.decode($0) } == nil)
+        #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(broken) }
+        // Escapes between multibyte characters, unescaped straight into the string.
+        let mixed = Array(#"{"type":"EVENT","headers":{"eventId":"é\"中\u00e9\ud83d\ude00\\😀\t"},"data":"x"}"#.utf8).withUnsafeBufferPointer {
+            FastFrameReader.decode($0)
+        }
+        #expect(mixed?.headers["eventId"] == "é\"中é😀\\😀\t")
+    }
+}
+
+/// A small seeded generator, so that the random samples are the same on every run.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E4B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -126,7 +126,7 @@ final class SQLiteStore: SpoolStore {
 
     // MARK: Intake
 
-    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
+    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], state: EntryState, nowMillis: Int64) throws(SpoolError) -> Bool {
         let statement: SQLiteStatement
         if let cached = insertStatement {
             statement = cached
@@ -134,7 +134,7 @@ final class SQLiteStore: SpoolStore {
             statement = try connection.statement(
                 """
                 INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
-                VALUES (?1, ?2, ?3, ?4, 'new', ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
+                VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
                 """)
             insertStatement = statement
         }
@@ -145,6 +145,7 @@ final class SQLiteStore: SpoolStore {
         statement.bind(5, record.conversation)
         statement.bind(6, record.receivedMillis)
         statement.bind(7, nowMillis)
+        statement.bind(9, state.rawValue)
         try statement.step(borrowing: bytes, at: 8)
         return connection.changes == 1
     }

@@ -128,9 +128,12 @@ extension Spool {
     }
 
     /// One round: every frame inserted (the UNIQUE business key decides what is a duplicate),
-    /// every job run, one COMMIT; then frames and jobs are told how it ended.
+    /// every job run, one COMMIT; then frames and jobs are told how it ended. A frame of an app
+    /// no handler serves is stored as `done` and not announced.
     func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job]) {
-        var stored: [(name: EntryName, pending: Pending)] = []
+        var stored: [NewEntry] = []
+        var finished: [NewEntry] = []
+        let handlerless = batch.isEmpty ? [] : handlerlessApps.withLock { $0 }?() ?? []
         var duplicates: [Pending] = []
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
@@ -145,21 +148,28 @@ extension Spool {
             }
             do throws(SpoolError) {
                 try writer.store.begin()
-                if !batch.isEmpty { try writer.store.prepareIntake(batch.map(\.record)) }
                 let nowMillis = nowMillis
-                var fresh: [(name: EntryName, pending: Pending)] = []
+                var entries: [NewEntry] = []
+                entries.reserveCapacity(batch.count)
                 for pending in batch {
                     let name = EntryName(receivedMillis: pending.record.receivedMillis, key: pending.record.key)
                     if !writer.legacySeen.isEmpty, writer.legacySeen.contains(String(name.dedupKey)) {
                         duplicates.append(pending)
-                    } else {
-                        fresh.append((name, pending))
+                        continue
                     }
+                    let unread = !handlerless.isEmpty && pending.record.kind != .card && handlerless.contains(pending.record.app)
+                    entries.append(NewEntry(pending: pending, name: name, state: unread ? .done : .new))
                 }
-                if !fresh.isEmpty {
-                    let entries = fresh.map { NewEntry(record: $0.pending.record, name: $0.name, bytes: $0.pending.bytes) }
-                    for (item, inserted) in zip(fresh, try writer.store.insert(entries, nowMillis: nowMillis)) {
-                        if inserted { stored.append(item) } else { duplicates.append(item.pending) }
+                if !entries.isEmpty {
+                    try writer.store.prepareIntake(entries)
+                    for (entry, inserted) in zip(entries, try writer.store.insert(entries, nowMillis: nowMillis)) {
+                        if !inserted {
+                            duplicates.append(entry.pending)
+                        } else if entry.state == .new {
+                            stored.append(entry)
+                        } else {
+                            finished.append(entry)
+                        }
                     }
                 }
                 writer.abort = nil
@@ -218,6 +228,7 @@ extension Spool {
             entriesContinuation.yield(Announcement(name: item.name, kind: item.pending.record.kind, conversation: item.pending.record.conversation))
         }
         for item in stored { item.pending.completion(.stored(item.name)) }
+        for item in finished { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
         for finish in finishes { finish(nil) }
     }

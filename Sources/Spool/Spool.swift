@@ -63,6 +63,9 @@ public final class Spool: Sendable {
     /// Called when this host took over another's outbox entries (cluster).
     let outboxWake = Mutex<(@Sendable () -> Void)?>(nil)
 
+    /// Asked once per intake round which apps no handler serves now (see `storeHandlerless`).
+    let handlerlessApps = Mutex<(@Sendable () -> Set<String>)?>(nil)
+
     /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
     /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
     /// ignores names it already holds and `.notFound` from `claim`. Single consumer.
@@ -205,6 +208,16 @@ public final class Spool: Sendable {
                 metadata: ["spool.dir": "\(directory)", "spool.path": "\(aside)"])
             return try SQLiteStore(path: databasePath)
         }
+    }
+
+    /// Sets how the writer learns which apps no handler serves: their frames (card callbacks
+    /// excepted, whose ack waits for an answer) are then stored as `done` in the round that
+    /// stores them, and not announced. Asked once per round with frames, on the writer thread,
+    /// so it must be quick; what it answers applies to that round's frames, and a handler
+    /// dropped into `handlers/` before a round is seen by it. Without it every frame is stored
+    /// as `new` and announced.
+    public func storeHandlerless(_ apps: @escaping @Sendable () -> Set<String>) {
+        handlerlessApps.withLock { $0 = apps }
     }
 
     /// Sets what runs when this host took over outbox entries of a dead one (cluster).

@@ -26,12 +26,12 @@ protocol SpoolStore: AnyObject {
     func commit() throws(SpoolError)
     func rollback()
 
-    /// Called once per round before its inserts, with the round's records in arrival order.
-    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError)
+    /// Called once per round before its inserts, with the round's entries in arrival order.
+    func prepareIntake(_ entries: [NewEntry]) throws(SpoolError)
 
-    /// Inserts a new entry unless the same business message (app, kind, business id) is stored:
-    /// true when inserted, false for a duplicate.
-    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool
+    /// Inserts a new entry in `state` (`new`, or `done` when no handler needs it) unless the same
+    /// business message (app, kind, business id) is stored: true when inserted, false for a duplicate.
+    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], state: EntryState, nowMillis: Int64) throws(SpoolError) -> Bool
     /// A round's new entries in arrival order: for each, true when inserted, false for a duplicate.
     func insert(_ entries: [NewEntry], nowMillis: Int64) throws(SpoolError) -> [Bool]
     /// Moves those of `names` still in `new` to `done` (no handler needs them); the others are
@@ -94,7 +94,7 @@ extension SpoolStore {
         }
     }
 
-    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {}
+    func prepareIntake(_ entries: [NewEntry]) throws(SpoolError) {}
 
     func claim(_ name: EntryName, nowMillis: Int64) throws(SpoolError) {
         try transition(name, from: [.new], to: .running, change: RowChange(), nowMillis: nowMillis)
@@ -131,11 +131,15 @@ public struct RowChange: Sendable {
     }
 }
 
-/// An entry of an intake round, named and encoded.
+/// An entry of an intake round, named. It holds the submitted frame by reference: a round
+/// hands its entries around several times, and copying a record retains each of its fields.
 struct NewEntry {
-    var record: IntakeRecord
+    let pending: Spool.Pending
     var name: EntryName
-    var bytes: [UInt8]
+    /// `new`, or `done` for a message no handler needs.
+    var state: EntryState = .new
+
+    var record: IntakeRecord { pending.record }
 }
 
 extension SpoolStore {
@@ -143,7 +147,9 @@ extension SpoolStore {
     func insert(_ entries: [NewEntry], nowMillis: Int64) throws(SpoolError) -> [Bool] {
         var inserted: [Bool] = []
         inserted.reserveCapacity(entries.count)
-        for entry in entries { inserted.append(try insert(entry.record, name: entry.name, bytes: entry.bytes, nowMillis: nowMillis)) }
+        for entry in entries {
+            inserted.append(try insert(entry.pending.record, name: entry.name, bytes: entry.pending.bytes, state: entry.state, nowMillis: nowMillis))
+        }
         return inserted
     }
 

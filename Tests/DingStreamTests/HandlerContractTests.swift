@@ -356,6 +356,29 @@ struct HandlerContractTests {
         }
     }
 
+    /// Without a handler a message is stored as done at once; a handler dropped into handlers/
+    /// while the daemon runs runs for the next message, with no restart or reload.
+    @Test(.timeLimit(.minutes(1)))
+    func aHandlerDroppedInRunsForTheNextMessage() async throws {
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            let logs = LogCapture()
+            try await harness.withDaemon(harness.configuration(for: simulator), logs: logs) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                let first = try simulator.injectText("before", app: "helpdesk")
+                try await harness.waitFor("the first message done") { harness.entries(in: "done").count == 1 }
+                #expect(simulator.acks(app: "helpdesk").contains { $0.messageId == first.messageId && $0.code == 200 })
+                #expect(logs.lines(containing: "no runnable handler").count == 1)
+                try harness.addHandler("10-late", "#!/bin/sh\ncat >/dev/null\necho \"$DINGSTREAM_TEXT\" >> \(harness.root)/late\n")
+                try simulator.injectText("after", app: "helpdesk")
+                try await harness.waitFor("the handler run for the second message") { harness.lines(of: "late") == ["after"] }
+                try await harness.waitFor("both messages done") { harness.entries(in: "done").count == 2 }
+                #expect(harness.lines(of: "late") == ["after"])
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func worldWritableHandlerIsRefused() async throws {
         let harness = try DaemonHarness()

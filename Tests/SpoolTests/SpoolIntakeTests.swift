@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import StreamProtocol
+import Synchronization
 import Testing
 
 @testable import Spool
@@ -141,6 +142,56 @@ import Testing
             #expect(outcomes.allSatisfy { if case .stored = $0 { true } else { false } })
             #expect(Set(announced).count == count)
             #expect(try spool.names(in: .new).count == count)
+        }
+    }
+
+    /// A message of an app no handler serves is stored as done in its round and never
+    /// announced; a card callback (its ack waits for an answer) and other apps are stored as new
+    /// and announced. What the spool is told applies from the next round on.
+    @Test(.timeLimit(.minutes(1))) func messagesNoHandlerReadsAreStoredDoneAndNotAnnounced() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            let handlerless = Mutex<Set<String>>(["helpdesk"])
+            spool.storeHandlerless { handlerless.withLock { $0 } }
+            try spool.open()
+            defer { spool.close() }
+            let card = IntakeRecord(
+                app: "helpdesk",
+                frame: StreamFrame(
+                    kind: .callback, headers: ["messageId": "card-1", "topic": Topic.cardCallback],
+                    data: #"{"outTrackId":"t1","userId":"u1"}"#),
+                connection: "conn-1", receivedMillis: 1_700_000_000_000)!
+            let (outcomes, announced) = try await withRunning(spool) {
+                let collector = Task {
+                    var names: [EntryName] = []
+                    for await announcement in spool.entries {
+                        names.append(announcement.name)
+                        if names.count == 3 { break }
+                    }
+                    return names
+                }
+                var outcomes: [IntakeOutcome] = []
+                for record in [
+                    botRecord(msgID: "unread", millis: 1_700_000_000_001), card, botRecord(app: "sales", msgID: "other", millis: 1_700_000_000_002),
+                    botRecord(msgID: "unread", millis: 1_700_000_000_003),
+                ] {
+                    outcomes.append(await spool.store(record))
+                }
+                handlerless.withLock { $0 = [] }
+                outcomes.append(await spool.store(botRecord(msgID: "handled", millis: 1_700_000_000_004)))
+                return (outcomes, await collector.value)
+            }
+            guard case .stored(let unread) = outcomes[0], case .stored(let cardName) = outcomes[1], case .stored(let other) = outcomes[2],
+                case .stored(let handled) = outcomes[4]
+            else {
+                Issue.record("expected four stored and a duplicate, got \(outcomes)")
+                return
+            }
+            #expect(outcomes[3] == .duplicate)
+            #expect(try spool.row(unread).state == .done)
+            #expect(try spool.row(unread).entry.key == "unread")
+            #expect(try spool.names(in: .new) == [cardName, other, handled])
+            #expect(announced == [cardName, other, handled])
         }
     }
 

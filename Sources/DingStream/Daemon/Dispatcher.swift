@@ -74,6 +74,17 @@ final class Dispatcher: Service {
         self.metrics = metrics
         self.onHandlerRun = onHandlerRun
         self.logger = logger
+        spool.storeHandlerless { [weak self] in self?.handlerlessApps() ?? [] }
+    }
+
+    /// The configured apps whose messages nothing would read now: no runnable handler in
+    /// `handlers/` and no `http_handler`. The spool stores theirs as done at once. Asked once per
+    /// intake round, so a handler dropped in is used from the next round on.
+    func handlerlessApps() -> Set<String> {
+        let (scan, fresh) = handlerScans.current()
+        if fresh { logRefusals(scan) }
+        guard scan.runnable.isEmpty else { return [] }
+        return settings.withLock { current in Set(current.apps.keys.filter { current.httpHandlers[$0] == nil }) }
     }
 
     func update(_ new: DispatchSettings, workers: Int) {

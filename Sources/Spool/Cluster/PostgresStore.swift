@@ -433,8 +433,8 @@ final class PostgresStore: SpoolStore {
     /// unique key (each waits for the other's uncommitted row) and lose a round to it. So a
     /// round first takes a transaction lock per business key in one global (sorted) order;
     /// the inserts then keep arrival order, which is the conversations' order.
-    func prepareIntake(_ records: [IntakeRecord]) throws(SpoolError) {
-        let keys = Set(records.map { Self.lockKey(app: $0.app, kind: $0.kind.rawValue, id: $0.key.id) }).sorted()
+    func prepareIntake(_ entries: [NewEntry]) throws(SpoolError) {
+        let keys = Set(entries.map { Self.lockKey(app: $0.record.app, kind: $0.record.kind.rawValue, id: $0.record.key.id) }).sorted()
         try send(
             "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM unnest(\(keys)::bigint[]) AS k ORDER BY k) AS sorted",
             doing: "locking the round's business keys")
@@ -449,8 +449,8 @@ final class PostgresStore: SpoolStore {
         return Int64(bitPattern: hash)
     }
 
-    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], nowMillis: Int64) throws(SpoolError) -> Bool {
-        try insert([NewEntry(record: record, name: name, bytes: bytes)], nowMillis: nowMillis)[0]
+    func insert(_ record: IntakeRecord, name: EntryName, bytes: [UInt8], state: EntryState, nowMillis: Int64) throws(SpoolError) -> Bool {
+        try insert([NewEntry(pending: Spool.Pending(record: record, bytes: bytes) { _ in }, name: name, state: state)], nowMillis: nowMillis)[0]
     }
 
     /// One statement for the round: the rows go in as arrays and come out in arrival order, so
@@ -460,13 +460,13 @@ final class PostgresStore: SpoolStore {
         let rows = try run(
             """
             INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, sent_ms, changed_ms, not_before_ms, entry)
-            SELECT name, app, kind, business_id, 'new', nullif(conversation, ''), received_ms, sent_ms, \(nowMillis), received_ms, entry
+            SELECT name, app, kind, business_id, state, nullif(conversation, ''), received_ms, sent_ms, \(nowMillis), received_ms, entry
             FROM unnest(
                 \(entries.map(\.name.value))::text[], \(entries.map(\.record.app))::text[], \(entries.map(\.record.kind.rawValue))::text[],
-                \(entries.map(\.record.key.id))::text[], \(entries.map { $0.record.conversation ?? "" })::text[],
+                \(entries.map(\.record.key.id))::text[], \(entries.map(\.state.rawValue))::text[], \(entries.map { $0.record.conversation ?? "" })::text[],
                 \(entries.map(\.record.receivedMillis))::bigint[], \(entries.map(\.record.sentMillis))::bigint[],
-                \(entries.map { ByteBuffer(bytes: $0.bytes) })::bytea[])
-                WITH ORDINALITY AS round(name, app, kind, business_id, conversation, received_ms, sent_ms, entry, position)
+                \(entries.map { ByteBuffer(bytes: $0.pending.bytes) })::bytea[])
+                WITH ORDINALITY AS round(name, app, kind, business_id, state, conversation, received_ms, sent_ms, entry, position)
             ORDER BY position
             ON CONFLICT DO NOTHING
             RETURNING name

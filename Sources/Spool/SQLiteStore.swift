@@ -6,7 +6,7 @@ import StreamProtocol
 final class SQLiteStore: SpoolStore {
     static let fileName = "spool.db"
     /// Bumped with every change of the schema; `migrate` brings older files up to it.
-    static let schemaVersion: Int64 = 2
+    static let schemaVersion: Int64 = 3
     /// Rows removed by a prune are tombstones of this state while they still count for dedup.
     static let purgedState = "purged"
 
@@ -69,45 +69,77 @@ final class SQLiteStore: SpoolStore {
         try inTransaction { () throws(SpoolError) in
             if version < 1 {
                 try connection.execute(
-                    """
-                    CREATE TABLE message (
-                        id INTEGER PRIMARY KEY,
-                        name TEXT NOT NULL,
-                        app TEXT NOT NULL,
-                        kind TEXT NOT NULL,
-                        business_id TEXT NOT NULL,
-                        state TEXT NOT NULL,
-                        conversation TEXT,
-                        received_ms INTEGER NOT NULL,
-                        changed_ms INTEGER NOT NULL,
-                        not_before_ms INTEGER NOT NULL,
-                        attempts INTEGER NOT NULL DEFAULT 0,
-                        entry BLOB NOT NULL,
-                        replies TEXT,
-                        delivered INTEGER NOT NULL DEFAULT 0,
-                        delivery_attempts INTEGER NOT NULL DEFAULT 0,
-                        reason TEXT,
-                        UNIQUE (app, kind, business_id)
-                    );
-                    CREATE UNIQUE INDEX message_name ON message (name);
-                    CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox', 'failed');
-                    CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
-                    """, doing: "creating the schema")
-            }
-            if version < 2 {
-                // The same partial index with its condition spelled as ORs: SQLite evaluates an IN
-                // list in an index's WHERE through a temporary b-tree, built twice per UPDATE
-                // and once per INSERT; equalities it compares in place. Queries for one state
-                // still use the index.
-                try connection.execute(
-                    """
-                    DROP INDEX message_waiting;
-                    CREATE INDEX message_waiting ON message (state, not_before_ms)
-                        WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
-                    """, doing: "recreating the waiting index")
+                    "CREATE TABLE message (\(Self.messageColumns));" + Self.messageIndexes
+                        + "CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;",
+                    doing: "creating the schema")
+            } else if version < 3 {
+                try rebuildWithDedupKey()
             }
             try connection.execute("PRAGMA user_version = \(Self.schemaVersion)", doing: "recording the schema version")
         }
+    }
+
+    /// The columns of `message`. `dedup` is `MessageKey.fingerprint` (64 bits of FNV-1a over app,
+    /// kind and business id), NULL for the rare message whose fingerprint another row holds.
+    private static let messageColumns = """
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        app TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        conversation TEXT,
+        received_ms INTEGER NOT NULL,
+        changed_ms INTEGER NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        entry BLOB NOT NULL,
+        replies TEXT,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        delivery_attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        dedup INTEGER
+        """
+
+    /// The dedup is a UNIQUE index on the 64-bit `dedup` rather than on (app, kind, business id):
+    /// business ids are random, so every insert lands on a random leaf of that index, which the
+    /// commit writes whole; small keys make it several times smaller, and with it the pages
+    /// written per message. A row whose fingerprint another message holds goes in with a NULL
+    /// `dedup` and is recognised by `message_collided`, an index that is empty but for those.
+    /// The waiting index's condition is spelled as ORs: SQLite evaluates an IN list in an
+    /// index's WHERE through a temporary b-tree on every write; equalities it compares in place.
+    private static let messageIndexes = """
+        CREATE UNIQUE INDEX message_name ON message (name);
+        CREATE UNIQUE INDEX message_dedup ON message (dedup);
+        CREATE UNIQUE INDEX message_collided ON message (app, kind, business_id) WHERE dedup IS NULL;
+        CREATE INDEX message_waiting ON message (state, not_before_ms)
+            WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
+        """
+
+    /// Schema 1 and 2 to 3: the table without its UNIQUE (app, kind, business_id), rows copied
+    /// with their ids, each given its fingerprint. SQLite cannot drop a table's constraint, so
+    /// the table is rebuilt; it takes a while for a large spool, once, inside the migration's
+    /// transaction (a failure leaves the old file as it was).
+    private func rebuildWithDedupKey() throws(SpoolError) {
+        let copied = "id, name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, attempts, entry, replies, delivered, delivery_attempts, reason"
+        try connection.execute(
+            """
+            CREATE TABLE message_rebuilt (\(Self.messageColumns));
+            INSERT INTO message_rebuilt (\(copied)) SELECT \(copied) FROM message ORDER BY id;
+            DROP TABLE message;
+            ALTER TABLE message_rebuilt RENAME TO message;
+            CREATE UNIQUE INDEX message_dedup ON message (dedup);
+            """, doing: "rebuilding the message table for schema 3")
+        // A fingerprint an earlier row holds stays NULL, which message_collided covers (the old
+        // UNIQUE constraint made (app, kind, business_id) unique, so creating it cannot fail).
+        try reclaimFingerprints()
+        try connection.execute(
+            """
+            CREATE UNIQUE INDEX message_name ON message (name);
+            CREATE UNIQUE INDEX message_collided ON message (app, kind, business_id) WHERE dedup IS NULL;
+            CREATE INDEX message_waiting ON message (state, not_before_ms)
+                WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
+            """, doing: "indexing the message table for schema 3")
     }
 
     // MARK: Transactions
@@ -131,24 +163,42 @@ final class SQLiteStore: SpoolStore {
         if let cached = insertStatement {
             statement = cached
         } else {
-            statement = try connection.statement(
-                """
-                INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry)
-                VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?6, ?8) ON CONFLICT DO NOTHING
-                """)
+            statement = try connection.statement(Self.insertSQL)
             insertStatement = statement
         }
-        statement.bind(1, name.value)
-        statement.bind(2, record.app)
-        statement.bind(3, record.kind.rawValue)
-        statement.bind(4, record.key.id)
-        statement.bind(5, record.conversation)
-        statement.bind(6, record.receivedMillis)
-        statement.bind(7, nowMillis)
-        statement.bind(9, state.rawValue)
-        try statement.step(borrowing: bytes, at: 8)
-        return connection.changes == 1
+        func attempt(dedup: Int64?) throws(SpoolError) -> Bool {
+            statement.bind(1, name.value)
+            statement.bind(2, record.app)
+            statement.bind(3, record.kind.rawValue)
+            statement.bind(4, record.key.id)
+            statement.bind(5, record.conversation)
+            statement.bind(6, record.receivedMillis)
+            statement.bind(7, nowMillis)
+            statement.bind(9, state.rawValue)
+            if let dedup { statement.bind(10, dedup) }  // else NULL: reset cleared it
+            try statement.step(borrowing: bytes, at: 8)
+            return connection.changes == 1
+        }
+        let fingerprint = Int64(bitPattern: record.key.fingerprint)
+        if try attempt(dedup: fingerprint) { return true }
+        return try heldByAnother(fingerprint, record.key) ? try attempt(dedup: nil) : false
     }
+
+    /// After an insert refused for a conflict: whether `fingerprint` belongs to a message other
+    /// than `key` (the insert is then made again without it) rather than to `key` itself, a
+    /// duplicate (or the name was taken, which also counts as one).
+    private func heldByAnother(_ fingerprint: Int64, _ key: MessageKey) throws(SpoolError) -> Bool {
+        let holder = try connection.statement("SELECT app, kind, business_id FROM message WHERE dedup = ?1")
+        holder.bind(1, fingerprint)
+        defer { holder.reset() }
+        guard try holder.step() else { return false }
+        return holder.text(0) != key.app || holder.text(1) != key.kind.rawValue || holder.text(2) != key.id
+    }
+
+    private static let insertSQL = """
+        INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms, entry, dedup)
+        VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?6, ?8, ?10) ON CONFLICT DO NOTHING
+        """
 
     // MARK: Entries
 
@@ -326,6 +376,7 @@ final class SQLiteStore: SpoolStore {
         delete.bind(3, limit)
         try delete.step()
         var touched = connection.changes
+        if touched > 0 { try reclaimFingerprints() }
         guard touched < limit, before > dedupFrom else { return touched }
         // Still within the dedup window: the payload goes, the row stays to recognise a redelivery.
         let tombstone = try connection.statement(
@@ -339,6 +390,25 @@ final class SQLiteStore: SpoolStore {
         try tombstone.step()
         touched += connection.changes
         return touched
+    }
+
+    /// Gives rows stored without their fingerprint (another message held it) the fingerprint once
+    /// its holder is gone, so that their redeliveries stay recognised by the fingerprint alone.
+    /// The partial index makes the look almost free: it holds only such rows, nearly always none.
+    private func reclaimFingerprints() throws(SpoolError) {
+        let rows = try connection.statement("SELECT id, app, kind, business_id FROM message WHERE dedup IS NULL")
+        var waiting: [(id: Int64, fingerprint: Int64)] = []
+        while try rows.step() {
+            let key = MessageKey(app: rows.text(1) ?? "", kind: MessageKind(rawValue: rows.text(2) ?? "") ?? .other, id: rows.text(3) ?? "")
+            waiting.append((rows.int64(0), Int64(bitPattern: key.fingerprint)))
+        }
+        rows.reset()
+        for row in waiting {
+            let update = try connection.statement("UPDATE OR IGNORE message SET dedup = ?2 WHERE id = ?1")
+            update.bind(1, row.id)
+            update.bind(2, row.fingerprint)
+            try update.step()
+        }
     }
 
     func reclaimSpace() throws(SpoolError) {
@@ -367,12 +437,25 @@ final class SQLiteStore: SpoolStore {
     func importEntry(
         _ entry: SpoolEntry, state: EntryState, notBeforeMillis: Int64, changedMillis: Int64, reason: String?
     ) throws(SpoolError) -> Bool {
+        let key = MessageKey(app: entry.app, kind: entry.kind, id: entry.key)
+        let fingerprint = Int64(bitPattern: key.fingerprint)
+        if try importEntry(entry, dedup: fingerprint, state: state, notBeforeMillis: notBeforeMillis, changedMillis: changedMillis, reason: reason) {
+            return true
+        }
+        guard try heldByAnother(fingerprint, key) else { return false }
+        return try importEntry(entry, dedup: nil, state: state, notBeforeMillis: notBeforeMillis, changedMillis: changedMillis, reason: reason)
+    }
+
+    private func importEntry(
+        _ entry: SpoolEntry, dedup: Int64?, state: EntryState, notBeforeMillis: Int64, changedMillis: Int64, reason: String?
+    ) throws(SpoolError) -> Bool {
         let statement = try connection.statement(
             """
             INSERT INTO message (name, app, kind, business_id, state, conversation, received_ms, changed_ms, not_before_ms,
-                attempts, entry, replies, delivered, delivery_attempts, reason)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING
+                attempts, entry, replies, delivered, delivery_attempts, reason, dedup)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT DO NOTHING
             """)
+        if let dedup { statement.bind(16, dedup) }
         statement.bind(1, entry.name.value)
         statement.bind(2, entry.app)
         statement.bind(3, entry.kind.rawValue)

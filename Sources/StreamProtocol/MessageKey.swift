@@ -44,8 +44,14 @@ public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
         self.init(app: app, kind: kind, id: chosen)
     }
 
-    /// 16 hex digits of FNV-1a over app and id: short enough for file names, stable across runs.
+    /// 16 hex digits of `fingerprint`: short enough for file names, stable across runs.
     public var hash: String {
+        let hex = String(fingerprint, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// FNV-1a (64 bits) over app, kind and id: the spool's compact dedup key.
+    public var fingerprint: UInt64 {
         var value: UInt64 = 0xcbf2_9ce4_8422_2325
         // The bytes of "<app>\0<kind>\0<id>", hashed part by part rather than joined first.
         func mix(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
@@ -54,8 +60,7 @@ public struct MessageKey: Sendable, Hashable, CustomStringConvertible {
         for byte in kind.rawValue.utf8 { mix(byte) }
         mix(0)
         for byte in id.utf8 { mix(byte) }
-        let hex = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - hex.count) + hex
+        return value
     }
 
     public var description: String { "\(app)/\(kind.rawValue)/\(id)" }

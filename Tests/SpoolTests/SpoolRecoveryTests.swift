@@ -292,7 +292,109 @@ import Testing
         }
     }
 
-    /// A schema 1 file (its waiting index on `state IN (…)`) is brought to schema 2 at start with
+    /// A schema 2 file (dedup by UNIQUE (app, kind, business_id)) is rebuilt at start into
+    /// schema 3 with every row and id kept; each row gets its fingerprint, and redeliveries of
+    /// what it held are duplicates, new messages are stored after them in arrival order.
+    @Test(.timeLimit(.minutes(1))) func schemaTwoIsRebuiltWithFingerprintsAndKeepsDeduplicating() async throws {
+        try await withTemporaryDirectory { root in
+            do {
+                let old = try SQLiteConnection(path: root + "/" + SQLiteStore.fileName)
+                try old.execute(
+                    """
+                    PRAGMA journal_mode = WAL;
+                    CREATE TABLE message (
+                        id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
+                        business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
+                        changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                        entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
+                        delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, UNIQUE (app, kind, business_id));
+                    CREATE UNIQUE INDEX message_name ON message (name);
+                    CREATE INDEX message_waiting ON message (state, not_before_ms)
+                        WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
+                    CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
+                    INSERT INTO message (id, name, app, kind, business_id, state, received_ms, changed_ms, not_before_ms, attempts, entry, reason)
+                        VALUES (7, '\(name("waiting").value)', 'helpdesk', 'bot', 'waiting', 'new', 1700000000000, 1700000000000, 0, 2, x'7b7d', NULL),
+                               (9, '\(name("finished", 1_700_000_000_001).value)', 'helpdesk', 'bot', 'finished', 'done', 1700000000001, 1700000000001, 0, 0, x'7b7d', 'refused: x'),
+                               (12, '\(name("old", 1_700_000_000_002).value)', 'helpdesk', 'bot', 'old', 'purged', 1700000000002, 1700000000002, 0, 0, x'', NULL);
+                    PRAGMA user_version = 2;
+                    """)
+            }
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            defer { spool.close() }
+            let rows = try spool.transaction { writer throws(SpoolError) -> [[String]] in
+                let store = writer.store as! SQLiteStore
+                #expect(try store.connection.integer("PRAGMA user_version") == 3)
+                let statement = try store.connection.statement("SELECT id, business_id, state, attempts, dedup, reason FROM message ORDER BY id")
+                var rows: [[String]] = []
+                while try statement.step() { rows.append((0..<6).map { statement.text(Int32($0)) ?? "-" }) }
+                return rows
+            }
+            func fingerprint(_ id: String) -> String { "\(Int64(bitPattern: MessageKey(app: "helpdesk", kind: .bot, id: id).fingerprint))" }
+            #expect(rows == [
+                ["7", "waiting", "new", "2", fingerprint("waiting"), "-"], ["9", "finished", "done", "0", fingerprint("finished"), "refused: x"],
+                ["12", "old", "purged", "0", fingerprint("old"), "-"],
+            ])
+            let outcomes = try await withRunning(spool) {
+                [
+                    await spool.store(botRecord(msgID: "waiting")), await spool.store(botRecord(msgID: "finished")),
+                    await spool.store(botRecord(msgID: "old")), await spool.store(botRecord(msgID: "new", millis: 1_700_000_000_003)),
+                ]
+            }
+            #expect(outcomes.prefix(3) == [.duplicate, .duplicate, .duplicate])
+            #expect(outcomes.last == .stored(name("new", 1_700_000_000_003)))
+            #expect(try spool.names(in: .new) == [name("waiting"), name("new", 1_700_000_000_003)])
+        }
+    }
+
+    /// The dedup key is 64 bits: a message whose fingerprint another row holds (made here by
+    /// giving a row another message's fingerprint) is stored once, without one, and its
+    /// redeliveries are duplicates; when the holder is pruned, the row takes its fingerprint.
+    @Test(.timeLimit(.minutes(1))) func aMessageWhoseFingerprintIsTakenIsStoredOnceAndStaysDeduplicated() async throws {
+        try await withTemporaryDirectory { root in
+            let clock = TestClock()
+            let spool = Spool(directory: root, logger: LogSink().logger, now: clock.closure)
+            try spool.open()
+            defer { spool.close() }
+            let now = millis(clock.now)
+            let taken = Int64(bitPattern: MessageKey(app: "helpdesk", kind: .bot, id: "late").fingerprint)
+            func dedup(of id: String) throws -> Int64? {
+                try spool.transaction { writer throws(SpoolError) -> Int64? in
+                    let store = writer.store as! SQLiteStore
+                    let statement = try store.connection.statement("SELECT dedup FROM message WHERE business_id = ?1")
+                    statement.bind(1, id)
+                    defer { statement.reset() }
+                    guard try statement.step(), statement.text(0) != nil else { return nil }
+                    return statement.int64(0)
+                }
+            }
+            let outcomes = try await withRunning(spool) {
+                // Eight days old and done: the holder, which the next prune removes.
+                guard case .stored(let holder) = await spool.store(botRecord(msgID: "holder", millis: now - 8 * 86_400_000)) else {
+                    return [IntakeOutcome]()
+                }
+                try spool.transaction { writer throws(SpoolError) in
+                    let store = writer.store as! SQLiteStore
+                    try store.connection.execute("UPDATE message SET dedup = \(taken), state = 'done' WHERE name = '\(holder.value)'")
+                }
+                var outcomes = [
+                    await spool.store(botRecord(msgID: "late", millis: now)), await spool.store(botRecord(msgID: "late", millis: now + 1)),
+                ]
+                #expect(try dedup(of: "late") == nil)
+                try spool.prune()
+                #expect(try spool.transaction { writer throws(SpoolError) in try writer.store.counts() } == [.new: 1])
+                #expect(try dedup(of: "late") == taken)
+                outcomes.append(await spool.store(botRecord(msgID: "late", millis: now + 2)))
+                return outcomes
+            }
+            #expect(outcomes.count == 3)
+            #expect(outcomes.first.map { if case .stored = $0 { true } else { false } } == true)
+            #expect(outcomes.dropFirst() == [.duplicate, .duplicate])
+            #expect(try spool.names(in: .new).count == 1)
+        }
+    }
+
+    /// A schema 1 file (its waiting index on `state IN (…)`) is brought to the current schema at start with
     /// its rows kept, and afterwards neither the intake's INSERT nor a state change makes SQLite
     /// build a temporary b-tree for the index's condition.
     @Test(.timeLimit(.minutes(1))) func schemaOneIsMigratedAndWritesNeedNoTemporaryTree() async throws {
@@ -326,7 +428,7 @@ import Testing
                 return count
             }
             let store = try SQLiteStore(path: path)
-            #expect(try store.connection.integer("PRAGMA user_version") == 2)
+            #expect(try store.connection.integer("PRAGMA user_version") == SQLiteStore.schemaVersion)
             #expect(try store.counts() == [.new: 1])
             #expect(try store.runnable(dueBy: .max, limit: 10).map(\.name) == [name("kept")])
             #expect(try temporaryTrees(store.connection, "UPDATE message SET state = ?2, changed_ms = ?3 WHERE name = ?1 AND state IN ('new')") == 0)

@@ -6,6 +6,17 @@ import Testing
 @testable import Spool
 
 @Suite struct SpoolRecoveryTests {
+    /// `message` and its name index as schemas 1 and 2 made them: the dedup a table constraint.
+    static let messageTableBeforeSchemaThree = """
+        CREATE TABLE message (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
+            business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
+            changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
+            delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, UNIQUE (app, kind, business_id));
+        CREATE UNIQUE INDEX message_name ON message (name);
+        """
+
     func name(_ id: String, _ millis: Int64 = 1_700_000_000_000) -> EntryName {
         EntryName(receivedMillis: millis, key: MessageKey(app: "helpdesk", kind: .bot, id: id))
     }
@@ -302,13 +313,7 @@ import Testing
                 try old.execute(
                     """
                     PRAGMA journal_mode = WAL;
-                    CREATE TABLE message (
-                        id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
-                        business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
-                        changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                        entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
-                        delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, UNIQUE (app, kind, business_id));
-                    CREATE UNIQUE INDEX message_name ON message (name);
+                    \(Self.messageTableBeforeSchemaThree)
                     CREATE INDEX message_waiting ON message (state, not_before_ms)
                         WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
                     CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
@@ -405,13 +410,7 @@ import Testing
                 try old.execute(
                     """
                     PRAGMA journal_mode = WAL;
-                    CREATE TABLE message (
-                        id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
-                        business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
-                        changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                        entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
-                        delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, UNIQUE (app, kind, business_id));
-                    CREATE UNIQUE INDEX message_name ON message (name);
+                    \(Self.messageTableBeforeSchemaThree)
                     CREATE INDEX message_waiting ON message (state, not_before_ms) WHERE state IN ('new', 'running', 'outbox', 'failed');
                     CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
                     INSERT INTO message (name, app, kind, business_id, state, received_ms, changed_ms, not_before_ms, entry)

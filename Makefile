@@ -110,7 +110,7 @@ bench: deps
 # packaging/check-deb.sh then runs the packaged binary against its simulator, end to end.
 DEB_BIN := .build/release/dingstream
 deb: deps
-	@link_icu_data=$$(packaging/icu-subset.sh .build/icu-data) && set -x && \
+	@link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && set -x && \
 	$(SWIFT) build -c release --product dingstream --static-swift-stdlib $$link_icu_data -Xlinker --no-export-dynamic \
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs $(BUILD_FLAGS)
 	@symbols=$$(nm -S $(DEB_BIN) | awk '$$4 ~ /^(__wrap_)?icudt[0-9]+_dat$$/ {print $$4 "=0x" $$2}'); \

@@ -6,7 +6,7 @@
 #   Writes OUTDIR/icudata-<hash>.o (the hash of its contents, so that a changed item list
 #   changes the link command and the binary is relinked) and prints the arguments that link it
 #   in: -Xlinker --wrap=icudt<N>_dat -Xlinker OUTDIR/icudata-<hash>.o
-#   SWIFTC names the compiler whose toolchain's ICU is cut (default: swiftc on PATH).
+#   SWIFT names the toolchain whose ICU is cut (default: swift on PATH), as in the Makefile.
 #
 # With --static-swift-stdlib, Foundation's ICU comes from the toolchain's lib_FoundationICU.a,
 # whose member defining icudt<N>_dat holds ICU's whole data package (34 MB). The linker sees
@@ -21,7 +21,7 @@ for tool in ar nm objcopy as python3 sha256sum; do
     command -v "$tool" >/dev/null || { echo "icu-subset: $tool not found (apt-get install binutils python3)" >&2; exit 2; }
 done
 
-resources=$("${SWIFTC:-swiftc}" -print-target-info | python3 -c 'import json, sys; print(json.load(sys.stdin)["paths"]["runtimeResourcePath"])')
+resources=$("${SWIFT:-swift}" -print-target-info | python3 -c 'import json, sys; print(json.load(sys.stdin)["paths"]["runtimeResourcePath"])')
 archive=${resources}_static/linux/lib_FoundationICU.a
 [[ -f $archive ]] || { echo "icu-subset: no $archive: the toolchain has no static Foundation" >&2; exit 2; }
 # "archive:member:value size R icudtNN_dat" for the one member defining the data package.
@@ -39,7 +39,7 @@ full_size=$((16#$(nm -S "$work/$member" | awk -v s="$symbol" '$4 == s {print $2}
 "$here/icu-data.py" subset "$work/full.dat" "$here/icu-data-items" "$work/subset.dat"
 
 mkdir -p "$out"
-# Aligned as ICU's own data object; read-only like it.
+# Read-only like the original; 16-byte aligned, as the package aligns its items from its start.
 cat > "$work/data.s" <<EOF
 	.section .rodata.__wrap_$symbol,"a",@progbits
 	.globl __wrap_$symbol

@@ -26,6 +26,8 @@ extension Spool {
         /// Removed when the work ends, also when recording the end failed, so that such an
         /// entry's lease runs out and it is taken over instead of held until a restart.
         var held: Set<EntryName> = []
+        /// Entries whose message file this process wrote (open empties `running/`).
+        var messageFiles: Set<EntryName> = []
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool

@@ -67,6 +67,22 @@ final class SQLiteConnection {
     /// Rows changed by the last INSERT, UPDATE or DELETE.
     var changes: Int { Int(sqlite3_changes(handle)) }
 
+    /// Rows changed since the connection was opened.
+    var totalChanges: Int64 { sqlite3_total_changes64(handle) }
+
+    /// fsyncs the write-ahead log, making what was committed with `synchronous = NORMAL` durable
+    /// (such commits survive a crash of the process, but a power cut could undo them).
+    func syncJournal() throws(SpoolError) {
+        var file: UnsafeMutablePointer<sqlite3_file>?
+        let code = sqlite3_file_control(handle, "main", SQLITE_FCNTL_JOURNAL_POINTER, &file)
+        // No log open yet: nothing was written to it.
+        guard code == SQLITE_OK, let file, let sync = file.pointee.pMethods?.pointee.xSync else { return }
+        let result = sync(file, SQLITE_SYNC_NORMAL)
+        guard result == SQLITE_OK else {
+            throw Self.error(code: result, message: "syncing the write-ahead log failed", path: path + "-wal", doing: "syncing", systemErrno: errno)
+        }
+    }
+
     /// Whether a transaction is open (SQLite rolls one back by itself after some errors).
     var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 

@@ -15,6 +15,10 @@ final class SQLiteStore: SpoolStore {
     /// Statements run for every message, kept here so that a call does not hash their SQL text.
     private var insertStatement: SQLiteStatement?
     private var transitionStatements: [Int: SQLiteStatement] = [:]
+    /// Whether the connection's `synchronous` is FULL (else NORMAL).
+    private var commitsSynced = true
+    private var changesAtBegin: Int64 = 0
+    private(set) var hasUnsyncedCommits = false
 
     /// Opens (creating when missing) and migrates the database at `path`.
     /// - Throws: `SpoolError`; `.corrupt` when the file is not a usable database.
@@ -144,12 +148,29 @@ final class SQLiteStore: SpoolStore {
 
     // MARK: Transactions
 
-    func begin() throws(SpoolError) {
+    func begin(durable: Bool) throws(SpoolError) {
+        if durable != commitsSynced {
+            _ = try connection.statement(durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL").step()
+            commitsSynced = durable
+        }
+        changesAtBegin = connection.totalChanges
         try connection.statement("BEGIN IMMEDIATE").step()
     }
 
     func commit() throws(SpoolError) {
         try connection.statement("COMMIT").step()
+        // A synced COMMIT fsyncs the whole log, and with it every commit before it.
+        if commitsSynced {
+            hasUnsyncedCommits = false
+        } else if connection.totalChanges != changesAtBegin {
+            hasUnsyncedCommits = true
+        }
+    }
+
+    func syncDeferred() throws(SpoolError) {
+        guard hasUnsyncedCommits else { return }
+        try connection.syncJournal()
+        hasUnsyncedCommits = false
     }
 
     func rollback() {

@@ -42,6 +42,7 @@ extension Spool.Writer {
         guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
         let path = spool.messageFile(of: name)
         try FileIO.writeFile(path, Array(claimed.handlerInput), exclusive: false, sync: false)
+        messageFiles.insert(name)
         return ClaimedEntry(entry: claimed, path: path)
     }
 
@@ -132,6 +133,7 @@ extension Spool.Writer {
     }
 
     private func removeMessageFile(_ name: EntryName) {
+        guard messageFiles.remove(name) != nil else { return }
         unlink(spool.messageFile(of: name))
     }
 }

@@ -26,6 +26,8 @@ extension Spool {
         /// Removed when the work ends, also when recording the end failed, so that such an
         /// entry's lease runs out and it is taken over instead of held until a restart.
         var held: Set<EntryName> = []
+        /// Entries whose message file this process wrote (open empties `running/`).
+        var messageFiles: Set<EntryName> = []
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool
@@ -101,12 +103,21 @@ extension Spool {
         var nextPruneSlice: Date?  // set while a pruning has rows left
         let upkeepInterval = writer.withLock { $0?.store.upkeepInterval }.map { Double(Self.millis($0)) / 1000 }
         var nextUpkeep = upkeepInterval.map { Date().addingTimeInterval($0) } ?? .distantFuture
+        var nextSync: Date?  // set while commits wait for their fsync
         while true {
-            let deadline = min(nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan, nextUpkeep)
+            let deadline = min(nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan, nextUpkeep, nextSync ?? .distantFuture)
             let (batch, jobs, stopping, wanted) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !jobs.isEmpty { commitRound(batch, jobs: jobs) }
             if stopping { break }
             let current = Date()
+            if !unsyncedCommits {
+                nextSync = nil
+            } else if let due = nextSync, current >= due {
+                syncDeferred()
+                nextSync = nil
+            } else if nextSync == nil {
+                nextSync = current.addingTimeInterval(Double(Self.millis(deferredSyncDelay)) / 1000)
+            }
             if let upkeepInterval, current >= nextUpkeep {
                 upkeep()
                 nextUpkeep = Date().addingTimeInterval(upkeepInterval)
@@ -125,11 +136,39 @@ extension Spool {
         // Shutting down: store what is queued, refuse the rest.
         let rest = queue.close()
         if !rest.batch.isEmpty || !rest.jobs.isEmpty { commitRound(rest.batch, jobs: rest.jobs) }
+        syncDeferred()
+    }
+
+    private var unsyncedCommits: Bool {
+        writer.withLock { $0?.store.hasUnsyncedCommits ?? false }
+    }
+
+    /// Puts the state changes of rounds without frames on disk (see `commitRound`).
+    private func syncDeferred() {
+        let failure: SpoolError? = writer.withLock { writer in
+            do throws(SpoolError) {
+                try writer?.store.syncDeferred()
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure {
+            logger.error("\(failure); tried again with the next change", metadata: ["spool.dir": "\(directory)", "spool.path": "\(failure.path)"])
+        }
     }
 
     /// One round: every frame inserted (the UNIQUE business key decides what is a duplicate),
     /// every job run, one COMMIT; then frames and jobs are told how it ended. A frame of an app
     /// no handler serves is stored as `done` and not announced.
+    ///
+    /// Only a round with frames waits for its fsync: a frame is acked after it, and DingTalk does
+    /// not send an acked frame again. A round of state changes alone (claims, handler results,
+    /// reply progress) is committed to the write-ahead log, which a crash of the process cannot
+    /// undo, and fsynced with the next round of frames or after `deferredSyncDelay`. A power cut
+    /// within that time can only undo such a change, never lose a message: what was running
+    /// runs again, a reply sent then may be sent twice, as after a crash between the send and
+    /// its record.
     func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job]) {
         var stored: [NewEntry] = []
         var finished: [NewEntry] = []
@@ -147,7 +186,7 @@ extension Spool {
                 return
             }
             do throws(SpoolError) {
-                try writer.store.begin()
+                try writer.store.begin(durable: !batch.isEmpty)
                 let nowMillis = nowMillis
                 var entries: [NewEntry] = []
                 entries.reserveCapacity(batch.count)

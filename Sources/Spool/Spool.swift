@@ -102,6 +102,8 @@ public final class Spool: Sendable {
     /// A pruning round removes at most this many rows, then the writer stores what arrived.
     static let pruneSliceLimit = 1000
     static let pruneSlicePause = 0.05
+    /// How long a round of state changes alone may wait for its fsync.
+    let deferredSyncDelay: Duration
 
     /// - Parameters:
     ///   - directory: the spool root, e.g. `/var/spool/dingstream`.
@@ -109,9 +111,10 @@ public final class Spool: Sendable {
     ///   - retention: age (since arrival) after which done entries are pruned (default 7 days).
     ///   - now: the wall clock (names, ages, retention); injected for tests.
     ///   - commitObserver: told the duration of every round's successful COMMIT, on the writer thread.
+    ///   - deferredSyncDelay: how long a round of state changes alone may wait for its fsync.
     public init(
         directory: String, dedupWindow: Duration = .seconds(24 * 3600), retention: Duration = .seconds(7 * 24 * 3600),
-        rescanInterval: Duration = .seconds(5), pruneInterval: Duration = .seconds(3600),
+        rescanInterval: Duration = .seconds(5), pruneInterval: Duration = .seconds(3600), deferredSyncDelay: Duration = .milliseconds(50),
         cluster: ClusterSettings? = nil, logger: Logger, now: @escaping @Sendable () -> Date = { Date() },
         commitObserver: @escaping @Sendable (Duration) -> Void = { _ in }
     ) {
@@ -121,6 +124,7 @@ public final class Spool: Sendable {
         self.retention = retention
         self.rescanInterval = rescanInterval
         self.pruneInterval = pruneInterval
+        self.deferredSyncDelay = deferredSyncDelay
         self.logger = logger
         self.now = now
         self.commitObserver = commitObserver

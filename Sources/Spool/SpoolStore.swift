@@ -22,9 +22,16 @@ public struct StoredRow: Sendable {
 /// changed, the transaction goes on); every other `SpoolError` (disk full, I/O, locked) ends the
 /// transaction, which the caller then rolls back.
 protocol SpoolStore: AnyObject {
-    func begin() throws(SpoolError)
+    /// Starts a transaction. A `durable` one's COMMIT returns once it is on disk; any other's
+    /// once it would survive a crash of the process, and on disk after `syncDeferred` (or the
+    /// next durable COMMIT).
+    func begin(durable: Bool) throws(SpoolError)
     func commit() throws(SpoolError)
     func rollback()
+    /// Whether commits made without `durable` since the last sync could still be lost in a power cut.
+    var hasUnsyncedCommits: Bool { get }
+    /// Puts those commits on disk.
+    func syncDeferred() throws(SpoolError)
 
     /// Called once per round before its inserts, with the round's entries in arrival order.
     func prepareIntake(_ entries: [NewEntry]) throws(SpoolError)
@@ -81,6 +88,8 @@ protocol SpoolStore: AnyObject {
 }
 
 extension SpoolStore {
+    func begin() throws(SpoolError) { try begin(durable: true) }
+
     /// Runs `body` between `begin` and `commit`; rolls back and rethrows when either fails.
     func inTransaction<T>(_ body: () throws(SpoolError) -> T) throws(SpoolError) -> T {
         try begin()

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import StreamProtocol
+import Synchronization
 import Testing
 
 @testable import Spool
@@ -120,6 +121,44 @@ import Testing
                 #expect(row.entry.delivered == 1 && row.entry.deliveryAttempts == 1)
                 #expect(try await spool.perform { writer throws(SpoolError) in try writer.outboxEntries() } == [name])
                 try await spool.perform { writer throws(SpoolError) in try writer.finishDelivery(name) }
+                #expect(try spool.row(name).state == .done)
+            }
+        }
+    }
+
+    /// A round with frames returns from COMMIT once fsynced (they are acked after it). A round of
+    /// state changes alone is committed to the log without waiting for the disk, and fsynced by
+    /// the next round with frames or after the deferred sync delay, whichever comes first.
+    @Test(.timeLimit(.minutes(1))) func stateChangesAloneAreFsyncedLaterFramesAtOnce() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, deferredSyncDelay: .seconds(2), logger: LogSink().logger)
+            try spool.open()
+            defer { spool.close() }
+            let unsynced = { spool.writer.withLock { $0?.store.hasUnsyncedCommits ?? false } }
+            try await withRunning(spool) {
+                guard case .stored(let name) = await spool.store(botRecord(msgID: "m1")) else {
+                    Issue.record("not stored")
+                    return
+                }
+                #expect(!unsynced())
+                let mode = try await spool.perform { writer throws(SpoolError) in
+                    _ = try writer.claim(name, messageFile: false)
+                    return try (writer.store as! SQLiteStore).connection.integer("PRAGMA synchronous")
+                }
+                #expect(mode == 1, "a claim alone is committed with synchronous = NORMAL")
+                #expect(unsynced())
+                guard case .stored = await spool.store(botRecord(msgID: "m2")) else {
+                    Issue.record("not stored")
+                    return
+                }
+                #expect(!unsynced(), "the round with a frame fsyncs the log, the claim before it too")
+                #expect(try spool.row(name).state == .running)
+
+                try await spool.perform { writer throws(SpoolError) in try writer.complete(name, replies: nil) }
+                #expect(unsynced())
+                let completed = ContinuousClock.now
+                try await waitUntil("the deferred fsync") { !unsynced() }
+                #expect(ContinuousClock.now - completed >= .seconds(1), "synced after the delay, not at once")
                 #expect(try spool.row(name).state == .done)
             }
         }

@@ -54,6 +54,9 @@ struct BackoffAndRegistrationTests {
                 time.setRandom(0.999)
                 let young = board.snapshot()[Self.app]!.sockets.map(\.connectionID)
                 try sim.apply(.registration(app: Self.app, failure: .unavailable, count: 3))
+                // The client counts its socket up when its upgrade completed, which can be before
+                // the simulator registered it: a disconnect then would close nothing.
+                try await eventually("the simulator's view of the young socket") { sim.liveSockets(app: Self.app).count == 1 }
                 try sim.disconnect(app: Self.app, mode: .abruptClose)
                 try await eventually("a new socket after the young one closed", state: { Self.state(board, time, log, outage) }) {
                     let sockets = board.snapshot()[Self.app]?.sockets ?? []
@@ -67,6 +70,7 @@ struct BackoffAndRegistrationTests {
                 time.advance(by: .seconds(31))
                 let healthy = board.snapshot()[Self.app]!.sockets.map(\.connectionID)
                 try sim.apply(.registration(app: Self.app, failure: .unavailable, count: 3))
+                try await eventually("the simulator's view of the healthy socket") { sim.liveSockets(app: Self.app).count == 1 }
                 try sim.disconnect(app: Self.app, mode: .abruptClose)
                 try await eventually("a new socket after the healthy one closed", state: { Self.state(board, time, log, outage) }) {
                     let sockets = board.snapshot()[Self.app]?.sockets ?? []

@@ -90,7 +90,7 @@ public struct Daemon: Sendable {
         let dispatcher = Dispatcher(
             spool: spool, workers: configuration.workers, settings: dispatchSettings(configuration, clients),
             baseEnvironment: environment, stopDeadline: stopDeadline,
-            outboxWake: { outbox.wake() }, cards: cards, metrics: metrics, onHandlerRun: onHandlerRun, logger: logger)
+            deliverReplies: { outbox.deliver($0) }, cards: cards, metrics: metrics, onHandlerRun: onHandlerRun, logger: logger)
         let connections = ConnectionManager(
             apps: configuration.apps,
             // Metrics off: the intake skips even the no-op calls.

@@ -41,7 +41,8 @@ final class Dispatcher: Service {
     private let handlerScans: HandlerScanCache
     private let baseEnvironment: [String: String]
     private let stopDeadline: StopDeadline
-    private let outboxWake: @Sendable () -> Void
+    /// Takes an entry whose replies were just committed to the outbox, for delivery.
+    private let deliverReplies: @Sendable (SpoolEntry) -> Void
     private let cards: CardResponder?
     private let metrics: DaemonMetrics
     /// Told of every handler run as it ends (the sandbox page lists them).
@@ -60,7 +61,7 @@ final class Dispatcher: Service {
 
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
-        stopDeadline: StopDeadline, outboxWake: @escaping @Sendable () -> Void, cards: CardResponder? = nil,
+        stopDeadline: StopDeadline, deliverReplies: @escaping @Sendable (SpoolEntry) -> Void, cards: CardResponder? = nil,
         metrics: DaemonMetrics = .disabled, onHandlerRun: (@Sendable (HandlerRunReport) -> Void)? = nil, logger: Logger
     ) {
         self.spool = spool
@@ -69,7 +70,7 @@ final class Dispatcher: Service {
         self.handlerScans = HandlerScanCache(path: spool.directory + "/handlers", allowedOwners: HandlerDirectory.allowedOwners())
         self.baseEnvironment = baseEnvironment
         self.stopDeadline = stopDeadline
-        self.outboxWake = outboxWake
+        self.deliverReplies = deliverReplies
         self.cards = cards
         self.metrics = metrics
         self.onHandlerRun = onHandlerRun
@@ -205,7 +206,9 @@ final class Dispatcher: Service {
         if fresh { logRefusals(scan) }
         let claimed: ClaimedEntry
         do {
-            claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name) }
+            // The message file is for scripts; an HTTP handler alone gets the body.
+            let messageFile = !scan.runnable.isEmpty
+            claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: messageFile) }
         } catch where error.code == .notFound {
             return
         } catch where error.code == .corrupt {
@@ -317,8 +320,15 @@ final class Dispatcher: Service {
                 return
             }
         }
-        await finish { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
-        if !replies.isEmpty { outboxWake() }
+        let stored = await finish { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
+        if stored, !replies.isEmpty {
+            // Handed over as it was committed: the sender need not read it back.
+            var outgoing = entry
+            outgoing.replies = replies.map { String(decoding: $0, as: UTF8.self) }
+            outgoing.delivered = 0
+            outgoing.deliveryAttempts = 0
+            deliverReplies(outgoing)
+        }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
     }
@@ -359,7 +369,8 @@ final class Dispatcher: Service {
         return text
     }
 
-    private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
+    @discardableResult
+    private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async -> Bool {
         await spool.change(logger: logger, body)
     }
 

@@ -109,7 +109,17 @@ final class OutboxSender: Service {
             _ = inFlight.withLock { $0.remove(name) }
             return
         }
-        let entry = row.entry
+        schedule(row.entry)
+    }
+
+    /// Delivers an entry the dispatcher has just moved to the outbox, as it committed it.
+    func deliver(_ entry: SpoolEntry) {
+        guard inFlight.withLock({ $0.insert(entry.name).inserted }) else { return }
+        schedule(entry)
+    }
+
+    private func schedule(_ entry: SpoolEntry) {
+        let name = entry.name
         let conversation = entry.botMessage.map { entry.app + "/" + $0.conversationID } ?? name.value
         let accepted = scheduler.submit(conversation: conversation) { [self] in
             await deliver(entry)

@@ -36,12 +36,15 @@ extension Spool {
     /// Runs a state change of an entry on the spool's writer thread (off the cooperative threads,
     /// its commit shared with the frames and changes of the same round). A failure leaves the
     /// entry where it was (the error says which path and why) and it is handled again after the
-    /// next start, so logging is all there is to do.
-    func change(logger: Logger, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
+    /// next start, so logging is all there is to do. Returns whether the change was committed.
+    @discardableResult
+    func change(logger: Logger, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async -> Bool {
         do {
             try await perform(body)
+            return true
         } catch {
             logger.error("spool: \(error)")
+            return false
         }
     }
 }

@@ -393,7 +393,8 @@ final class PostgresStore: SpoolStore {
 
     // MARK: Transactions
 
-    func begin() throws(SpoolError) {
+    /// Every commit is durable: the server's `synchronous_commit` decides.
+    func begin(durable: Bool) throws(SpoolError) {
         beginPending = true
         inTransaction = true
         wakesOthers = false
@@ -764,6 +765,9 @@ final class PostgresStore: SpoolStore {
 
     /// Autovacuum returns the space.
     func reclaimSpace() throws(SpoolError) {}
+
+    var hasUnsyncedCommits: Bool { false }
+    func syncDeferred() throws(SpoolError) {}
 
     var upkeepInterval: Duration? { settings.lease / 3 }
 

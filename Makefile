@@ -5,7 +5,7 @@ BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
 APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
 
-.PHONY: all deps build build-tests test unit-test system-test soak soak-check fuzz tsan asan run say bench release deb install clean
+.PHONY: all deps build build-tests test unit-test system-test soak soak-check fuzz tsan asan run say bench release symbol-order deb install clean
 
 all: build
 
@@ -109,14 +109,27 @@ bench: release
 # no plugins that would look them up); and the toolchain's lld, whose packed relative relocations
 # (glibc 2.36, Debian 12) take 30 KB where gold's take 3 MB, all read and written at every start.
 RELEASE_BIN := .build/release/dingstream
+# Every function in a section of its own, so that the linker drops what nothing calls and lays
+# out first, side by side, the functions packaging/symbol-order.txt lists: those the daemon runs
+# to start, keep its sockets and handle a message (make symbol-order). Its code pages in memory
+# are then few, since the kernel maps 64 KiB around every page a process runs.
 release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && set -x && \
 	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data -Xlinker --no-export-dynamic \
-	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs $(BUILD_FLAGS)
+	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
+	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
+	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering $(BUILD_FLAGS)
 release: deps
 	@$(call release_build,dingstream)
 	@symbols=$$(nm -S $(RELEASE_BIN) | awk '$$4 ~ /^(__wrap_)?icudt[0-9]+_dat$$/ {print $$4 "=0x" $$2}'); \
 	case "$$symbols" in __wrap_icudt*_dat=0x*) ;; *) false ;; esac && [ "$$(echo "$$symbols" | wc -l)" = 1 ] || { \
 	  echo "release: $(RELEASE_BIN) does not hold the cut ICU data (packaging/icu-subset.sh) alone, but: $${symbols:-no ICU data}" >&2; exit 2; }
+
+# Writes packaging/symbol-order.txt anew from a run of the release binary under valgrind
+# (packaging/symbol-order.sh; apt-get install valgrind), then links the binary with it.
+symbol-order: release
+	packaging/symbol-order.sh $(RELEASE_BIN) packaging/symbol-order.txt
+	rm -f $(RELEASE_BIN)
+	@$(call release_build,dingstream)
 
 # The Debian package of that binary: .build/deb/dingstream_<version>_<arch>.deb, for
 # `apt install ./…deb`. packaging/check-deb.sh then runs the packaged binary against its

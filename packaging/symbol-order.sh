@@ -17,58 +17,24 @@ for tool in valgrind curl python3 nm strip; do
     command -v "$tool" >/dev/null || { echo "symbol-order: $tool not found (apt-get install valgrind binutils curl python3)" >&2; exit 2; }
 done
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/dingstream-symbol-order.XXXXXX")
-sim_pid=""
-daemon_pid=""
-cleanup() {
-    for pid in $daemon_pid $sim_pid; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-die() { echo "symbol-order: $*" >&2; exit 1; }
-wait_for() {
-    local limit=$1 what=$2; shift 2
-    local end=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < end)) || die "no $what within $limit s"
-        sleep 0.5
-    done
-}
+name=symbol-order
+source "$(dirname "$0")/simulated-daemon.sh"
 
 # valgrind cannot read the debug information of Swift's static binaries; the symbols suffice.
 strip --strip-debug -o "$work/dingstream" "$bin"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-sim="http://127.0.0.1:$port"
-"$bin" simulator --port "$port" --app alpha:dingalpha:alpha-secret --app beta:dingbeta:beta-secret \
-    > "$work/simulator.log" 2>&1 < /dev/null &
-sim_pid=$!
-wait_for 20 "simulator on $sim" curl -sf "$sim/_sim/stats"
-
-mkdir -p "$work/spool/handlers"
-printf '#!/bin/sh\nprintf "echo: %%s\\n" "$DINGSTREAM_TEXT"\n' > "$work/spool/handlers/10-echo"
-chmod 0755 "$work/spool/handlers/10-echo"
-{
-    # Everything runs some 50 times slower under callgrind.
-    printf 'spool_dir = "%s/spool"\nruntime_dir = "%s/run"\nready_timeout = "300s"\nshutdown_grace = "30s"\n' "$work" "$work"
-    for app in alpha beta; do
-        printf '\n[[app]]\nname = "%s"\nclient_id = "ding%s"\nclient_secret = "%s-secret"\nconnections = 2\n' "$app" "$app" "$app"
-        printf 'allowed_users = ["*"]\napi_base = "%s"\n' "$sim"
-    done
-} > "$work/dingstream.toml"
+start_simulator "$bin"
+# Everything runs some 50 times slower under callgrind.
+write_config 300s 30s
 env -i PATH=/usr/bin:/bin HOME="$work" LANG=C.UTF-8 \
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --compress-strings=no --demangle=no \
     "$work/dingstream" run --config "$work/dingstream.toml" > "$work/daemon.log" 2>&1 < /dev/null &
 daemon_pid=$!
 
-live() { curl -sf "$sim/_sim/stats" | python3 -c 'import json, sys; print(sum(a["liveSockets"] for a in json.load(sys.stdin)["apps"].values()))'; }
-four_sockets() { (($(live) == 4)); }
-wait_for 300 "4 live sockets" four_sockets
+wait_for 300 "2 live sockets for each of alpha and beta" four_sockets
 for n in 1 2 3; do
-    for app in alpha beta; do
-        curl -sf -X POST -H 'Content-Type: application/json' -d "{\"app\":\"$app\",\"text\":\"message $n\"}" "$sim/_sim/messages" >/dev/null
-    done
+    for app in alpha beta; do send_message "$app" "message $n"; done
 done
-six_replies() { (($(curl -sf "$sim/_sim/replies" | grep -o '"echo: message' | wc -l) == 6)); }
+six_replies() { (($(curl -sf "$sim/_sim/replies" | grep -o '"echo from the package: message' | wc -l) == 6)); }
 wait_for 300 "6 replies" six_replies
 sleep 20  # idle: pings, status, the writer's rescans
 kill -TERM "$daemon_pid"

@@ -128,7 +128,13 @@ struct ShutdownTests {
 
                 // What was not acked before the stop comes again (the simulator redelivers it to
                 // the new sockets); each message runs once across both lives of the daemon.
+                let firstLife = Set(simulator.sockets(app: "helpdesk").map(\.id))
                 try daemon.start()
+                // Every message may have run in the first life already: wait for the second to
+                // be up before stopping it, or the SIGTERM comes before the daemon traps it.
+                try await simulator.waitUntil(timeout: .seconds(30), "a socket of the restarted daemon") {
+                    $0.liveSockets(app: "helpdesk").contains { !firstLife.contains($0.id) }
+                }
                 try await poll(timeout: .seconds(60), "every message handled") {
                     Set(handlerRuns(runLog).map(\.text)).count == messages.count
                 }

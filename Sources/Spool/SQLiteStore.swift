@@ -73,7 +73,7 @@ final class SQLiteStore: SpoolStore {
         try inTransaction { () throws(SpoolError) in
             if version < 1 {
                 try connection.execute(
-                    "CREATE TABLE message (\(Self.messageColumns));" + Self.messageIndexes
+                    "CREATE TABLE message (\(Self.messageColumns));" + Self.dedupIndex + Self.otherIndexes
                         + "CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;",
                     doing: "creating the schema")
             } else if version < 3 {
@@ -112,9 +112,10 @@ final class SQLiteStore: SpoolStore {
     /// `dedup` and is recognised by `message_collided`, an index that is empty but for those.
     /// The waiting index's condition is spelled as ORs: SQLite evaluates an IN list in an
     /// index's WHERE through a temporary b-tree on every write; equalities it compares in place.
-    private static let messageIndexes = """
+    private static let dedupIndex = "CREATE UNIQUE INDEX message_dedup ON message (dedup);"
+
+    private static let otherIndexes = """
         CREATE UNIQUE INDEX message_name ON message (name);
-        CREATE UNIQUE INDEX message_dedup ON message (dedup);
         CREATE UNIQUE INDEX message_collided ON message (app, kind, business_id) WHERE dedup IS NULL;
         CREATE INDEX message_waiting ON message (state, not_before_ms)
             WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
@@ -132,18 +133,11 @@ final class SQLiteStore: SpoolStore {
             INSERT INTO message_rebuilt (\(copied)) SELECT \(copied) FROM message ORDER BY id;
             DROP TABLE message;
             ALTER TABLE message_rebuilt RENAME TO message;
-            CREATE UNIQUE INDEX message_dedup ON message (dedup);
-            """, doing: "rebuilding the message table for schema 3")
+            """ + Self.dedupIndex, doing: "rebuilding the message table for schema 3")
         // A fingerprint an earlier row holds stays NULL, which message_collided covers (the old
         // UNIQUE constraint made (app, kind, business_id) unique, so creating it cannot fail).
         try reclaimFingerprints()
-        try connection.execute(
-            """
-            CREATE UNIQUE INDEX message_name ON message (name);
-            CREATE UNIQUE INDEX message_collided ON message (app, kind, business_id) WHERE dedup IS NULL;
-            CREATE INDEX message_waiting ON message (state, not_before_ms)
-                WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
-            """, doing: "indexing the message table for schema 3")
+        try connection.execute(Self.otherIndexes, doing: "indexing the message table for schema 3")
     }
 
     // MARK: Transactions

@@ -46,15 +46,15 @@ extension Spool.Writer {
         return ClaimedEntry(entry: claimed, path: path)
     }
 
-    /// Ends the handling of a claimed entry: with replies it goes to `outbox` (the commit point:
-    /// its handlers will not run again), else to `done`, with `note` as its reason (why no
-    /// handler ran: a refused sender), which `spool ls` shows. Its message file is removed.
+    /// Ends the handling of a claimed entry: with replies (session webhook bodies) it goes to
+    /// `outbox` (the commit point: its handlers will not run again), else to `done`, with `note`
+    /// as its reason (why no handler ran: a refused sender), which `spool ls` shows. Its message
+    /// file is removed.
     /// - Throws: `SpoolError`; the entry then stays `running` and is handled again after a restart.
-    public func complete(_ name: EntryName, replies: [Data]?, note: String? = nil) throws(SpoolError) {
+    public func complete(_ name: EntryName, replies: [String]?, note: String? = nil) throws(SpoolError) {
         if let replies, !replies.isEmpty {
-            let texts = replies.map { String(decoding: $0, as: UTF8.self) }
             try store.transition(
-                name, from: [.running], to: .outbox, change: RowChange(notBeforeMillis: nowMillis, replies: texts, delivered: 0, deliveryAttempts: 0),
+                name, from: [.running], to: .outbox, change: RowChange(notBeforeMillis: nowMillis, replies: replies, delivered: 0, deliveryAttempts: 0),
                 nowMillis: nowMillis)
         } else {
             held.remove(name)
@@ -63,18 +63,8 @@ extension Spool.Writer {
         removeMessageFile(name)
     }
 
-    /// Finishes an entry that no handler needs to see (no runnable handler, a refused sender)
-    /// straight from `new`, without a claim.
-    /// - Throws: `.notFound` when it is no longer new (another announcement took it).
-    public func skip(_ name: EntryName) throws(SpoolError) {
-        held.remove(name)
-        try store.transition(name, from: [.new], to: .done, change: RowChange(), nowMillis: nowMillis)
-        announced.remove(name)
-        committed.removeValue(forKey: name)
-        // Never claimed, so it has no message file: no unlink (a syscall per message).
-    }
-
-    /// `skip` for many entries in one change; those no longer new are left alone.
+    /// Finishes entries that no handler needs to see straight from `new`, without a claim, in
+    /// one change; those no longer new are left alone. Never claimed, they have no message file.
     public func skip(_ names: [EntryName]) throws(SpoolError) {
         for name in names {
             held.remove(name)

@@ -169,6 +169,20 @@ struct HTTPHandlerTests {
         }
     }
 
+    /// `withDaemon` whose `http_handler` is a bot server of `BotServerFiles` started for the test.
+    static func withBotServer(
+        connections: Int = 2, configure: (inout Configuration) -> Void = { _ in },
+        _ body: @Sendable (BotServerFiles, DaemonHarness, DingTalkSimulator, LogCapture) async throws -> Void
+    ) async throws {
+        let files = try BotServerFiles()
+        defer { files.remove() }
+        let server = try files.start()
+        defer { server.stop() }
+        try await withDaemon(handlerURL: "http://127.0.0.1:\(server.port)/dingtalk", connections: connections, configure: configure) {
+            try await body(files, $0, $1, $2)
+        }
+    }
+
     /// The example in etc/ accepts the daemon's signature, its markdown answer reaches the user
     /// through the session webhook, and the script in handlers/ runs after it for the same message.
     @Test(.timeLimit(.minutes(1)))
@@ -207,17 +221,12 @@ struct HTTPHandlerTests {
     /// and body; the server checked every signature, and the script ran only after the success.
     @Test(.timeLimit(.minutes(1)))
     func retriesOn503AndDeadLettersOn400() async throws {
-        let files = try BotServerFiles()
-        defer { files.remove() }
-        let server = try files.start()
-        defer { server.stop() }
-        try await Self.withDaemon(
-            handlerURL: "http://127.0.0.1:\(server.port)/dingtalk",
+        try await Self.withBotServer(
             configure: {
                 $0.retryDelay = .milliseconds(200)
                 $0.maxAttempts = 3
             }
-        ) { harness, simulator, logs in
+        ) { files, harness, simulator, logs in
             let flaky = try simulator.injectText("flaky", app: "helpdesk")
             let bad = try simulator.injectText("bad", app: "helpdesk")
             try await harness.waitFor("one message done, one dead letter") {
@@ -271,17 +280,12 @@ struct HTTPHandlerTests {
     /// on connections that are kept and reused.
     @Test(.timeLimit(.minutes(1)))
     func eachConversationInOrderWithinTheConcurrencyLimit() async throws {
-        let files = try BotServerFiles()
-        defer { files.remove() }
-        let server = try files.start()
-        defer { server.stop() }
-        try await Self.withDaemon(
-            handlerURL: "http://127.0.0.1:\(server.port)/dingtalk", connections: 1,
-            configure: {
+        try await Self.withBotServer(
+            connections: 1, configure: {
                 $0.workers = 4
                 $0.apps[0].httpHandler?.concurrency = 2
             }
-        ) { harness, simulator, _ in
+        ) { files, harness, simulator, _ in
             let conversations = (0..<4).map { "cid-order-\($0)" }
             for index in 0..<5 {
                 for conversation in conversations {
@@ -306,18 +310,13 @@ struct HTTPHandlerTests {
     /// answer to a card is the card update; a message from outside allowed_users is not posted.
     @Test(.timeLimit(.minutes(1)))
     func cardsAndEventsGoThereWithTheirKindAndTheAllowlistHolds() async throws {
-        let files = try BotServerFiles()
-        defer { files.remove() }
-        let server = try files.start()
-        defer { server.stop() }
-        try await Self.withDaemon(
-            handlerURL: "http://127.0.0.1:\(server.port)/dingtalk",
+        try await Self.withBotServer(
             configure: {
                 $0.apps[0].subscriptions = [.bot, .events, .cards]
                 $0.apps[0].allowedUsers = ["boss1"]
                 $0.cardTimeout = .seconds(30)
             }
-        ) { harness, simulator, _ in
+        ) { files, harness, simulator, _ in
             let update = try await simulator.injectCardCallback(app: "helpdesk", outTrackId: "track-1", userId: "boss1", timeout: .seconds(40))
             #expect(update.flatMap { JSON.object($0) }.map { JSON.encode($0) } == JSON.object(#"{"cardData":{"cardParamMap":{"status":"done"}}}"#).map { JSON.encode($0) })
             try simulator.injectEvent(app: "helpdesk", eventType: "chat_update_title", data: #"{"title":"x"}"#)

@@ -220,7 +220,7 @@ struct ClusterTests {
                         return
                     }
                     _ = try await a.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: false) }
-                    try await a.perform { writer throws(SpoolError) in try writer.complete(name, replies: [Data("{}".utf8)]) }
+                    try await a.perform { writer throws(SpoolError) in try writer.complete(name, replies: ["{}"]) }
                     try await Task.sleep(for: lease * 2)
                     #expect(woken.withLock { $0 } == 0, "taken over while a lives")
                     #expect(try b.transaction { writer throws(SpoolError) in try writer.outboxEntries() }.isEmpty)

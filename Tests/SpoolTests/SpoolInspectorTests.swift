@@ -108,7 +108,7 @@ import Testing
             _ = try spool.claim(names[0])
             try spool.deadLetter(names[0], reason: "timeout")
             _ = try spool.claim(names[1])
-            try spool.complete(names[1], replies: [Data("hi".utf8)])
+            try spool.complete(names[1], replies: ["hi"])
             try spool.deadLetter(names[1], reason: "webhook 300001, OpenAPI 403")
             #expect(try spool.names(in: .failed).count == 2)
 

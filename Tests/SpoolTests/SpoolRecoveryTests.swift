@@ -85,7 +85,7 @@ import Testing
             #expect(try restarted.names(in: .new) == [earlier, later])
             for name in [earlier, later] {
                 _ = try restarted.claim(name)
-                try restarted.complete(name, replies: [Data(#"{"msgtype":"text","text":{"content":"r"}}"#.utf8)])
+                try restarted.complete(name, replies: [#"{"msgtype":"text","text":{"content":"r"}}"#])
             }
             #expect(try restarted.transaction { writer throws(SpoolError) in try writer.outboxEntries() } == [earlier, later])
             restarted.close()
@@ -111,7 +111,7 @@ import Testing
                 // A second claim (a stale announcement) finds nothing to take.
                 await #expect(throws: SpoolError.self) { try await spool.perform { writer throws(SpoolError) in try writer.claim(name) } }
 
-                try await spool.perform { writer throws(SpoolError) in try writer.complete(name, replies: [Data("{\"msgtype\":\"text\"}".utf8), Data("second".utf8)]) }
+                try await spool.perform { writer throws(SpoolError) in try writer.complete(name, replies: ["{\"msgtype\":\"text\"}", "second"]) }
                 #expect(!FileManager.default.fileExists(atPath: file))
                 var row = try spool.row(name)
                 #expect(row.state == .outbox)

@@ -76,7 +76,7 @@ extension Spool {
         try transaction { writer throws(SpoolError) in try writer.store.names(in: state, dueBy: nil, limit: .max).map(\.name) }
     }
 
-    func complete(_ name: EntryName, replies: [Data]?, note: String? = nil) throws(SpoolError) {
+    func complete(_ name: EntryName, replies: [String]?, note: String? = nil) throws(SpoolError) {
         try transaction { writer throws(SpoolError) in try writer.complete(name, replies: replies, note: note) }
     }
 

@@ -84,8 +84,17 @@ final class Dispatcher: Service {
     func handlerlessApps() -> Set<String> {
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
+        return handlerlessApps(scan)
+    }
+
+    private func handlerlessApps(_ scan: HandlerScan) -> Set<String> {
         guard scan.runnable.isEmpty else { return [] }
         return settings.withLock { current in Set(current.apps.keys.filter { current.httpHandlers[$0] == nil }) }
+    }
+
+    /// Whether nothing would read a message of `app` (also one no longer configured).
+    private func readsNothing(_ app: String, _ scan: HandlerScan) -> Bool {
+        scan.runnable.isEmpty && settings.withLock { $0.httpHandlers[app] == nil }
     }
 
     func update(_ new: DispatchSettings, workers: Int) {
@@ -152,7 +161,7 @@ final class Dispatcher: Service {
         let name = announcement.name
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
-        if scan.runnable.isEmpty, settings.withLock({ $0.httpHandlers[name.app] == nil }) {
+        if readsNothing(name.app, scan) {
             // Nothing would read it: done with the writer's next round, without a task (logged
             // once, in logRefusals). Announced twice, the second finds it done.
             let first = unhandled.withLock { queued in
@@ -194,7 +203,7 @@ final class Dispatcher: Service {
         guard force || changed else { return }
         scan.log(to: logger)
         // Said once while it lasts, not once per message; an app with an http_handler has one.
-        if scan.runnable.isEmpty, settings.withLock({ current in current.apps.keys.contains { current.httpHandlers[$0] == nil } }) {
+        if !handlerlessApps(scan).isEmpty {
             logger.warning("no runnable handler in \(handlerScans.path); messages are marked done without a reply until one is added (see dingstream handlers check)")
         }
     }
@@ -251,7 +260,7 @@ final class Dispatcher: Service {
         let environment = HandlerEnvironment.make(
             app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "/dev/null",
             attachments: attachmentsFolder, base: baseEnvironment)
-        var replies: [Data] = []
+        var replies: [String] = []
         // The HTTP handler first, then the scripts, each after the one before has finished.
         var steps: [HandlerStep] = current.httpHandlers[entry.app].map { [.http($0)] } ?? []
         steps += scan.runnable.map { .script($0) }
@@ -324,7 +333,7 @@ final class Dispatcher: Service {
         if stored, !replies.isEmpty {
             // Handed over as it was committed: the sender need not read it back.
             var outgoing = entry
-            outgoing.replies = replies.map { String(decoding: $0, as: UTF8.self) }
+            outgoing.replies = replies
             outgoing.delivered = 0
             outgoing.deliveryAttempts = 0
             deliverReplies(outgoing)
@@ -375,12 +384,12 @@ final class Dispatcher: Service {
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.
-    static func webhookBody(_ reply: HandlerReply) -> Data {
+    static func webhookBody(_ reply: HandlerReply) -> String {
         switch reply {
         case .text(let text):
-            return Data(JSON.encode(["msgtype": "text", "text": ["content": text]]).utf8)
+            return JSON.encode(["msgtype": "text", "text": ["content": text]])
         case .message(_, let body):
-            return body
+            return String(decoding: body, as: UTF8.self)
         }
     }
 }

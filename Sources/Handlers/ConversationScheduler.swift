@@ -4,8 +4,12 @@ import Synchronization
 /// strictly one at a time in submission order, different conversations in parallel.
 ///
 /// Only the head job of each conversation competes for a worker, so a slow conversation holds
-/// at most one worker and never delays another conversation's queued jobs beyond that. `run()`
-/// keeps at most `workers` child tasks; queued jobs are closures in memory, not tasks.
+/// at most one worker and never delays another conversation's queued jobs beyond that. Queued
+/// jobs are closures in memory, not tasks.
+///
+/// A job that can start starts in `submit`, and a worker that finishes takes the next ready
+/// job itself: no scheduling task sits between them, since every hand-off between threads
+/// costs a wake-up, and those add up on the way from a message to its reply.
 public final class ConversationScheduler: Sendable {
     public struct Snapshot: Sendable, Equatable {
         /// Jobs submitted and not yet started.
@@ -25,95 +29,157 @@ public final class ConversationScheduler: Sendable {
         var queued = 0
         var running = 0
         var workers: Int
+        /// `run()` has begun: jobs start as they come.
+        var started = false
         var shuttingDown = false
+        /// The worker tasks, so that cancelling `run()` cancels the jobs they run.
+        var tasks: [Int: Task<Void, Never>] = [:]
+        var nextTaskID = 0
+        /// `run()` waiting for the last worker after `shutdown()`.
+        var drained: CheckedContinuation<Void, Never>?
     }
 
     /// Jobs that may run at once.
     public var workers: Int { state.withLock { $0.workers } }
     private let state: Mutex<State>
-    private let wakeups: AsyncStream<Void>
-    private let wake: AsyncStream<Void>.Continuation
 
     public init(workers: Int) {
         state = Mutex(State(workers: max(1, workers)))
-        // One buffered wake-up is enough: each wake-up starts everything that can start.
-        (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// Queues `job` behind earlier jobs of `conversation`. With `urgent` (card callbacks, whose
-    /// ack waits for the answer) the conversation takes the next free worker ahead of the others.
+    /// Queues `job` behind earlier jobs of `conversation`, and starts it at once when a worker is
+    /// free and the conversation idle. With `urgent` (card callbacks, whose ack waits for the
+    /// answer) the conversation takes the next free worker ahead of the others.
     /// Returns false (and drops the job) after `shutdown()`.
     @discardableResult
     public func submit(conversation: String, urgent: Bool = false, job: @escaping Job) -> Bool {
-        let accepted = state.withLock { state in
+        state.withLock { state in
             guard !state.shuttingDown else { return false }
             if state.queues[conversation, default: []].isEmpty && !state.busy.contains(conversation) {
                 if urgent { state.ready.insert(conversation, at: 0) } else { state.ready.append(conversation) }
             }
             state.queues[conversation, default: []].append(job)
             state.queued += 1
+            startWorkers(&state)
             return true
         }
-        if accepted { wake.yield() }
-        return accepted
     }
 
     /// Changes how many jobs may run at once (a reload). More start at once; with fewer, running
     /// jobs finish and no new one starts until the count is below the new limit.
     public func setWorkers(_ workers: Int) {
-        state.withLock { $0.workers = max(1, workers) }
-        wake.yield()
+        state.withLock { state in
+            state.workers = max(1, workers)
+            startWorkers(&state)
+        }
     }
 
     /// Stops starting jobs; `run()` returns once the running ones finished. Queued jobs are
     /// dropped (the spool still holds their messages).
     public func shutdown() {
-        state.withLock { $0.shuttingDown = true }
-        wake.yield()
+        let drained = state.withLock { state in
+            state.shuttingDown = true
+            return takeDrainedWaiter(&state)
+        }
+        drained?.resume()
+    }
+
+    /// For jobs about to be submitted for `conversations`, in this order: whether each would
+    /// start at once (a worker free for it, its conversation idle, nothing of it queued or
+    /// earlier in the list). A prediction for a caller that submits them right after and is
+    /// the only one submitting: workers only free up meanwhile.
+    public func wouldStart(_ conversations: [String]) -> [Bool] {
+        state.withLock { state in
+            guard state.started, !state.shuttingDown else { return conversations.map { _ in false } }
+            var free = state.workers - state.running
+            var seen: Set<String> = []
+            return conversations.map { conversation in
+                guard seen.insert(conversation).inserted, free > 0, !state.busy.contains(conversation), state.queues[conversation] == nil else { return false }
+                free -= 1
+                return true
+            }
+        }
     }
 
     public var snapshot: Snapshot {
         state.withLock { Snapshot(queued: $0.queued, running: $0.running) }
     }
 
-    /// Starts jobs as workers free up, until `shutdown()` (after running jobs finish) or
-    /// cancellation of the calling task (which cancels the running jobs and waits for them).
+    /// Starts the jobs submitted so far, and later ones as they come, until `shutdown()` (then it
+    /// returns once the running jobs finished) or cancellation of the calling task (which
+    /// cancels the running jobs and waits for them).
     public func run() async {
-        await withDiscardingTaskGroup { group in
-            for await _ in wakeups {
-                while let (conversation, job) = nextJob() {
-                    group.addTask {
-                        await job()
-                        self.finished(conversation)
-                    }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (drained: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state in
+                    state.started = true
+                    state.drained = drained
+                    startWorkers(&state)
+                    return takeDrainedWaiter(&state)
                 }
-                if state.withLock({ $0.shuttingDown && $0.running == 0 }) { break }
+                now?.resume()
+            }
+        } onCancel: {
+            let (tasks, drained) = state.withLock { state in
+                state.shuttingDown = true
+                return (Array(state.tasks.values), takeDrainedWaiter(&state))
+            }
+            for task in tasks { task.cancel() }
+            drained?.resume()
+        }
+        // After a cancellation, the cancelled jobs end before this returns.
+        for task in state.withLock({ Array($0.tasks.values) }) { await task.value }
+    }
+
+    /// Starts a worker task for each job that may start now. Called with the lock held: a new
+    /// task's first step waits for it, so the task is registered before it can end.
+    private func startWorkers(_ state: inout State) {
+        guard state.started else { return }
+        while let first = nextJob(&state) {
+            let id = state.nextTaskID
+            state.nextTaskID += 1
+            state.tasks[id] = Task.detached { [self] in
+                var current: (conversation: String, job: Job)? = first
+                while let (conversation, job) = current {
+                    await job()
+                    // The worker goes on with the next ready job, of any conversation.
+                    current = finished(conversation, worker: id)
+                }
             }
         }
     }
 
-    private func nextJob() -> (String, Job)? {
-        state.withLock { state in
-            guard !state.shuttingDown, state.running < state.workers, !state.ready.isEmpty else { return nil }
-            let conversation = state.ready.removeFirst()
-            guard var queue = state.queues[conversation], !queue.isEmpty else { return nil }
-            let job = queue.removeFirst()
-            state.queues[conversation] = queue.isEmpty ? nil : queue
-            state.busy.insert(conversation)
-            state.queued -= 1
-            state.running += 1
-            return (conversation, job)
-        }
+    private func nextJob(_ state: inout State) -> (conversation: String, job: Job)? {
+        guard !state.shuttingDown, state.running < state.workers, !state.ready.isEmpty else { return nil }
+        let conversation = state.ready.removeFirst()
+        guard var queue = state.queues[conversation], !queue.isEmpty else { return nil }
+        let job = queue.removeFirst()
+        state.queues[conversation] = queue.isEmpty ? nil : queue
+        state.busy.insert(conversation)
+        state.queued -= 1
+        state.running += 1
+        return (conversation, job)
     }
 
-    private func finished(_ conversation: String) {
-        state.withLock { state in
+    /// Ends a job; returns the worker's next one, or nil when it ends (its task unregistered).
+    private func finished(_ conversation: String, worker: Int) -> (conversation: String, job: Job)? {
+        let (next, drained) = state.withLock { state -> ((conversation: String, job: Job)?, CheckedContinuation<Void, Never>?) in
             state.running -= 1
             state.busy.remove(conversation)
             if let queue = state.queues[conversation], !queue.isEmpty {
                 state.ready.append(conversation)
             }
+            if let next = nextJob(&state) { return (next, nil) }
+            state.tasks[worker] = nil
+            return (nil, takeDrainedWaiter(&state))
         }
-        wake.yield()
+        drained?.resume()
+        return next
+    }
+
+    private func takeDrainedWaiter(_ state: inout State) -> CheckedContinuation<Void, Never>? {
+        guard state.shuttingDown, state.running == 0 else { return nil }
+        defer { state.drained = nil }
+        return state.drained
     }
 }

@@ -46,6 +46,36 @@ extension Spool.Writer {
         return ClaimedEntry(entry: claimed, path: path)
     }
 
+    /// Hands over an entry its intake round stored as `running`, as `claim` would, built from
+    /// the frame in memory; with `messageFile`, writes that file first. When the file cannot be
+    /// written the entry goes back to `new` in the same transaction (logged; a later claim tries
+    /// again) and nil is returned: announce it instead.
+    /// - Throws: `SpoolError` when it cannot go back to `new` either; the round then fails.
+    func claimAtIntake(_ new: NewEntry, messageFile: Bool, nowMillis: Int64) throws(SpoolError) -> ClaimedEntry? {
+        let entry = new.record.entry(name: new.name, bytes: new.pending.bytes)
+        guard messageFile else {
+            held.insert(new.name)
+            return ClaimedEntry(entry: entry, path: nil)
+        }
+        let path = spool.messageFile(of: new.name)
+        do throws(SpoolError) {
+            try FileIO.writeFile(path, Array(entry.handlerInput), exclusive: false, sync: false)
+        } catch {
+            spool.logger.error("spool: \(error); the message runs once it can be written", metadata: ["msg.key": "\(new.name)"])
+            try store.transition(new.name, from: [.running], to: .new, change: RowChange(), nowMillis: nowMillis)
+            return nil
+        }
+        held.insert(new.name)
+        messageFiles.insert(new.name)
+        return ClaimedEntry(entry: entry, path: path)
+    }
+
+    /// Forgets an intake claim whose round was rolled back.
+    func dropClaim(_ claim: ClaimedEntry) {
+        held.remove(claim.entry.name)
+        removeMessageFile(claim.entry.name)
+    }
+
     /// Ends the handling of a claimed entry: with replies (session webhook bodies) it goes to
     /// `outbox` (the commit point: its handlers will not run again), else to `done`, with `note`
     /// as its reason (why no handler ran: a refused sender), which `spool ls` shows. Its message

@@ -52,13 +52,21 @@ extension Spool {
     /// that transaction committed: a state change made there is durable when this returns.
     /// - Throws: what `body` throws, or why the round was rolled back (the change is then not made),
     ///   or `.closed` after `run` ended.
-    public func perform<T: Sendable>(_ body: @escaping @Sendable (Writer) throws(SpoolError) -> T) async throws(SpoolError) -> T {
+    /// `afterCommit` runs on the writer thread once the change committed, before the caller
+    /// goes on: what must follow the commit at once (a reply's delivery) need not wait for the
+    /// caller's thread to wake.
+    public func perform<T: Sendable>(
+        _ body: @escaping @Sendable (Writer) throws(SpoolError) -> T, afterCommit: (@Sendable (T) -> Void)? = nil
+    ) async throws(SpoolError) -> T {
         let result: Result<T, SpoolError> = await withCheckedContinuation { continuation in
             let accepted = queue.append(job: { writer in
                 guard let writer else { return { failure in continuation.resume(returning: .failure(failure ?? SpoolError(.closed, path: self.directory))) } }
                 let result = Result { () throws(SpoolError) -> T in try body(writer) }
                 if case .failure(let error) = result, error.endsTransaction { writer.abort = error }
-                return { failure in continuation.resume(returning: failure.map { .failure($0) } ?? result) }
+                return { failure in
+                    if failure == nil, let afterCommit, case .success(let value) = result { afterCommit(value) }
+                    continuation.resume(returning: failure.map { .failure($0) } ?? result)
+                }
             })
             if !accepted { continuation.resume(returning: .failure(SpoolError(.closed, path: directory))) }
         }
@@ -160,7 +168,8 @@ extension Spool {
 
     /// One round: every frame inserted (the UNIQUE business key decides what is a duplicate),
     /// every job run, one COMMIT; then frames and jobs are told how it ended. A frame of an app
-    /// no handler serves is stored as `done` and not announced.
+    /// no handler serves is stored as `done` and not announced; one the claim decision picks is
+    /// stored as `running` and handed to the announcement sink claimed.
     ///
     /// Only a round with frames waits for its fsync: a frame is acked after it, and DingTalk does
     /// not send an acked frame again. A round of state changes alone (claims, handler results,
@@ -170,9 +179,12 @@ extension Spool {
     /// runs again, a reply sent then may be sent twice, as after a crash between the send and
     /// its record.
     func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job]) {
-        var stored: [NewEntry] = []
+        /// New entries to announce, in arrival order; with a claim when this round took them for
+        /// handling (see `announce(to:claims:)`).
+        var stored: [(entry: NewEntry, claim: ClaimedEntry?)] = []
         var finished: [NewEntry] = []
         let handlerless = batch.isEmpty ? [] : handlerlessApps.withLock { $0 }?() ?? []
+        let decideClaims = batch.isEmpty ? nil : intakeClaims.withLock { $0 }
         var duplicates: [Pending] = []
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
@@ -199,13 +211,26 @@ extension Spool {
                     let unread = !handlerless.isEmpty && pending.record.kind != .card && handlerless.contains(pending.record.app)
                     entries.append(NewEntry(pending: pending, name: name, state: unread ? .done : .new))
                 }
+                var messageFiles: [EntryName: Bool] = [:]
+                if let decideClaims {
+                    let candidates = entries.indices.filter { entries[$0].state == .new }
+                    let decisions = decideClaims(candidates.map { entries[$0].announcement })
+                    for (index, decision) in zip(candidates, decisions) {
+                        guard case .claim(let messageFile) = decision else { continue }
+                        entries[index].state = .running
+                        messageFiles[entries[index].name] = messageFile
+                    }
+                }
                 if !entries.isEmpty {
                     try writer.store.prepareIntake(entries)
                     for (entry, inserted) in zip(entries, try writer.store.insert(entries, nowMillis: nowMillis)) {
                         if !inserted {
                             duplicates.append(entry.pending)
                         } else if entry.state == .new {
-                            stored.append(entry)
+                            stored.append((entry, nil))
+                        } else if entry.state == .running {
+                            // nil: its message file could not be written, it went back to new.
+                            stored.append((entry, try writer.claimAtIntake(entry, messageFile: messageFiles[entry.name] ?? false, nowMillis: nowMillis)))
                         } else {
                             finished.append(entry)
                         }
@@ -223,6 +248,7 @@ extension Spool {
             } catch {
                 writer.store.rollback()
                 failure = error
+                for case (_, let claim?) in stored { writer.dropClaim(claim) }
                 // Jobs the failure came before are told too, without running.
                 finishes += jobs.dropFirst(finishes.count).map { $0(nil) }
             }
@@ -242,7 +268,7 @@ extension Spool {
             }
             // Not remembered as announced: a rescan that finds one of these still new announces
             // it again, and the dispatcher ignores names it holds.
-            for item in stored {
+            for (item, claim) in stored where claim == nil {
                 if writer.committed.count < Self.committedCacheLimit {
                     writer.committed[item.name] = item.pending
                 }
@@ -263,10 +289,12 @@ extension Spool {
             return
         }
         if let commitTime { commitObserver(commitTime) }
-        for item in stored {
-            entriesContinuation.yield(Announcement(name: item.name, kind: item.pending.record.kind, conversation: item.pending.record.conversation))
+        let sink = announcementSink.withLock { $0 }
+        // In arrival order: a claimed entry goes ahead of its conversation's next one.
+        for (item, claim) in stored {
+            if let claim, let sink { sink(item.announcement, claim) } else { announce(item.announcement, sink: sink) }
         }
-        for item in stored { item.pending.completion(.stored(item.name)) }
+        for (item, _) in stored { item.pending.completion(.stored(item.name)) }
         for item in finished { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
         for finish in finishes { finish(nil) }
@@ -369,7 +397,12 @@ extension Spool {
             logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
             return
         }
-        for name in fresh { entriesContinuation.yield(name) }
+        let sink = announcementSink.withLock { $0 }
+        for announcement in fresh { announce(announcement, sink: sink) }
+    }
+
+    private func announce(_ announcement: Announcement, sink: AnnouncementSink?) {
+        if let sink { sink(announcement, nil) } else { entriesContinuation.yield(announcement) }
     }
 }
 

@@ -27,6 +27,23 @@ public struct Announcement: Sendable, Equatable {
     }
 }
 
+/// Takes an announced entry on the spool's writer thread; `claimed` when the intake round
+/// already took it for handling (see `Spool.announce(to:)`).
+public typealias AnnouncementSink = @Sendable (_ announcement: Announcement, _ claimed: ClaimedEntry?) -> Void
+
+/// Asked once per intake round, on the writer thread, with the round's entries that need a
+/// handler: for each, whether to take it for handling in that round.
+public typealias IntakeClaimDecision = @Sendable (_ candidates: [Announcement]) -> [IntakeClaim]
+
+/// What an intake round does with a stored entry that needs a handler.
+public enum IntakeClaim: Sendable, Equatable {
+    /// Stored as `new` and announced: the dispatcher claims it when it can run.
+    case queue
+    /// Stored as `running` and handed over with its message file written when asked for: its
+    /// handlers start at once, without a claim of their own.
+    case claim(messageFile: Bool)
+}
+
 /// The durable spool: one row per business message in `<directory>/spool.db` (see `SQLiteStore`),
 /// and beside it what people touch: `handlers/`, `attachments/`, and `running/`, which holds the
 /// message file of each entry whose handlers run (`DINGSTREAM_MESSAGE_FILE`).
@@ -65,6 +82,10 @@ public final class Spool: Sendable {
 
     /// Asked once per intake round which apps no handler serves now (see `storeHandlerless`).
     let handlerlessApps = Mutex<(@Sendable () -> Set<String>)?>(nil)
+
+    /// Where announcements go instead of `entries`, on the writer thread (see `announce(to:)`).
+    let announcementSink = Mutex<AnnouncementSink?>(nil)
+    let intakeClaims = Mutex<IntakeClaimDecision?>(nil)
 
     /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
     /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
@@ -222,6 +243,18 @@ public final class Spool: Sendable {
     /// as `new` and announced.
     public func storeHandlerless(_ apps: @escaping @Sendable () -> Set<String>) {
         handlerlessApps.withLock { $0 = apps }
+    }
+
+    /// Sends announcements to `sink`, called on the writer thread right after the COMMIT that
+    /// made an entry runnable (or the rescan that found one), instead of to `entries`: a consumer
+    /// that only queues them spares each message a hand-off to another thread. With `claims`,
+    /// an intake round also takes the entries the decision picks for handling (one host only:
+    /// a cluster's claim checks the other hosts, so there every entry is announced as new).
+    /// A claimed entry that is never handled (the daemon stops first) is `running` until the
+    /// next start makes it new again, as after a crash. Set it before `run`.
+    public func announce(to sink: @escaping AnnouncementSink, claims: IntakeClaimDecision? = nil) {
+        announcementSink.withLock { $0 = sink }
+        intakeClaims.withLock { $0 = cluster == nil ? claims : nil }
     }
 
     /// Sets what runs when this host took over outbox entries of a dead one (cluster).

@@ -149,6 +149,8 @@ struct NewEntry {
     var state: EntryState = .new
 
     var record: IntakeRecord { pending.record }
+
+    var announcement: Announcement { Announcement(name: name, kind: record.kind, conversation: record.conversation) }
 }
 
 extension SpoolStore {

@@ -406,4 +406,42 @@ struct HandlerContractTests {
             }
         }
     }
+
+    /// With one worker busy, what arrives meanwhile waits as `new` (only what runs is
+    /// `running`, also for messages taken for handling in the round that stores them), and
+    /// runs afterwards, each conversation in arrival order.
+    @Test(.timeLimit(.minutes(1)))
+    func whatWaitsForAWorkerStaysNewAndRunsInOrder() async throws {
+        try await Self.withHelpdeskDaemon(
+            handler: { harness in
+                """
+                #!/bin/sh
+                cat >/dev/null
+                echo "start $DINGSTREAM_TEXT" >> \(harness.root)/runs
+                while [ ! -e \(harness.root)/release ]; do sleep 0.05; done
+                echo "end $DINGSTREAM_TEXT" >> \(harness.root)/runs
+                """
+            }, configure: { $0.workers = 1 }
+        ) { harness, simulator, _ in
+            func inject(_ text: String, in conversation: String) throws {
+                try simulator.injectBotMessage(
+                    BotMessageSpec(app: "helpdesk", content: .text(text), conversation: .group(conversationId: conversation, title: conversation)))
+            }
+            try inject("a1", in: "cid-a")
+            try await harness.waitFor("a1 running") { harness.lines(of: "runs") == ["start a1"] }
+            try inject("b1", in: "cid-b")
+            try inject("a2", in: "cid-a")
+            try await harness.waitFor("b1 and a2 stored") { harness.entries(in: "new").count == 2 }
+            #expect(harness.entries(in: "running").count == 1)
+            FileManager.default.createFile(atPath: harness.root + "/release", contents: nil)
+            try await harness.waitFor("all three done") { harness.entries(in: "done").count == 3 }
+            let runs = harness.lines(of: "runs")
+            #expect(runs.count == 6)
+            // One at a time: each run ends before the next starts.
+            #expect(stride(from: 0, to: runs.count, by: 2).allSatisfy { runs[$0].dropFirst(6) == runs[$0 + 1].dropFirst(4) })
+            let order = stride(from: 0, to: runs.count, by: 2).map { String(runs[$0].dropFirst(6)) }
+            #expect(order.first == "a1")
+            #expect(order.firstIndex(of: "a1")! < order.firstIndex(of: "a2")!)
+        }
+    }
 }

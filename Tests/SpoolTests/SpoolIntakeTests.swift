@@ -195,6 +195,56 @@ import Testing
         }
     }
 
+    /// An intake round takes what its decision picks for handling: stored as `running`, its
+    /// message file written, handed to the sink with the claim, in arrival order with the
+    /// entries it announces as new. A claim whose file cannot be written goes back to new and is
+    /// announced; and a claimed entry nobody handled (the daemon stopped first) is new again
+    /// after a restart.
+    @Test(.timeLimit(.minutes(1))) func intakeClaimsAreRunningAtCommitAndNewAgainAfterARestart() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            try spool.open()
+            let handed = Mutex<[(name: EntryName, claim: ClaimedEntry?)]>([])
+            spool.announce(
+                to: { announcement, claim in handed.withLock { $0.append((announcement.name, claim)) } },
+                claims: { candidates in candidates.map { $0.name.value.contains("-helpdesk-") ? .claim(messageFile: true) : .queue } })
+            let claimed = botRecord(msgID: "claimed", millis: 1_700_000_000_000)
+            let queued = botRecord(app: "sales", msgID: "queued", millis: 1_700_000_000_001)
+            let unwritable = botRecord(msgID: "unwritable", millis: 1_700_000_000_002)
+            // Its message file's path is taken by a directory: the write fails for real.
+            let blocked = EntryName(receivedMillis: unwritable.receivedMillis, key: unwritable.key)
+            try FileManager.default.createDirectory(atPath: spool.messageFile(of: blocked), withIntermediateDirectories: false)
+            let tasks = [claimed, queued, unwritable].map { record in Task { await spool.store(record) } }
+            try await waitUntil("three frames queued") { spool.queue.queuedCount == 3 }
+            let names = try await withRunning(spool) {
+                var names: [EntryName] = []
+                for task in tasks {
+                    guard case .stored(let name) = await task.value else { throw WaitTimedOut(description: "a frame was not stored") }
+                    names.append(name)
+                }
+                return names
+            }
+            let handedOver = handed.withLock { $0 }
+            #expect(handedOver.map(\.name) == names)
+            let claim = try #require(handedOver.first?.claim)
+            #expect(handedOver.dropFirst().allSatisfy { $0.claim == nil })
+            #expect(claim.entry.botMessage?.text == "hello")
+            let path = try #require(claim.path)
+            #expect(FileManager.default.contents(atPath: path) == claim.entry.handlerInput)
+            #expect(try spool.names(in: .running) == [names[0]])
+            #expect(try spool.names(in: .new) == [names[1], names[2]])
+            #expect(files(root + "/running") == [names[0].fileName, blocked.fileName].sorted())
+            spool.close()
+            try FileManager.default.removeItem(atPath: spool.messageFile(of: blocked))
+
+            let restarted = Spool(directory: root, logger: LogSink().logger)
+            try restarted.open()
+            defer { restarted.close() }
+            #expect(try restarted.names(in: .new) == names)
+            #expect(files(root + "/running").isEmpty)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func submitAfterShutdownFailsClosed() async throws {
         try await withTemporaryDirectory { root in
             let spool = Spool(directory: root, logger: LogSink().logger)

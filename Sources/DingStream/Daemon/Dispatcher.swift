@@ -58,6 +58,8 @@ final class Dispatcher: Service {
     /// When a handler run last ended (nanoseconds of the monotonic clock); the watchdog checks
     /// that it moves while work is queued.
     private let lastProgress = Atomic<Int64>(Dispatcher.monotonicNanoseconds())
+    /// Set by graceful shutdown: announcements are no longer taken.
+    private let stopping = Atomic<Bool>(false)
 
     init(
         spool: Spool, workers: Int, settings: DispatchSettings, baseEnvironment: [String: String],
@@ -76,6 +78,28 @@ final class Dispatcher: Service {
         self.onHandlerRun = onHandlerRun
         self.logger = logger
         spool.storeHandlerless { [weak self] in self?.handlerlessApps() ?? [] }
+        spool.announce(
+            to: { [weak self] announcement, claimed in self?.offer(announcement, claimed: claimed) },
+            claims: { [weak self] candidates in self?.intakeClaims(candidates) ?? candidates.map { _ in .queue } })
+    }
+
+    /// Which entries of an intake round to take for handling in that round: those that would
+    /// start at once. That spares each a claim of its own, a commit and two thread hand-offs.
+    /// Those that would wait stay `new` until they can run (`spool ls` shows what really runs).
+    private func intakeClaims(_ candidates: [Announcement]) -> [IntakeClaim] {
+        guard !stopping.load(ordering: .relaxed) else { return candidates.map { _ in .queue } }
+        let (scan, _) = handlerScans.current()
+        let eligible = candidates.indices.filter { !readsNothing(candidates[$0].name.app, scan) }
+        let starts = scheduler.wouldStart(eligible.map { Self.queue(of: candidates[$0]) })
+        var claims = candidates.map { _ in IntakeClaim.queue }
+        // The message file is for scripts; an HTTP handler alone gets the body.
+        for (index, starts) in zip(eligible, starts) where starts { claims[index] = .claim(messageFile: !scan.runnable.isEmpty) }
+        return claims
+    }
+
+    /// The scheduler's queue of an entry: its conversation, else its own.
+    private static func queue(of announcement: Announcement) -> String {
+        announcement.conversation ?? announcement.name.value
     }
 
     /// The configured apps whose messages nothing would read now: no runnable handler in
@@ -129,17 +153,11 @@ final class Dispatcher: Service {
     func run() async throws {
         logRefusals(handlerScans.current().scan, force: true)
         await withTaskGroup(of: Void.self) { group in
+            // The spool announces what waits from before the start (recovery, retries) first,
+            // then whatever commits; the scheduler starts what was offered before it runs.
             group.addTask { await self.scheduler.run() }
-            // Graceful shutdown cancels the feed: the spool's stream only ends after the
-            // dispatcher has stopped, so waiting for it would never return.
-            await cancelWhenGracefulShutdown {
-                // The spool announces what waits from before the start (recovery, retries) first,
-                // then whatever commits.
-                for await announcement in self.spool.entries {
-                    if Task.isCancelled { break }
-                    self.offer(announcement)
-                }
-            }
+            try? await gracefulShutdown()
+            stopping.store(true, ordering: .relaxed)
             // No new handler starts; running ones get what is left of the grace, then are cancelled
             // (their process groups killed) and their entries go back to new/ at the next start.
             scheduler.shutdown()
@@ -156,12 +174,16 @@ final class Dispatcher: Service {
 
     /// Queues an announced entry unless it is already queued or running. One conversation's
     /// messages are handled in arrival order; without a conversation the message is its own
-    /// queue. Card callbacks are urgent: their ack waits for the answer.
-    private func offer(_ announcement: Announcement) {
+    /// queue. Card callbacks are urgent: their ack waits for the answer. Called on the spool's
+    /// writer thread, in the order the entries became runnable; `claimed` when the intake round
+    /// took it for handling already.
+    private func offer(_ announcement: Announcement, claimed: ClaimedEntry?) {
+        // A claimed entry not taken stays running until the next start makes it new again.
+        guard !stopping.load(ordering: .relaxed) else { return }
         let name = announcement.name
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
-        if readsNothing(name.app, scan) {
+        if claimed == nil, readsNothing(name.app, scan) {
             // Nothing would read it: done with the writer's next round, without a task (logged
             // once, in logRefusals). Announced twice, the second finds it done.
             let first = unhandled.withLock { queued in
@@ -184,8 +206,8 @@ final class Dispatcher: Service {
             return
         }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        let accepted = scheduler.submit(conversation: announcement.conversation ?? name.value, urgent: announcement.kind == .card) { [self] in
-            await handle(name, kind: announcement.kind)
+        let accepted = scheduler.submit(conversation: Self.queue(of: announcement), urgent: announcement.kind == .card) { [self] in
+            await handle(name, kind: announcement.kind, claimed: claimed)
             _ = inFlight.withLock { $0.remove(name) }
         }
         if !accepted { _ = inFlight.withLock { $0.remove(name) } }
@@ -208,7 +230,7 @@ final class Dispatcher: Service {
         }
     }
 
-    private func handle(_ name: EntryName, kind: MessageKind) async {
+    private func handle(_ name: EntryName, kind: MessageKind, claimed claimedAtIntake: ClaimedEntry?) async {
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
         let (scan, fresh) = handlerScans.current()
@@ -217,7 +239,11 @@ final class Dispatcher: Service {
         do {
             // The message file is for scripts; an HTTP handler alone gets the body.
             let messageFile = !scan.runnable.isEmpty
-            claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: messageFile) }
+            if let claimedAtIntake {
+                claimed = claimedAtIntake
+            } else {
+                claimed = try await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: messageFile) }
+            }
         } catch where error.code == .notFound {
             return
         } catch where error.code == .corrupt {
@@ -329,15 +355,13 @@ final class Dispatcher: Service {
                 return
             }
         }
-        let stored = await finish { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
-        if stored, !replies.isEmpty {
-            // Handed over as it was committed: the sender need not read it back.
-            var outgoing = entry
-            outgoing.replies = replies
-            outgoing.delivered = 0
-            outgoing.deliveryAttempts = 0
-            deliverReplies(outgoing)
-        }
+        var outgoing = entry
+        outgoing.replies = replies
+        outgoing.delivered = 0
+        outgoing.deliveryAttempts = 0
+        // Handed over as it was committed, from the writer thread: the sender need not read it back.
+        let delivery: (@Sendable () -> Void)? = replies.isEmpty ? nil : { @Sendable [deliverReplies, outgoing] in deliverReplies(outgoing) }
+        await finish(afterCommit: delivery) { [replies] writer throws(SpoolError) in try writer.complete(name, replies: replies.isEmpty ? nil : replies) }
         // The handlers are through with the files; copies they want to keep are theirs to make.
         if attachmentsFolder != nil { AttachmentFetcher.remove(spool: spool, name: name) }
     }
@@ -378,9 +402,8 @@ final class Dispatcher: Service {
         return text
     }
 
-    @discardableResult
-    private func finish(_ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async -> Bool {
-        await spool.change(logger: logger, body)
+    private func finish(afterCommit: (@Sendable () -> Void)? = nil, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
+        await spool.change(logger: logger, afterCommit: afterCommit, body)
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.

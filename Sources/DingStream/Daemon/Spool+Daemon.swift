@@ -36,11 +36,16 @@ extension Spool {
     /// Runs a state change of an entry on the spool's writer thread (off the cooperative threads,
     /// its commit shared with the frames and changes of the same round). A failure leaves the
     /// entry where it was (the error says which path and why) and it is handled again after the
-    /// next start, so logging is all there is to do. Returns whether the change was committed.
+    /// next start, so logging is all there is to do. Returns whether the change was committed;
+    /// `afterCommit` runs on the writer thread once it is (see `perform`).
     @discardableResult
-    func change(logger: Logger, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async -> Bool {
+    func change(
+        logger: Logger, afterCommit: (@Sendable () -> Void)? = nil, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void
+    ) async -> Bool {
         do {
-            try await perform(body)
+            var committed: (@Sendable (()) -> Void)?
+            if let afterCommit { committed = { @Sendable _ in afterCommit() } }
+            try await perform(body, afterCommit: committed)
             return true
         } catch {
             logger.error("spool: \(error)")

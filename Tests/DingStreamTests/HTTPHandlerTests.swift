@@ -15,8 +15,8 @@ struct HTTPHandlerTests {
 
     /// A bot server for these tests. It refuses a bad signature with 401, logs each request it
     /// accepts as a JSON line to $LOG, and answers by the message text: "flaky" 503 on its first
-    /// try, "bad" 400, a card callback a card update, "order…" nothing after 50 ms (counting requests in flight at once), anything
-    /// else a text reply "http: <text>".
+    /// try, "bad" 400, a card callback a card update, "order…" nothing after 50 ms (counting requests in flight at once),
+    /// "huge" 2 MiB, "hang" nothing for 45 s, anything else a text reply "http: <text>".
     static let testServer = #"""
         import base64, hashlib, hmac, json, os, sys, threading, time
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +54,11 @@ struct HTTPHandlerTests {
                         return self.answer(503, b"warming up") if first else self.answer(200, b"worked after 503")
                     if text == "bad":
                         return self.answer(400, b"unknown command: bad")
+                    if text == "huge":
+                        return self.answer(200, b"x" * (2 << 20))
+                    if text == "hang":
+                        time.sleep(45)
+                        return self.answer(200, b"")
                     if text.startswith("order"):
                         time.sleep(0.05)
                         return self.answer(200, b"")
@@ -303,6 +308,47 @@ struct HTTPHandlerTests {
             #expect(requests.compactMap { $0["max"] as? Int }.max() == 2)
             // Kept alive: twenty requests over no more connections than the limit.
             #expect(Set(requests.compactMap { $0["port"] as? Int }).count <= 2)
+        }
+    }
+
+    /// An answer over the 1 MiB limit is not read to its end: the message is a dead letter
+    /// that says why, and the script after the HTTP handler does not run.
+    @Test(.timeLimit(.minutes(1)))
+    func anAnswerOverTheLimitIsADeadLetterThatSaysSo() async throws {
+        try await Self.withBotServer { _, harness, simulator, _ in
+            let message = try simulator.injectText("huge", app: "helpdesk")
+            try await harness.waitFor("a dead letter") { harness.entries(in: "failed").count == 1 }
+            let failed = try #require(harness.entries(in: "failed").first)
+            let reason = try #require(try SpoolInspector(directory: harness.spool).show(failed).reason)
+            #expect(reason.contains("answered with a body over 1 MiB"), "\(reason)")
+            #expect(harness.lines(of: "order").isEmpty)
+            #expect(Self.replyTexts(simulator, to: message).isEmpty)
+        }
+    }
+
+    /// Stopping the daemon while its HTTP handler has not answered does not wait for the answer:
+    /// the call is abandoned at once and the message stays `running`, to run again at the next
+    /// start.
+    @Test(.timeLimit(.minutes(1)))
+    func aStopDoesNotWaitForAHandlerThatDoesNotAnswer() async throws {
+        let files = try BotServerFiles()
+        defer { files.remove() }
+        let server = try files.start()
+        defer { server.stop() }
+        let harness = try DaemonHarness()
+        defer { harness.remove() }
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { simulator in
+            var configuration = harness.configuration(for: simulator)
+            configuration.apps[0].httpHandler = .init(url: "http://127.0.0.1:\(server.port)/dingtalk")
+            configuration.apps[0].httpHandler?.timeout = .seconds(50)
+            let stopped = try await harness.withDaemon(configuration) {
+                try await simulator.waitUntil(timeout: .seconds(15), "live sockets") { $0.liveSockets(app: "helpdesk").count == 2 }
+                try simulator.injectText("hang", app: "helpdesk")
+                try await harness.waitFor("the server has the request") { files.requests().count == 1 }
+                return ContinuousClock.now
+            }
+            #expect(ContinuousClock.now - stopped < .seconds(10))
+            #expect(harness.entries(in: "running").count == 1)
         }
     }
 

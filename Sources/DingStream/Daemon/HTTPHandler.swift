@@ -131,29 +131,31 @@ final class HTTPHandler: Sendable {
     /// start of the body. Cancellation (shutdown) is `interrupted`.
     func call(_ entry: SpoolEntry, attachments: String?) async -> HandlerRun {
         let started = ContinuousClock.now
-        var request = HTTPClientRequest(url: settings.url)
-        request.method = .POST
         let timestamp = String(Int64(Date().timeIntervalSince1970 * 1000))
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "User-Agent", value: Daemon.userAgent)
-        request.headers.add(name: "timestamp", value: timestamp)
-        request.headers.add(name: "sign", value: Self.signature(timestamp: timestamp, secret: secret))
-        request.headers.add(name: Self.kindHeader, value: entry.kind.rawValue)
-        request.headers.add(name: Self.appHeader, value: entry.app)
-        request.headers.add(name: Self.keyHeader, value: entry.key)
-        request.headers.add(name: Self.attemptHeader, value: String(entry.attempts + 1))
-        if let topic = entry.topic { request.headers.add(name: Self.topicHeader, value: topic) }
-        if let attachments { request.headers.add(name: Self.attachmentsHeader, value: attachments) }
-        request.body = .bytes(ByteBuffer(string: entry.dataJSON))
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "User-Agent", value: Daemon.userAgent)
+        headers.add(name: "timestamp", value: timestamp)
+        headers.add(name: "sign", value: Self.signature(timestamp: timestamp, secret: secret))
+        headers.add(name: Self.kindHeader, value: entry.kind.rawValue)
+        headers.add(name: Self.appHeader, value: entry.app)
+        headers.add(name: Self.keyHeader, value: entry.key)
+        headers.add(name: Self.attemptHeader, value: String(entry.attempts + 1))
+        if let topic = entry.topic { headers.add(name: Self.topicHeader, value: topic) }
+        if let attachments { headers.add(name: Self.attachmentsHeader, value: attachments) }
         do {
-            let response = try await client.execute(request, deadline: .now() + .init(settings.timeout))
-            var body: ByteBuffer
+            let request = try HTTPClient.Request(url: settings.url, method: .POST, headers: headers, body: .string(entry.dataJSON))
+            // The whole answer collected on the event loop: the handler's task wakes once for it,
+            // not once for the head and again for the body.
+            let accumulator = ResponseAccumulator(request: request, maxBodySize: Self.bodyLimit)
+            let response: HTTPClient.Response
             do {
-                body = try await response.body.collect(upTo: Self.bodyLimit)
-            } catch is NIOTooManyBytesError {
-                return failed("answered \(response.status.code) with a body over \(Self.bodyLimit >> 20) MiB", body: [], started: started)
+                let task = client.execute(request: request, delegate: accumulator, deadline: .now() + .init(settings.timeout))
+                response = try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
+            } catch is ResponseAccumulator.ResponseTooBigError {
+                return failed("answered with a body over \(Self.bodyLimit >> 20) MiB", body: [], started: started)
             }
-            let bytes = body.readBytes(length: body.readableBytes) ?? []
+            let bytes = response.body.map { Array($0.readableBytesView) } ?? []
             return Self.run(status: response.status, body: bytes, url: settings.url, duration: ContinuousClock.now - started)
         } catch {
             let duration = ContinuousClock.now - started

@@ -183,8 +183,9 @@ extension Spool {
         /// handling (see `announce(to:claims:)`).
         var stored: [(entry: NewEntry, claim: ClaimedEntry?)] = []
         var finished: [NewEntry] = []
-        let handlerless = batch.isEmpty ? [] : handlerlessApps.withLock { $0 }?() ?? []
-        let decideClaims = batch.isEmpty ? nil : intakeClaims.withLock { $0 }
+        let hooks = roundHooks
+        let handlerless = batch.isEmpty ? [] : hooks.handlerlessApps?() ?? []
+        let decideClaims = batch.isEmpty ? nil : hooks.intakeClaims
         var duplicates: [Pending] = []
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
@@ -289,7 +290,7 @@ extension Spool {
             return
         }
         if let commitTime { commitObserver(commitTime) }
-        let sink = announcementSink.withLock { $0 }
+        let sink = hooks.announcementSink
         // In arrival order: a claimed entry goes ahead of its conversation's next one.
         for (item, claim) in stored {
             if let claim, let sink { sink(item.announcement, claim) } else { announce(item.announcement, sink: sink) }
@@ -370,7 +371,7 @@ extension Spool {
                 metadata: ["cluster.node": "\(holder)", "msg.key": "\(names.map(\.name).joined(separator: " "))"])
         }
         if !result.reclaimed.isEmpty { rescan() }
-        if !result.outbox.isEmpty { outboxWake.withLock { $0 }?() }
+        if !result.outbox.isEmpty { roundHooks.outboxWake?() }
     }
 
     /// Announces due entries in `new` not announced yet (recovered, retried, put back by the CLI,
@@ -397,7 +398,7 @@ extension Spool {
             logger.warning("\(error)", metadata: ["spool.dir": "\(directory)"])
             return
         }
-        let sink = announcementSink.withLock { $0 }
+        let sink = roundHooks.announcementSink
         for announcement in fresh { announce(announcement, sink: sink) }
     }
 

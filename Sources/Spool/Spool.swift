@@ -77,15 +77,23 @@ public final class Spool: Sendable {
     /// The store's current failure, for `STATUS=`: frames are not acked while it is set.
     public var currentFault: SpoolError? { storeFault.withLock { $0 } }
 
-    /// Called when this host took over another's outbox entries (cluster).
-    let outboxWake = Mutex<(@Sendable () -> Void)?>(nil)
+    /// What the daemon plugs into the writer's rounds, read every round (`roundHooks`).
+    struct Hooks {
+        /// Called when this host took over another's outbox entries (cluster).
+        var outboxWake: (@Sendable () -> Void)?
+        /// Asked once per intake round which apps no handler serves now (see `storeHandlerless`).
+        var handlerlessApps: (@Sendable () -> Set<String>)?
+        /// Where announcements go instead of `entries`, on the writer thread (see `announce(to:)`).
+        var announcementSink: AnnouncementSink?
+        var intakeClaims: IntakeClaimDecision?
+    }
 
-    /// Asked once per intake round which apps no handler serves now (see `storeHandlerless`).
-    let handlerlessApps = Mutex<(@Sendable () -> Set<String>)?>(nil)
+    /// In a struct, not each closure as a `Mutex`'s value: a closure held as a generic value is
+    /// wrapped anew each time `withLock` hands it out and writes it back, and the wrappers nest,
+    /// so every call would cost one more level than the last (and end in a stack overflow).
+    let hooks = Mutex(Hooks())
 
-    /// Where announcements go instead of `entries`, on the writer thread (see `announce(to:)`).
-    let announcementSink = Mutex<AnnouncementSink?>(nil)
-    let intakeClaims = Mutex<IntakeClaimDecision?>(nil)
+    var roundHooks: Hooks { hooks.withLock { $0 } }
 
     /// Entries ready to be handled, in arrival order: committed frames, recovered entries,
     /// retries once due. Each is announced once per stay in `new`; rarely twice, so the consumer
@@ -242,7 +250,7 @@ public final class Spool: Sendable {
     /// dropped into `handlers/` before a round is seen by it. Without it every frame is stored
     /// as `new` and announced.
     public func storeHandlerless(_ apps: @escaping @Sendable () -> Set<String>) {
-        handlerlessApps.withLock { $0 = apps }
+        hooks.withLock { $0.handlerlessApps = apps }
     }
 
     /// Sends announcements to `sink`, called on the writer thread right after the COMMIT that
@@ -253,13 +261,15 @@ public final class Spool: Sendable {
     /// A claimed entry that is never handled (the daemon stops first) is `running` until the
     /// next start makes it new again, as after a crash. Set it before `run`.
     public func announce(to sink: @escaping AnnouncementSink, claims: IntakeClaimDecision? = nil) {
-        announcementSink.withLock { $0 = sink }
-        intakeClaims.withLock { $0 = cluster == nil ? claims : nil }
+        hooks.withLock { [cluster] hooks in
+            hooks.announcementSink = sink
+            hooks.intakeClaims = cluster == nil ? claims : nil
+        }
     }
 
     /// Sets what runs when this host took over outbox entries of a dead one (cluster).
     public func onOutboxTakeover(_ body: @escaping @Sendable () -> Void) {
-        outboxWake.withLock { $0 = body }
+        hooks.withLock { $0.outboxWake = body }
     }
 
     /// Closes the database and gives up ownership; `run` must have ended. For tests and tools

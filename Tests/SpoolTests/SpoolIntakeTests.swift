@@ -245,6 +245,24 @@ import Testing
         }
     }
 
+    /// The writer reads its hooks every round, for as long as the daemon runs. Read half a
+    /// million times (months of quiet traffic, one message a round), each is still one call:
+    /// closures held in a way that wraps them anew at every read would by now nest so deep that
+    /// calling one overflows the stack.
+    @Test(.timeLimit(.minutes(1))) func hooksReadEveryRoundStayOneCallDeep() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, logger: LogSink().logger)
+            let announced = Mutex(0)
+            spool.storeHandlerless { ["sales"] }
+            spool.announce(to: { _, _ in announced.withLock { $0 += 1 } }, claims: { $0.map { _ in .queue } })
+            for _ in 0..<500_000 { _ = spool.roundHooks }
+            let hooks = spool.roundHooks
+            #expect(hooks.handlerlessApps?() == ["sales"])
+            hooks.announcementSink?(Announcement(name: EntryName(receivedMillis: 1, key: botRecord(msgID: "m").key), kind: .bot, conversation: nil), nil)
+            #expect(announced.withLock { $0 } == 1)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func submitAfterShutdownFailsClosed() async throws {
         try await withTemporaryDirectory { root in
             let spool = Spool(directory: root, logger: LogSink().logger)

@@ -9,7 +9,8 @@ import Synchronization
 ///
 /// A job that can start starts in `submit`, and a worker that finishes takes the next ready
 /// job itself: no scheduling task sits between them, since every hand-off between threads
-/// costs a wake-up, and those add up on the way from a message to its reply.
+/// costs a wake-up, and those add up on the way from a message to its reply. A job submitted
+/// with `startHere` even runs its first steps on the submitting thread, up to its first wait.
 public final class ConversationScheduler: Sendable {
     public struct Snapshot: Sendable, Equatable {
         /// Jobs submitted and not yet started.
@@ -34,7 +35,11 @@ public final class ConversationScheduler: Sendable {
         var shuttingDown = false
         /// The worker tasks, so that cancelling `run()` cancels the jobs they run.
         var tasks: [Int: Task<Void, Never>] = [:]
+        /// Workers started and not ended; a task is registered in `tasks` only after it starts.
+        var live: Set<Int> = []
         var nextTaskID = 0
+        /// `run()` was cancelled: a task registered after that is cancelled at once.
+        var cancelled = false
         /// `run()` waiting for the last worker after `shutdown()`.
         var drained: CheckedContinuation<Void, Never>?
     }
@@ -49,29 +54,33 @@ public final class ConversationScheduler: Sendable {
 
     /// Queues `job` behind earlier jobs of `conversation`, and starts it at once when a worker is
     /// free and the conversation idle. With `urgent` (card callbacks, whose ack waits for the
-    /// answer) the conversation takes the next free worker ahead of the others.
+    /// answer) the conversation takes the next free worker ahead of the others. With `startHere`
+    /// a job that starts at once runs on the calling thread until it first waits (for a job whose
+    /// first steps are short and end in I/O: it goes out without waking another thread first).
     /// Returns false (and drops the job) after `shutdown()`.
     @discardableResult
-    public func submit(conversation: String, urgent: Bool = false, job: @escaping Job) -> Bool {
-        state.withLock { state in
-            guard !state.shuttingDown else { return false }
+    public func submit(conversation: String, urgent: Bool = false, startHere: Bool = false, job: @escaping Job) -> Bool {
+        let (accepted, starts) = state.withLock { state -> (Bool, [WorkerStart]) in
+            guard !state.shuttingDown else { return (false, []) }
             if state.queues[conversation, default: []].isEmpty && !state.busy.contains(conversation) {
                 if urgent { state.ready.insert(conversation, at: 0) } else { state.ready.append(conversation) }
             }
             state.queues[conversation, default: []].append(job)
             state.queued += 1
-            startWorkers(&state)
-            return true
+            return (true, startWorkers(&state))
         }
+        launch(starts, here: startHere)
+        return accepted
     }
 
     /// Changes how many jobs may run at once (a reload). More start at once; with fewer, running
     /// jobs finish and no new one starts until the count is below the new limit.
     public func setWorkers(_ workers: Int) {
-        state.withLock { state in
+        let starts = state.withLock { state in
             state.workers = max(1, workers)
-            startWorkers(&state)
+            return startWorkers(&state)
         }
+        launch(starts)
     }
 
     /// Stops starting jobs; `run()` returns once the running ones finished. Queued jobs are
@@ -111,34 +120,45 @@ public final class ConversationScheduler: Sendable {
     public func run() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (drained: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { state in
+                let (starts, now) = state.withLock { state in
                     state.started = true
                     state.drained = drained
-                    startWorkers(&state)
-                    return takeDrainedWaiter(&state)
+                    return (startWorkers(&state), takeDrainedWaiter(&state))
                 }
+                launch(starts)
                 now?.resume()
             }
         } onCancel: {
+            // `run()` returns once the cancelled jobs have ended (`finished` resumes it).
             let (tasks, drained) = state.withLock { state in
                 state.shuttingDown = true
+                state.cancelled = true
                 return (Array(state.tasks.values), takeDrainedWaiter(&state))
             }
             for task in tasks { task.cancel() }
             drained?.resume()
         }
-        // After a cancellation, the cancelled jobs end before this returns.
-        for task in state.withLock({ Array($0.tasks.values) }) { await task.value }
     }
 
-    /// Starts a worker task for each job that may start now. Called with the lock held: a new
-    /// task's first step waits for it, so the task is registered before it can end.
-    private func startWorkers(_ state: inout State) {
-        guard state.started else { return }
+    private typealias WorkerStart = (id: Int, first: (conversation: String, job: Job))
+
+    /// Takes the jobs that may start now, each for a new worker; `launch` starts them once the
+    /// lock is released (a job started here may end, and take the lock, before it returns).
+    private func startWorkers(_ state: inout State) -> [WorkerStart] {
+        guard state.started else { return [] }
+        var starts: [WorkerStart] = []
         while let first = nextJob(&state) {
             let id = state.nextTaskID
             state.nextTaskID += 1
-            state.tasks[id] = Task.detached { [self] in
+            state.live.insert(id)
+            starts.append((id, first))
+        }
+        return starts
+    }
+
+    private func launch(_ starts: [WorkerStart], here: Bool = false) {
+        for (id, first) in starts {
+            let work: @Sendable () async -> Void = { [self] in
                 var current: (conversation: String, job: Job)? = first
                 while let (conversation, job) = current {
                     await job()
@@ -146,6 +166,13 @@ public final class ConversationScheduler: Sendable {
                     current = finished(conversation, worker: id)
                 }
             }
+            let task = here ? Task.immediateDetached(operation: work) : Task.detached(operation: work)
+            let cancel = state.withLock { state in
+                guard state.live.contains(id) else { return false }  // already ended
+                state.tasks[id] = task
+                return state.cancelled
+            }
+            if cancel { task.cancel() }
         }
     }
 
@@ -171,6 +198,7 @@ public final class ConversationScheduler: Sendable {
             }
             if let next = nextJob(&state) { return (next, nil) }
             state.tasks[worker] = nil
+            state.live.remove(worker)
             return (nil, takeDrainedWaiter(&state))
         }
         drained?.resume()

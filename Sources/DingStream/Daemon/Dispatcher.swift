@@ -206,11 +206,21 @@ final class Dispatcher: Service {
             return
         }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
-        let accepted = scheduler.submit(conversation: Self.queue(of: announcement), urgent: announcement.kind == .card) { [self] in
+        let accepted = scheduler.submit(
+            conversation: Self.queue(of: announcement), urgent: announcement.kind == .card,
+            startHere: claimed.map { beginsWithHTTPCall($0.entry) } ?? false
+        ) { [self] in
             await handle(name, kind: announcement.kind, claimed: claimed)
             _ = inFlight.withLock { $0.remove(name) }
         }
         if !accepted { _ = inFlight.withLock { $0.remove(name) } }
+    }
+
+    /// Whether handling `entry` begins with its app's HTTP handler, with nothing slow before the
+    /// request (no files to download): such a job runs on the writer thread until the request is
+    /// out, which saves waking a thread for it first.
+    private func beginsWithHTTPCall(_ entry: SpoolEntry) -> Bool {
+        settings.withLock { $0.httpHandlers[entry.app] != nil && ($0.attachments == nil || entry.botMessage?.msgtype == "text") }
     }
 
     /// Logs the scan's refusals when they differ from the last ones logged (or with `force`).
@@ -283,7 +293,7 @@ final class Dispatcher: Service {
                 return
             }
         }
-        let environment = HandlerEnvironment.make(
+        let environment = scan.runnable.isEmpty ? [:] : HandlerEnvironment.make(
             app: entry.app, kind: entry.kind, topic: entry.topic ?? "", message: message, messageFile: claimed.path ?? "/dev/null",
             attachments: attachmentsFolder, base: baseEnvironment)
         var replies: [String] = []

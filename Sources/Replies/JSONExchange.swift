@@ -24,44 +24,24 @@ struct JSONExchange: Sendable {
     func post(
         url: String, endpoint: String, headers: [(String, String)] = [], body: Data, logger: Logger
     ) async throws(ReplyError) -> Answer {
-        var request = HTTPClientRequest(url: url)
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "Accept", value: "application/json")
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        request.body = .bytes(ByteBuffer(bytes: body))
-        let prepared = request
-        let client = httpClient
-        let cap = bodyCap
-        let timeout = timeout
+        var headerFields = HTTPHeaders()
+        headerFields.add(name: "Content-Type", value: "application/json")
+        headerFields.add(name: "Accept", value: "application/json")
+        for (name, value) in headers { headerFields.add(name: name, value: value) }
         let started = ContinuousClock.now
-
-        let result: Result<Answer, ReplyError> = await withTaskGroup(of: Result<Answer, ReplyError>?.self) { group in
-            group.addTask {
-                do {
-                    let response = try await client.execute(prepared, deadline: .now() + timeAmount(timeout), logger: logger)
-                    let buffer = try await response.body.collect(upTo: cap)
-                    let text = String(buffer: buffer)
-                    let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
-                    return .success(Answer(status: Int(response.status.code), object: object.map(JSONObject.init), rawBody: text))
-                } catch {
-                    return .failure(Self.map(error, endpoint: endpoint))
-                }
-            }
-            group.addTask {
-                // The client's own deadline stops at the response head; this one covers the body too.
-                try? await Task.sleep(for: timeout + .milliseconds(50))
-                return Task.isCancelled ? nil : .failure(ReplyError(.timeout, endpoint: endpoint, context: "after \(timeout)"))
-            }
-            var outcome: Result<Answer, ReplyError> = .failure(ReplyError(.transport, endpoint: endpoint, context: "cancelled"))
-            for await value in group {
-                if let value {
-                    outcome = value
-                    group.cancelAll()
-                    break
-                }
-            }
-            return outcome
+        // The whole answer is read on the event loop, and the deadline covers it all (head and
+        // body): the caller's task wakes once, when it is there or the deadline has passed.
+        let result: Result<Answer, ReplyError>
+        do {
+            let request = try HTTPClient.Request(url: url, method: .POST, headers: headerFields, body: .data(body))
+            let accumulator = ResponseAccumulator(request: request, maxBodySize: bodyCap)
+            let task = httpClient.execute(request: request, delegate: accumulator, deadline: .now() + timeAmount(timeout), logger: logger)
+            let response = try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
+            let text = response.body.map { String(buffer: $0) } ?? ""
+            let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
+            result = .success(Answer(status: Int(response.status.code), object: object.map(JSONObject.init), rawBody: text))
+        } catch {
+            result = .failure(Self.map(error, endpoint: endpoint))
         }
         logger.trace(
             "replies: POST done",
@@ -83,7 +63,7 @@ struct JSONExchange: Sendable {
                 return ReplyError(.transport, endpoint: endpoint, context: "\(error)")
             }
         }
-        if error is NIOTooManyBytesError {
+        if error is ResponseAccumulator.ResponseTooBigError {
             return ReplyError(.badResponse, endpoint: endpoint, context: "answer larger than the size cap")
         }
         return ReplyError(.transport, endpoint: endpoint, context: "\(error)")

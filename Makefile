@@ -3,7 +3,7 @@ SWIFT ?= swift
 SHELL := /bin/bash
 BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
-APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
+APT_PACKAGES := libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
 
 .PHONY: all deps build build-tests test unit-test system-test soak soak-check fuzz tsan asan run say bench release symbol-order deb install clean
 
@@ -113,8 +113,9 @@ RELEASE_BIN := .build/release/dingstream
 # out first, side by side, the functions packaging/symbol-order.txt lists: those the daemon runs
 # to start, keep its sockets and handle a message (make symbol-order). Its code pages in memory
 # are then few, since the kernel maps 64 KiB around every page a process runs.
-release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && set -x && \
-	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data -Xlinker --no-export-dynamic \
+release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && \
+	link_libstdcxx=$$(packaging/static-libstdcxx.sh .build/static-libstdcxx) && set -x && \
+	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data $$link_libstdcxx -Xlinker --no-export-dynamic \
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
 	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering $(BUILD_FLAGS)

@@ -108,6 +108,8 @@ bench: release
 # of the toolchain's 34 MB; no dynamic symbol table for every Swift symbol (a static binary loads
 # no plugins that would look them up); and the toolchain's lld, whose packed relative relocations
 # (glibc 2.36, Debian 12) take 30 KB where gold's take 3 MB, all read and written at every start.
+# libstdc++ comes from its archive (packaging/static-libstdcxx.sh): only what is called, not the
+# 1.4 MiB the shared library kept mapped.
 RELEASE_BIN := .build/release/dingstream
 # Every function in a section of its own, so that the linker drops what nothing calls and lays
 # out first, side by side, the functions packaging/symbol-order.txt lists: those the daemon runs

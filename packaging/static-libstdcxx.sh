@@ -11,9 +11,16 @@
 set -euo pipefail
 
 out=${1:?usage: $0 OUTDIR}
-archive=$(${CC:-cc} -print-file-name=libstdc++.a)
-[[ $archive == /* && -f $archive ]] ||
-    { echo "static-libstdcxx: no libstdc++.a found by ${CC:-cc} (apt-get install libstdc++-12-dev)" >&2; exit 2; }
+# The compiler that knows where GCC keeps it: CC, cc, or the Swift toolchain's clang (SWIFT, as
+# in the Makefile), which is there whenever swift is.
+toolchain_clang=$(dirname "$(realpath "$(command -v "${SWIFT:-swift}")" 2>/dev/null)")/clang
+archive=""
+for compiler in ${CC:-} cc "$toolchain_clang"; do
+    command -v "$compiler" >/dev/null || continue
+    archive=$("$compiler" -print-file-name=libstdc++.a) && [[ $archive == /* && -f $archive ]] && break
+    archive=""
+done
+[[ -n $archive ]] || { echo "static-libstdcxx: none of ${CC:-} cc $toolchain_clang knows a libstdc++.a (apt-get install libstdc++-12-dev)" >&2; exit 2; }
 mkdir -p "$out"
 ln -sfn "$archive" "$out/libstdc++.a"
 echo "-Xswiftc -L$(realpath "$out")"

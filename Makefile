@@ -3,7 +3,7 @@ SWIFT ?= swift
 SHELL := /bin/bash
 BUILD_FLAGS ?=
 BIN := .build/debug/dingstream
-APT_PACKAGES := libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
+APT_PACKAGES := libsqlite3-dev sqlite3 pkg-config openssl systemd procps util-linux curl binutils dpkg postgresql chromium chromium-driver python3
 
 .PHONY: all deps build build-tests test unit-test system-test soak soak-check fuzz tsan asan run say bench release symbol-order deb install clean
 
@@ -108,13 +108,16 @@ bench: release
 # of the toolchain's 34 MB; no dynamic symbol table for every Swift symbol (a static binary loads
 # no plugins that would look them up); and the toolchain's lld, whose packed relative relocations
 # (glibc 2.36, Debian 12) take 30 KB where gold's take 3 MB, all read and written at every start.
+# libstdc++ comes from its archive (packaging/static-libstdcxx.sh): only what is called, not the
+# 1.4 MiB the shared library kept mapped.
 RELEASE_BIN := .build/release/dingstream
 # Every function in a section of its own, so that the linker drops what nothing calls and lays
 # out first, side by side, the functions packaging/symbol-order.txt lists: those the daemon runs
 # to start, keep its sockets and handle a message (make symbol-order). Its code pages in memory
 # are then few, since the kernel maps 64 KiB around every page a process runs.
-release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && set -x && \
-	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data -Xlinker --no-export-dynamic \
+release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && \
+	link_libstdcxx=$$(packaging/static-libstdcxx.sh .build/static-libstdcxx) && set -x && \
+	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data $$link_libstdcxx -Xlinker --no-export-dynamic \
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
 	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering $(BUILD_FLAGS)

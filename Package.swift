@@ -60,8 +60,7 @@ let package = Package(
             dependencies: ["StreamProtocol", log, httpClient, nioCore, nioHTTP1],
             swiftSettings: swiftSettings
         ),
-        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "Systemd", dependencies: ["CSystemd", log], swiftSettings: swiftSettings),
+        .target(name: "Systemd", dependencies: [log], swiftSettings: swiftSettings),
         // The local DingTalk: tests, sandbox and benchmarks talk to it. It shares no wire code with
         // the daemon on purpose, so each is a check on the other's reading of the protocol.
         .target(

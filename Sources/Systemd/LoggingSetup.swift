@@ -31,9 +31,12 @@ public enum LoggingSetup {
     /// A handler for `destination`. Under systemd without the journal, timestamps are still
     /// written, since the target may be a plain file.
     /// `colour`: the level words in colour on stderr (see `StderrLogHandler.wantsColour`).
-    public static func makeHandler(label: String, destination: LogDestination, level: Logger.Level, colour: Bool = false) -> any LogHandler {
+    /// `journal`: the socket journal entries go through (a new one when not given).
+    public static func makeHandler(
+        label: String, destination: LogDestination, level: Logger.Level, colour: Bool = false, journal: JournalSocket? = nil
+    ) -> any LogHandler {
         switch destination {
-        case .journal: JournalLogHandler(label: label, level: level)
+        case .journal: JournalLogHandler(label: label, level: level, socket: journal)
         case .stderr: StderrLogHandler(label: label, level: level, colour: colour)
         }
     }
@@ -44,7 +47,10 @@ public enum LoggingSetup {
     public static func bootstrap(environment: [String: String], level: Logger.Level) -> LogDestination {
         let destination = destination(environment: environment)
         let colour = StderrLogHandler.wantsColour(environment: environment)
-        LoggingSystem.bootstrap { label in makeHandler(label: label, destination: destination, level: level, colour: colour) }
+        let journal = destination == .journal ? JournalSocket() : nil
+        LoggingSystem.bootstrap { label in
+            makeHandler(label: label, destination: destination, level: level, colour: colour, journal: journal)
+        }
         return destination
     }
 }

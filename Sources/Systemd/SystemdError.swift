@@ -13,7 +13,7 @@ public struct SystemdError: Error, CustomStringConvertible, Sendable, Equatable 
         public static let socketFailed = Code(.socketFailed)
         /// The notification datagram could not be sent to systemd.
         public static let sendFailed = Code(.sendFailed)
-        /// `sd_journal_sendv` refused the entry.
+        /// journald's socket did not take the entry.
         public static let journalFailed = Code(.journalFailed)
 
         public var description: String {
@@ -29,7 +29,7 @@ public struct SystemdError: Error, CustomStringConvertible, Sendable, Equatable 
     public var code: Code
     /// What was being done: the socket address, the field count.
     public var context: String
-    /// The `errno` (or negated return value of libsystemd) when the OS reported one.
+    /// The `errno` when the OS reported one.
     public var osError: Int32?
 
     public init(_ code: Code, context: String, osError: Int32? = nil) {

@@ -41,13 +41,19 @@ final class DatagramListener: Sendable {
         self.fd = fd
     }
 
-    /// The next datagram, or nil after `timeout`. Polls so no cooperative thread is blocked.
+    /// The next datagram as text, or nil after `timeout`.
     func receive(timeout: Duration) async -> String? {
+        await receiveBytes(timeout: timeout).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The next datagram (up to `capacity` bytes), or nil after `timeout`. Polls so no
+    /// cooperative thread is blocked.
+    func receiveBytes(timeout: Duration, capacity: Int = 4096) async -> [UInt8]? {
         let end = ContinuousClock.now + timeout
-        var buffer = [UInt8](repeating: 0, count: 4096)
+        var buffer = [UInt8](repeating: 0, count: capacity)
         while ContinuousClock.now < end {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n >= 0 { return String(decoding: buffer.prefix(n), as: UTF8.self) }
+            if n >= 0 { return Array(buffer.prefix(n)) }
             try? await Task.sleep(for: .milliseconds(5))
         }
         return nil

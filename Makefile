@@ -115,17 +115,26 @@ RELEASE_BIN := .build/release/dingstream
 # out first, side by side, the functions packaging/symbol-order.txt lists: those the daemon runs
 # to start, keep its sockets and handle a message (make symbol-order). Its code pages in memory
 # are then few, since the kernel maps 64 KiB around every page a process runs.
+# No unwind tables (packaging/no-unwind-tables.ld, 6.5 MB): nothing unwinds through the daemon's
+# frames. Swift errors are return values; no linked C++ code catches by type, so a C++ exception
+# ends in std::terminate with or without them; the one unwind that happens, pthread_exit in
+# dispatch_main at start, stops at the first frame without a table, as glibc intends; crash
+# reports (SWIFT_BACKTRACE) walk the frame pointers. Lost: the frame list in the runtime's report
+# of an exclusivity violation (README, "Install it").
 release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && \
 	link_libstdcxx=$$(packaging/static-libstdcxx.sh .build/static-libstdcxx) && set -x && \
 	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data $$link_libstdcxx -Xlinker --no-export-dynamic \
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
-	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering $(BUILD_FLAGS)
+	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering \
+	  -Xlinker -T -Xlinker $(CURDIR)/packaging/no-unwind-tables.ld $(BUILD_FLAGS)
 release: deps
 	@$(call release_build,dingstream)
 	@symbols=$$(nm -S $(RELEASE_BIN) | awk '$$4 ~ /^(__wrap_)?icudt[0-9]+_dat$$/ {print $$4 "=0x" $$2}'); \
 	case "$$symbols" in __wrap_icudt*_dat=0x*) ;; *) false ;; esac && [ "$$(echo "$$symbols" | wc -l)" = 1 ] || { \
 	  echo "release: $(RELEASE_BIN) does not hold the cut ICU data (packaging/icu-subset.sh) alone, but: $${symbols:-no ICU data}" >&2; exit 2; }
+	@! readelf -SW $(RELEASE_BIN) | grep -q -E ' \.(eh_frame|gcc_except_table)' || { \
+	  echo "release: $(RELEASE_BIN) has unwind tables: the linker did not apply packaging/no-unwind-tables.ld" >&2; exit 2; }
 
 # Writes packaging/symbol-order.txt anew from a run of the release binary under valgrind
 # (packaging/symbol-order.sh; apt-get install valgrind), then links the binary with it.

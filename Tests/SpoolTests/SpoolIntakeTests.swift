@@ -214,16 +214,15 @@ import Testing
             // Its message file's path is taken by a directory: the write fails for real.
             let blocked = EntryName(receivedMillis: unwritable.receivedMillis, key: unwritable.key)
             try FileManager.default.createDirectory(atPath: spool.messageFile(of: blocked), withIntermediateDirectories: false)
-            let tasks = [claimed, queued, unwritable].map { record in Task { await spool.store(record) } }
-            try await waitUntil("three frames queued") { spool.queue.queuedCount == 3 }
-            let names = try await withRunning(spool) {
-                var names: [EntryName] = []
-                for task in tasks {
-                    guard case .stored(let name) = await task.value else { throw WaitTimedOut(description: "a frame was not stored") }
-                    names.append(name)
-                }
-                return names
+            // Submitted in this order before the writer runs: one round, in this arrival order.
+            let records = [claimed, queued, unwritable]
+            let outcomes = Mutex<[IntakeOutcome]>([])
+            for record in records { spool.submit(record) { outcome in outcomes.withLock { $0.append(outcome) } } }
+            let names = records.map { EntryName(receivedMillis: $0.receivedMillis, key: $0.key) }
+            try await withRunning(spool) {
+                try await waitUntil("three outcomes") { outcomes.withLock { $0.count } == 3 }
             }
+            #expect(outcomes.withLock { $0 } == names.map { .stored($0) })
             let handedOver = handed.withLock { $0 }
             #expect(handedOver.map(\.name) == names)
             let claim = try #require(handedOver.first?.claim)

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 
@@ -168,5 +169,66 @@ final class EventLog: Sendable {
             scheduler.shutdown()
         }
         #expect(started.withLock { $0 } == 3)
+    }
+}
+
+/// Where jobs start and how they stop.
+@Suite struct ConversationSchedulerStartTests {
+    /// The thread a job's first step ran on, and the thread that submitted it.
+    static func firstStepThread(startHere: Bool, scheduler: ConversationScheduler) async -> (submitter: pthread_t, job: pthread_t) {
+        let done = Gate()
+        let seen = Mutex<pthread_t?>(nil)
+        let submitter = Mutex<pthread_t?>(nil)
+        let thread = Thread {
+            submitter.withLock { $0 = pthread_self() }
+            scheduler.submit(conversation: "c", startHere: startHere) {
+                seen.withLock { $0 = pthread_self() }
+                await Task.yield()
+                done.open()
+            }
+        }
+        thread.start()
+        await done.wait()
+        return (submitter.withLock { $0! }, seen.withLock { $0! })
+    }
+
+    /// With `startHere` a job that can start runs on the submitting thread up to its first wait;
+    /// without it, on one of Swift's cooperative threads.
+    @Test(.timeLimit(.minutes(1)))
+    func startHereRunsTheFirstStepsOnTheSubmittingThread() async throws {
+        let scheduler = ConversationScheduler(workers: 2)
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            // Jobs start only once `run()` does: wait for that with a first job.
+            let started = Gate()
+            scheduler.submit(conversation: "first") { started.open() }
+            await started.wait()
+            let here = await Self.firstStepThread(startHere: true, scheduler: scheduler)
+            #expect(pthread_equal(here.submitter, here.job) != 0)
+            let elsewhere = await Self.firstStepThread(startHere: false, scheduler: scheduler)
+            #expect(pthread_equal(elsewhere.submitter, elsewhere.job) == 0)
+            scheduler.shutdown()
+        }
+    }
+
+    /// Cancelling `run()` cancels the jobs that run and returns only once they have ended; a job
+    /// queued behind them never starts.
+    @Test(.timeLimit(.minutes(1)))
+    func cancellingRunCancelsTheRunningJobsAndWaitsForThem() async throws {
+        let scheduler = ConversationScheduler(workers: 1)
+        let running = Gate()
+        let log = EventLog()
+        scheduler.submit(conversation: "a") {
+            running.open()
+            try? await Task.sleep(for: .seconds(300))
+            log.record(Task.isCancelled ? "cancelled" : "slept")
+        }
+        scheduler.submit(conversation: "b") { log.record("b ran") }
+        let runner = Task { await scheduler.run() }
+        await running.wait()
+        runner.cancel()
+        await runner.value
+        #expect(log.events == ["cancelled"])
+        #expect(scheduler.snapshot.running == 0)
     }
 }

@@ -29,14 +29,10 @@ struct JSONExchange: Sendable {
         headerFields.add(name: "Accept", value: "application/json")
         for (name, value) in headers { headerFields.add(name: name, value: value) }
         let started = ContinuousClock.now
-        // The whole answer is read on the event loop, and the deadline covers it all (head and
-        // body): the caller's task wakes once, when it is there or the deadline has passed.
         let result: Result<Answer, ReplyError>
         do {
             let request = try HTTPClient.Request(url: url, method: .POST, headers: headerFields, body: .data(body))
-            let accumulator = ResponseAccumulator(request: request, maxBodySize: bodyCap)
-            let task = httpClient.execute(request: request, delegate: accumulator, deadline: .now() + timeAmount(timeout), logger: logger)
-            let response = try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
+            let response = try await httpClient.wholeResponse(to: request, maxBodySize: bodyCap, deadline: .now() + timeAmount(timeout), logger: logger)
             let text = response.body.map { String(buffer: $0) } ?? ""
             let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
             result = .success(Answer(status: Int(response.status.code), object: object.map(JSONObject.init), rawBody: text))
@@ -67,6 +63,19 @@ struct JSONExchange: Sendable {
             return ReplyError(.badResponse, endpoint: endpoint, context: "answer larger than the size cap")
         }
         return ReplyError(.transport, endpoint: endpoint, context: "\(error)")
+    }
+}
+
+extension HTTPClient {
+    /// Executes `request` and reads its whole answer on the event loop, at most `maxBodySize`
+    /// bytes of body (else `ResponseAccumulator.ResponseTooBigError`). `deadline` covers head and
+    /// body; cancelling the calling task cancels the request. The caller's task wakes once, when
+    /// the answer is there or the deadline has passed, not once for the head and again for the body.
+    public func wholeResponse(to request: Request, maxBodySize: Int, deadline: NIODeadline, logger: Logger? = nil) async throws -> Response {
+        let accumulator = ResponseAccumulator(request: request, maxBodySize: maxBodySize)
+        let task = logger.map { execute(request: request, delegate: accumulator, deadline: deadline, logger: $0) }
+            ?? execute(request: request, delegate: accumulator, deadline: deadline)
+        return try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
     }
 }
 

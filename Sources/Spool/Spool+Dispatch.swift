@@ -39,34 +39,34 @@ extension Spool.Writer {
         held.insert(name)
         let claimed: SpoolEntry
         if let found = entry ?? cached { claimed = found } else { claimed = try store.row(name).entry }
-        guard messageFile else { return ClaimedEntry(entry: claimed, path: nil) }
-        let path = spool.messageFile(of: name)
-        try FileIO.writeFile(path, Array(claimed.handlerInput), exclusive: false, sync: false)
-        messageFiles.insert(name)
-        return ClaimedEntry(entry: claimed, path: path)
+        return ClaimedEntry(entry: claimed, path: messageFile ? try writeMessageFile(claimed) : nil)
+    }
+
+    /// Writes `running/<name>.json` for the handlers of a claimed entry (not synced: it is a
+    /// copy, and a crash puts the entry back to `new`) and returns its path.
+    private func writeMessageFile(_ entry: SpoolEntry) throws(SpoolError) -> String {
+        let path = spool.messageFile(of: entry.name)
+        try FileIO.writeFile(path, Array(entry.handlerInput), exclusive: false, sync: false)
+        messageFiles.insert(entry.name)
+        return path
     }
 
     /// Hands over an entry its intake round stored as `running`, as `claim` would, built from
-    /// the frame in memory; with `messageFile`, writes that file first. When the file cannot be
+    /// the frame in memory; with its `messageFile`, writes that file first. When the file cannot be
     /// written the entry goes back to `new` in the same transaction (logged; a later claim tries
     /// again) and nil is returned: announce it instead.
     /// - Throws: `SpoolError` when it cannot go back to `new` either; the round then fails.
-    func claimAtIntake(_ new: NewEntry, messageFile: Bool, nowMillis: Int64) throws(SpoolError) -> ClaimedEntry? {
+    func claimAtIntake(_ new: NewEntry, nowMillis: Int64) throws(SpoolError) -> ClaimedEntry? {
         let entry = new.record.entry(name: new.name, bytes: new.pending.bytes)
-        guard messageFile else {
-            held.insert(new.name)
-            return ClaimedEntry(entry: entry, path: nil)
-        }
-        let path = spool.messageFile(of: new.name)
+        let path: String?
         do throws(SpoolError) {
-            try FileIO.writeFile(path, Array(entry.handlerInput), exclusive: false, sync: false)
+            path = new.messageFile ? try writeMessageFile(entry) : nil
         } catch {
             spool.logger.error("spool: \(error); the message runs once it can be written", metadata: ["msg.key": "\(new.name)"])
             try store.transition(new.name, from: [.running], to: .new, change: RowChange(), nowMillis: nowMillis)
             return nil
         }
         held.insert(new.name)
-        messageFiles.insert(new.name)
         return ClaimedEntry(entry: entry, path: path)
     }
 

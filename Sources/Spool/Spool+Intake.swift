@@ -212,14 +212,13 @@ extension Spool {
                     let unread = !handlerless.isEmpty && pending.record.kind != .card && handlerless.contains(pending.record.app)
                     entries.append(NewEntry(pending: pending, name: name, state: unread ? .done : .new))
                 }
-                var messageFiles: [EntryName: Bool] = [:]
                 if let decideClaims {
                     let candidates = entries.indices.filter { entries[$0].state == .new }
                     let decisions = decideClaims(candidates.map { entries[$0].announcement })
                     for (index, decision) in zip(candidates, decisions) {
                         guard case .claim(let messageFile) = decision else { continue }
                         entries[index].state = .running
-                        messageFiles[entries[index].name] = messageFile
+                        entries[index].messageFile = messageFile
                     }
                 }
                 if !entries.isEmpty {
@@ -231,7 +230,7 @@ extension Spool {
                             stored.append((entry, nil))
                         } else if entry.state == .running {
                             // nil: its message file could not be written, it went back to new.
-                            stored.append((entry, try writer.claimAtIntake(entry, messageFile: messageFiles[entry.name] ?? false, nowMillis: nowMillis)))
+                            stored.append((entry, try writer.claimAtIntake(entry, nowMillis: nowMillis)))
                         } else {
                             finished.append(entry)
                         }
@@ -292,9 +291,7 @@ extension Spool {
         if let commitTime { commitObserver(commitTime) }
         let sink = hooks.announcementSink
         // In arrival order: a claimed entry goes ahead of its conversation's next one.
-        for (item, claim) in stored {
-            if let claim, let sink { sink(item.announcement, claim) } else { announce(item.announcement, sink: sink) }
-        }
+        for (item, claim) in stored { announce(item.announcement, claimed: claim, sink: sink) }
         for (item, _) in stored { item.pending.completion(.stored(item.name)) }
         for item in finished { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
@@ -402,8 +399,9 @@ extension Spool {
         for announcement in fresh { announce(announcement, sink: sink) }
     }
 
-    private func announce(_ announcement: Announcement, sink: AnnouncementSink?) {
-        if let sink { sink(announcement, nil) } else { entriesContinuation.yield(announcement) }
+    /// To the sink when one is set, else to `entries` (entries are claimed only where a sink is).
+    private func announce(_ announcement: Announcement, claimed: ClaimedEntry? = nil, sink: AnnouncementSink?) {
+        if let sink { sink(announcement, claimed) } else { entriesContinuation.yield(announcement) }
     }
 }
 

@@ -145,8 +145,11 @@ public struct RowChange: Sendable {
 struct NewEntry {
     let pending: Spool.Pending
     var name: EntryName
-    /// `new`, or `done` for a message no handler needs.
+    /// `new`, `done` for a message no handler needs, or `running` when the round takes it for
+    /// handling (see `Spool.announce(to:claims:)`).
     var state: EntryState = .new
+    /// Taken for handling with a message file for its scripts.
+    var messageFile = false
 
     var record: IntakeRecord { pending.record }
 

@@ -15,11 +15,13 @@ public final class JournalSocket: Sendable {
     public static let defaultPath = "/run/systemd/journal/socket"
 
     public let path: String
+    private let address: DatagramAddress
     private let fd: Int32
     private let openError: SystemdError?
 
     public init(path: String = JournalSocket.defaultPath) {
         self.path = path
+        address = DatagramAddress(name: Array(path.utf8))
         guard path.utf8.count < Notifier.maxPathLength else {
             fd = -1
             openError = SystemdError(.journalFailed, context: "socket path \(path) is longer than 107 bytes")
@@ -45,19 +47,7 @@ public final class JournalSocket: Sendable {
     public func send(_ fields: [String]) throws(SystemdError) {
         if let openError { throw openError }
         let datagram = JournalSocket.encode(fields)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-        }
-        let length = socklen_t((MemoryLayout<sockaddr_un>.offset(of: \.sun_path) ?? MemoryLayout<sa_family_t>.size) + path.utf8.count)
-        let sent = datagram.withUnsafeBytes { bytes in
-            withUnsafePointer(to: &addr) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), sa, length)
-                }
-            }
-        }
+        let sent = address.send(datagram, from: fd)
         guard sent == datagram.count else {
             throw SystemdError(.journalFailed, context: "\(fields.count) fields, \(datagram.count) bytes to \(path)",
                                osError: sent < 0 ? errno : nil)

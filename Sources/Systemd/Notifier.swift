@@ -96,24 +96,12 @@ public struct Notifier: Sendable {
         guard fd >= 0 else { throw SystemdError(.socketFailed, context: "AF_UNIX SOCK_DGRAM", osError: errno) }
         defer { close(fd) }
 
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
         let nameBytes: [UInt8]
         switch address {
         case .path(let path): nameBytes = Array(path.utf8)
         case .abstract(let name): nameBytes = [0] + Array(name.utf8)
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, byte) in nameBytes.enumerated() where i < raw.count { raw[i] = byte }
-        }
-        let length = socklen_t((MemoryLayout<sockaddr_un>.offset(of: \.sun_path) ?? MemoryLayout<sa_family_t>.size) + nameBytes.count)
-        let sent = payload.withUnsafeBytes { bytes in
-            withUnsafePointer(to: &addr) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), sa, length)
-                }
-            }
-        }
+        let sent = DatagramAddress(name: nameBytes).send(payload, from: fd)
         guard sent == payload.count else {
             throw SystemdError(.sendFailed, context: "\(address)", osError: sent < 0 ? errno : nil)
         }

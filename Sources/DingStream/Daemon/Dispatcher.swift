@@ -88,7 +88,7 @@ final class Dispatcher: Service {
     /// Those that would wait stay `new` until they can run (`spool ls` shows what really runs).
     private func intakeClaims(_ candidates: [Announcement]) -> [IntakeClaim] {
         guard !stopping.load(ordering: .relaxed) else { return candidates.map { _ in .queue } }
-        let (scan, _) = handlerScans.current()
+        let scan = currentScan()
         let eligible = candidates.indices.filter { !readsNothing(candidates[$0].name.app, scan) }
         let starts = scheduler.wouldStart(eligible.map { Self.queue(of: candidates[$0]) })
         var claims = candidates.map { _ in IntakeClaim.queue }
@@ -106,9 +106,14 @@ final class Dispatcher: Service {
     /// `handlers/` and no `http_handler`. The spool stores theirs as done at once. Asked once per
     /// intake round, so a handler dropped in is used from the next round on.
     func handlerlessApps() -> Set<String> {
+        handlerlessApps(currentScan())
+    }
+
+    /// The handler scan as it stands, its refusals logged when it was just taken.
+    private func currentScan() -> HandlerScan {
         let (scan, fresh) = handlerScans.current()
         if fresh { logRefusals(scan) }
-        return handlerlessApps(scan)
+        return scan
     }
 
     private func handlerlessApps(_ scan: HandlerScan) -> Set<String> {
@@ -181,9 +186,8 @@ final class Dispatcher: Service {
         // A claimed entry not taken stays running until the next start makes it new again.
         guard !stopping.load(ordering: .relaxed) else { return }
         let name = announcement.name
-        let (scan, fresh) = handlerScans.current()
-        if fresh { logRefusals(scan) }
-        if claimed == nil, readsNothing(name.app, scan) {
+        // A claimed entry has a reader: the round's claim decision just looked at handlers/.
+        if claimed == nil, readsNothing(name.app, currentScan()) {
             // Nothing would read it: done with the writer's next round, without a task (logged
             // once, in logRefusals). Announced twice, the second finds it done.
             let first = unhandled.withLock { queued in
@@ -243,8 +247,7 @@ final class Dispatcher: Service {
     private func handle(_ name: EntryName, kind: MessageKind, claimed claimedAtIntake: ClaimedEntry?) async {
         var log = logger
         log[metadataKey: "msg.key"] = "\(name)"
-        let (scan, fresh) = handlerScans.current()
-        if fresh { logRefusals(scan) }
+        let scan = currentScan()
         let claimed: ClaimedEntry
         do {
             // The message file is for scripts; an HTTP handler alone gets the body.

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import Replies
 import Spool
 import StreamProtocol
 import Synchronization
@@ -62,6 +63,9 @@ final class HTTPHandler: Sendable {
     let settings: Configuration.HTTPHandlerSettings
     private let secret: String
     private let client: HTTPClient
+    /// `settings.url` parsed once, not for every message; nil when it does not parse, and the
+    /// call then fails with the client's own error for it.
+    private let requestURL: URL?
 
     /// The kind of message: `bot`, `event`, `card` or `other`.
     static let kindHeader = "X-Dingstream-Kind"
@@ -83,6 +87,7 @@ final class HTTPHandler: Sendable {
         self.app = app
         self.secret = secret
         self.settings = settings
+        requestURL = URL(string: settings.url)
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caFile = settings.caFile {
             tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMFile(caFile))]
@@ -144,14 +149,11 @@ final class HTTPHandler: Sendable {
         if let topic = entry.topic { headers.add(name: Self.topicHeader, value: topic) }
         if let attachments { headers.add(name: Self.attachmentsHeader, value: attachments) }
         do {
-            let request = try HTTPClient.Request(url: settings.url, method: .POST, headers: headers, body: .string(entry.dataJSON))
-            // The whole answer collected on the event loop: the handler's task wakes once for it,
-            // not once for the head and again for the body.
-            let accumulator = ResponseAccumulator(request: request, maxBodySize: Self.bodyLimit)
+            let request = try requestURL.map { try HTTPClient.Request(url: $0, method: .POST, headers: headers, body: .string(entry.dataJSON)) }
+                ?? HTTPClient.Request(url: settings.url, method: .POST, headers: headers, body: .string(entry.dataJSON))
             let response: HTTPClient.Response
             do {
-                let task = client.execute(request: request, delegate: accumulator, deadline: .now() + .init(settings.timeout))
-                response = try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
+                response = try await client.wholeResponse(to: request, maxBodySize: Self.bodyLimit, deadline: .now() + .init(settings.timeout))
             } catch is ResponseAccumulator.ResponseTooBigError {
                 return failed("answered with a body over \(Self.bodyLimit >> 20) MiB", body: [], started: started)
             }

@@ -7,6 +7,7 @@ final class SQLiteConnection {
     let path: String
     private let handle: OpaquePointer
     private var statements: [String: SQLiteStatement] = [:]
+    private var walHook: WALHook?
 
     /// Opens (or with `create`, creates) the database at `path`.
     /// - Throws: `SpoolError` naming `path` (`.permissionDenied`, `.corrupt`, `.io`, …).
@@ -83,6 +84,31 @@ final class SQLiteConnection {
         }
     }
 
+    /// Copies what the write-ahead log holds into the database without waiting for anyone
+    /// (SQLite's PASSIVE checkpoint); the next writer starts the log over once all of it is copied.
+    /// - Throws: `SpoolError`; `.locked` when another connection is checkpointing.
+    func checkpoint() throws(SpoolError) {
+        let code = sqlite3_wal_checkpoint_v2(handle, "main", SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+        guard code == SQLITE_OK else { throw failure(code, doing: "checkpointing the write-ahead log") }
+    }
+
+    /// Replaces SQLite's automatic checkpoint: after each commit, on the committing thread,
+    /// `body` gets the pages now in the log and answers whether to checkpoint there and then.
+    func onWALCommit(_ body: @escaping (_ pages: Int32) -> Bool) {
+        let hook = WALHook(body)
+        walHook = hook
+        sqlite3_wal_hook(
+            handle,
+            { context, database, _, pages in
+                guard let context, Unmanaged<WALHook>.fromOpaque(context).takeUnretainedValue().body(pages) else { return SQLITE_OK }
+                // As SQLite's own hook does: the commit stands whatever the checkpoint gives.
+                _ = sqlite3_wal_checkpoint_v2(database, "main", SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(hook).toOpaque())
+    }
+
+    func chunk(_ bytes: Int32) { var b = bytes; _ = sqlite3_file_control(handle, "main", SQLITE_FCNTL_CHUNK_SIZE, &b) }
+
     /// Whether a transaction is open (SQLite rolls one back by itself after some errors).
     var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 
@@ -128,6 +154,12 @@ final class SQLiteConnection {
         default: return SpoolError(.io, path: path, detail: detail)
         }
     }
+}
+
+/// The closure behind a connection's WAL hook; the connection keeps it alive.
+private final class WALHook {
+    let body: (Int32) -> Bool
+    init(_ body: @escaping (Int32) -> Bool) { self.body = body }
 }
 
 /// A prepared statement of a `SQLiteConnection`; bind parameters by position (from 1).

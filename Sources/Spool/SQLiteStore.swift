@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import StreamProtocol
 
 /// The spool's state in `<spool_dir>/spool.db`: WAL journal with `synchronous=FULL`, so a COMMIT
@@ -12,6 +13,8 @@ final class SQLiteStore: SpoolStore {
 
     let connection: SQLiteConnection
     var path: String { connection.path }
+    /// Takes the checkpoints off the writer's commits (nil for `dingstream spool` commands).
+    private var checkpointer: WALCheckpointer?
     /// Statements run for every message, kept here so that a call does not hash their SQL text.
     private var insertStatement: SQLiteStatement?
     private var transitionStatements: [Int: SQLiteStatement] = [:]
@@ -20,9 +23,10 @@ final class SQLiteStore: SpoolStore {
     private var changesAtBegin: Int64 = 0
     private(set) var hasUnsyncedCommits = false
 
-    /// Opens (creating when missing) and migrates the database at `path`.
+    /// Opens (creating when missing) and migrates the database at `path`, checkpointing on a
+    /// queue of its own (`WALCheckpointer`), whose faults go to `logger`.
     /// - Throws: `SpoolError`; `.corrupt` when the file is not a usable database.
-    init(path: String, busyTimeoutMilliseconds: Int32 = 1000) throws(SpoolError) {
+    init(path: String, busyTimeoutMilliseconds: Int32 = 1000, logger: Logger = Logger(label: "dingstream.spool")) throws(SpoolError) {
         // SQLite creates files 0644 and gives the WAL the database's mode: create it 0640 first.
         let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, FileIO.fileMode)
         guard descriptor >= 0 else { throw SpoolError.posix(errno, path: path, doing: "creating") }
@@ -30,6 +34,16 @@ final class SQLiteStore: SpoolStore {
         connection = try SQLiteConnection(path: path)
         connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         try migrate()
+        if let chunk = ProcessInfo.processInfo.environment["X_CHUNK"] { connection.chunk(Int32(chunk)!) }
+        let checkpointer = WALCheckpointer(path: path, logger: logger)
+        connection.onWALCommit { pages in checkpointer.walCommitted(pages: pages) }
+        self.checkpointer = checkpointer
+    }
+
+    deinit {
+        // Before the writer's connection closes: the last connection's close checkpoints the
+        // whole log and removes it.
+        checkpointer?.close()
     }
 
     /// Opens an existing database for reading and repairs by `dingstream spool` (no migration).
@@ -63,10 +77,10 @@ final class SQLiteStore: SpoolStore {
         }
         // An 8 MiB page cache keeps the indexes' hot pages in memory under a burst (the default
         // 2 MiB made every round read index pages back); filled only as pages are used.
-        // Checkpoints every 4000 pages (16 MiB of WAL) rather than 1000: a page written by many
-        // rounds is copied into the database once per checkpoint, so fewer copies per message.
+        // Checkpoints are `WALCheckpointer`'s; a log that grew past 16 MiB is cut back to it
+        // when it starts over.
         try connection.execute(
-            "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216",
+            "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; PRAGMA journal_size_limit = 16777216",
             doing: "setting durability")
         let version = try schemaVersionKnown()
         if version == Self.schemaVersion { return }

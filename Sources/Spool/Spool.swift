@@ -228,7 +228,7 @@ public final class Spool: Sendable {
     /// Opens the database; a file SQLite calls damaged is moved aside with its journal first.
     private func openStore() throws(SpoolError) -> SQLiteStore {
         do throws(SpoolError) {
-            let store = try SQLiteStore(path: databasePath)
+            let store = try SQLiteStore(path: databasePath, logger: logger)
             if let problem = try store.quickCheck() { throw SpoolError(.corrupt, path: databasePath, detail: "(\(problem))") }
             return store
         } catch where error.code == .corrupt {
@@ -239,7 +239,7 @@ public final class Spool: Sendable {
             logger.critical(
                 "spool: \(databasePath) is damaged (\(error.detail ?? "not a database")); moved it to \(aside) and started a new one. Entries in it were not handled: recover them with `sqlite3 \(aside) .recover`, and redeliveries of its messages are not recognised as duplicates",
                 metadata: ["spool.dir": "\(directory)", "spool.path": "\(aside)"])
-            return try SQLiteStore(path: databasePath)
+            return try SQLiteStore(path: databasePath, logger: logger)
         }
     }
 

@@ -86,10 +86,13 @@ final class SQLiteConnection {
 
     /// Copies what the write-ahead log holds into the database without waiting for anyone
     /// (SQLite's PASSIVE checkpoint); the next writer starts the log over once all of it is copied.
+    /// - Returns: the pages in the log when the checkpoint ended.
     /// - Throws: `SpoolError`; `.locked` when another connection is checkpointing.
-    func checkpoint() throws(SpoolError) {
-        let code = sqlite3_wal_checkpoint_v2(handle, "main", SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+    func checkpoint() throws(SpoolError) -> Int32 {
+        var logged: Int32 = 0
+        let code = sqlite3_wal_checkpoint_v2(handle, "main", SQLITE_CHECKPOINT_PASSIVE, &logged, nil)
         guard code == SQLITE_OK else { throw failure(code, doing: "checkpointing the write-ahead log") }
+        return logged
     }
 
     /// Replaces SQLite's automatic checkpoint: after each commit, on the committing thread,

@@ -9,8 +9,9 @@ import Synchronization
 /// fsynced, which made the tail of the ack latency. Here, while traffic is light, the writer's
 /// commit only asks (`walCommitted`), and the copy runs on a queue of its own with a connection
 /// of its own while the writer goes on committing (WAL allows one checkpoint beside one writer).
-/// The log starts over only after a checkpoint that copied all of it, so one that commits
-/// overtook is followed by another at once; with a few pages per round that catches up soon.
+/// The log starts over in the writer's first commit after a checkpoint that copied all of it,
+/// unless a checkpoint is running then; so the next is asked for only after `catchUpPages` more,
+/// which also lets one that commits overtook be followed by a short one that catches up.
 ///
 /// Under a burst the writer checkpoints in its own commit, as SQLite would: a checkpoint beside
 /// a writer that adds large rounds all the time never catches up, and each try copies the hot
@@ -20,6 +21,8 @@ final class WALCheckpointer: @unchecked Sendable {
     /// Pages in the log at which a checkpoint is due. Large, so that a page written by many
     /// rounds is copied once per checkpoint rather than once per round.
     static let requestPages: Int32 = 4000
+    /// New pages after a checkpoint before the next is asked for.
+    static let catchUpPages: Int32 = 32
     /// A commit adding this many pages (a round of some twenty messages) means a burst.
     static let burstRoundPages: Int32 = 64
     /// Pages past which the writer checkpoints in its own commit whatever the traffic.
@@ -35,6 +38,8 @@ final class WALCheckpointer: @unchecked Sendable {
     private let scheduled = Atomic<Bool>(false)
     /// Pages in the log after the previous commit; touched only on the writer's thread.
     private var pagesBefore: Int32 = 0
+    /// Pages in the log when the last checkpoint ended (0 once the log started over).
+    private let checkpointedPages = Atomic<Int32>(0)
 
     init(path: String, logger: Logger) {
         self.path = path
@@ -47,8 +52,10 @@ final class WALCheckpointer: @unchecked Sendable {
         // Less than before: the log started over.
         let added = pages - pagesBefore
         pagesBefore = pages
-        guard pages >= Self.requestPages else { return false }
-        if added >= Self.burstRoundPages || pages >= Self.inlinePages { return true }
+        if added < 0 { checkpointedPages.store(0, ordering: .relaxed) }
+        if pages >= Self.inlinePages { return true }
+        guard pages >= Self.requestPages, pages >= checkpointedPages.load(ordering: .relaxed) + Self.catchUpPages else { return false }
+        if added >= Self.burstRoundPages { return true }
         if scheduled.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
             queue.async { self.checkpoint() }
         }
@@ -75,7 +82,7 @@ final class WALCheckpointer: @unchecked Sendable {
                 connection = opened
             }
             guard let connection else { return }
-            try connection.checkpoint()
+            checkpointedPages.store(try connection.checkpoint(), ordering: .relaxed)
             if lastFailure != nil {
                 lastFailure = nil
                 logger.notice("spool: checkpoints of \(path) work again", metadata: ["spool.path": "\(path)"])

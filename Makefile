@@ -136,8 +136,9 @@ release: deps
 	@! readelf -SW $(RELEASE_BIN) | grep -q -E ' \.(eh_frame|gcc_except_table)' || { \
 	  echo "release: $(RELEASE_BIN) has unwind tables: the linker did not apply packaging/no-unwind-tables.ld" >&2; exit 2; }
 
-# Writes packaging/symbol-order.txt anew from a run of the release binary under valgrind
-# (packaging/symbol-order.sh; apt-get install valgrind), then links the binary with it.
+# Writes packaging/symbol-order.txt anew from two runs of the release binary, under valgrind and
+# natively under perf (packaging/symbol-order.sh; apt-get install valgrind linux-perf), then links
+# the binary with it.
 symbol-order: release
 	packaging/symbol-order.sh $(RELEASE_BIN) packaging/symbol-order.txt
 	rm -f $(RELEASE_BIN)

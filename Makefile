@@ -127,7 +127,7 @@ release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/i
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
 	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering \
-	  -Xlinker -T -Xlinker $(CURDIR)/packaging/no-unwind-tables.ld $(BUILD_FLAGS)
+	  -Xlinker -T -Xlinker $(CURDIR)/packaging/no-unwind-tables.ld -Xlinker -T -Xlinker $(CURDIR)/packaging/private-functions.ld $(BUILD_FLAGS)
 release: deps
 	@$(call release_build,dingstream)
 	@symbols=$$(nm -S $(RELEASE_BIN) | awk '$$4 ~ /^(__wrap_)?icudt[0-9]+_dat$$/ {print $$4 "=0x" $$2}'); \

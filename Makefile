@@ -121,6 +121,8 @@ RELEASE_BIN := .build/release/dingstream
 # dispatch_main at start, stops at the first frame without a table, as glibc intends; crash
 # reports (SWIFT_BACKTRACE) walk the frame pointers. Lost: the frame list in the runtime's report
 # of an exclusivity violation (README, "Install it").
+# The compiler's private functions, which have no symbol the order file could name, side by side
+# just before the ordered ones (packaging/private-functions.ld).
 release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && \
 	link_libstdcxx=$$(packaging/static-libstdcxx.sh .build/static-libstdcxx) && set -x && \
 	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data $$link_libstdcxx -Xlinker --no-export-dynamic \
@@ -135,6 +137,8 @@ release: deps
 	  echo "release: $(RELEASE_BIN) does not hold the cut ICU data (packaging/icu-subset.sh) alone, but: $${symbols:-no ICU data}" >&2; exit 2; }
 	@! readelf -SW $(RELEASE_BIN) | grep -q -E ' \.(eh_frame|gcc_except_table)' || { \
 	  echo "release: $(RELEASE_BIN) has unwind tables: the linker did not apply packaging/no-unwind-tables.ld" >&2; exit 2; }
+	@readelf -SW $(RELEASE_BIN) | grep -q ' \.text\.private ' || { \
+	  echo "release: $(RELEASE_BIN) has no .text.private: the linker did not apply packaging/private-functions.ld" >&2; exit 2; }
 
 # Writes packaging/symbol-order.txt anew from two runs of the release binary, under valgrind and
 # natively under perf (packaging/symbol-order.sh; apt-get install valgrind linux-perf), then links

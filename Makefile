@@ -121,13 +121,15 @@ RELEASE_BIN := .build/release/dingstream
 # dispatch_main at start, stops at the first frame without a table, as glibc intends; crash
 # reports (SWIFT_BACKTRACE) walk the frame pointers. Lost: the frame list in the runtime's report
 # of an exclusivity violation (README, "Install it").
+# The compiler's private functions, which have no symbol the order file could name, side by side
+# just before the ordered ones (packaging/private-functions.ld).
 release_build = link_icu_data=$$(SWIFT=$(SWIFT) packaging/icu-subset.sh .build/icu-data) && \
 	link_libstdcxx=$$(packaging/static-libstdcxx.sh .build/static-libstdcxx) && set -x && \
 	$(SWIFT) build -c release --product $(1) --static-swift-stdlib $$link_icu_data $$link_libstdcxx -Xlinker --no-export-dynamic \
 	  -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	  -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections -Xcc -fdata-sections \
 	  -Xlinker --symbol-ordering-file=$(CURDIR)/packaging/symbol-order.txt -Xlinker --no-warn-symbol-ordering \
-	  -Xlinker -T -Xlinker $(CURDIR)/packaging/no-unwind-tables.ld $(BUILD_FLAGS)
+	  -Xlinker -T -Xlinker $(CURDIR)/packaging/no-unwind-tables.ld -Xlinker -T -Xlinker $(CURDIR)/packaging/private-functions.ld $(BUILD_FLAGS)
 release: deps
 	@$(call release_build,dingstream)
 	@symbols=$$(nm -S $(RELEASE_BIN) | awk '$$4 ~ /^(__wrap_)?icudt[0-9]+_dat$$/ {print $$4 "=0x" $$2}'); \
@@ -135,9 +137,12 @@ release: deps
 	  echo "release: $(RELEASE_BIN) does not hold the cut ICU data (packaging/icu-subset.sh) alone, but: $${symbols:-no ICU data}" >&2; exit 2; }
 	@! readelf -SW $(RELEASE_BIN) | grep -q -E ' \.(eh_frame|gcc_except_table)' || { \
 	  echo "release: $(RELEASE_BIN) has unwind tables: the linker did not apply packaging/no-unwind-tables.ld" >&2; exit 2; }
+	@readelf -SW $(RELEASE_BIN) | grep -q ' \.text\.private ' || { \
+	  echo "release: $(RELEASE_BIN) has no .text.private: the linker did not apply packaging/private-functions.ld" >&2; exit 2; }
 
-# Writes packaging/symbol-order.txt anew from a run of the release binary under valgrind
-# (packaging/symbol-order.sh; apt-get install valgrind), then links the binary with it.
+# Writes packaging/symbol-order.txt anew from two runs of the release binary, under valgrind and
+# natively under perf (packaging/symbol-order.sh; apt-get install valgrind linux-perf), then links
+# the binary with it.
 symbol-order: release
 	packaging/symbol-order.sh $(RELEASE_BIN) packaging/symbol-order.txt
 	rm -f $(RELEASE_BIN)

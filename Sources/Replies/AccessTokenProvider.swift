@@ -141,7 +141,8 @@ func openAPIError(status: Int, answer: JSONExchange.Answer, endpoint: String) ->
     }
     if code == "InvalidAuthentication" || status == 401 { return error(.invalidAuthentication) }
     if status == 403 {
-        if let code, code.localizedCaseInsensitiveContains("QpsLimit") { return error(.throttled) }
+        // Without a locale: a locale-aware comparison would load ICU's collator for this one word.
+        if let code, code.lowercased().contains("qpslimit") { return error(.throttled) }
         return error(.permission(requiredPermission(message: message, endpoint: endpoint)))
     }
     if status == 429 { return error(.throttled) }

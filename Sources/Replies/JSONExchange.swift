@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import StreamProtocol
 
 /// One JSON POST with a deadline covering the whole exchange (head and body) and a cap on the
 /// answer's size. Shared by the token, OpenAPI and webhook calls.
@@ -104,7 +105,7 @@ func timeAmount(_ duration: Duration) -> TimeAmount {
 
 /// Encodes a JSON object with stable key order, for reproducible bodies and files.
 func encodeJSON(_ object: [String: Any]) -> Data {
-    (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    JSON.data(object)
 }
 
 /// The current time as epoch milliseconds, the unit DingTalk uses.

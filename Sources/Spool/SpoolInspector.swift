@@ -171,9 +171,8 @@ public struct SpoolInspector: Sendable {
                 "receivedAt": listing.name.receivedMillis, "attempts": listing.attempts, "reason": listing.reason,
             ]
         }
-        guard let bytes = try? JSONSerialization.data(withJSONObject: objects, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { return "[]" }
-        return String(decoding: bytes, as: UTF8.self) + "\n"
+        guard let text = JSON.text(objects) else { return "[]" }
+        return text + "\n"
     }
 
     public static func formatAge(_ age: Duration) -> String {

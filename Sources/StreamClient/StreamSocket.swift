@@ -221,8 +221,10 @@ struct StreamEndpoint {
     var hostHeader: String { port == (secure ? 443 : 80) ? host : "\(host):\(port)" }
 
     init(ticket: StreamTicket, app: String) throws(StreamClientError) {
+        // The host as it goes on the wire: `host` would run it through IDNA (UTS #46), which loads
+        // ICU's normaliser and its data into the daemon for the ASCII names DingTalk sends.
         guard var components = URLComponents(string: ticket.endpoint), let scheme = components.scheme,
-            let host = components.host
+            let host = components.encodedHost
         else { throw StreamClientError(.badResponse, app: app, detail: "endpoint \(ticket.endpoint) is not a URL") }
         switch scheme {
         case "wss": secure = true

@@ -50,14 +50,12 @@ public struct StreamAck: Sendable, Equatable {
     }
 }
 
-/// Small helpers over JSONSerialization, which keeps `data` strings and unknown fields as they are.
+/// Small JSON helpers: parsing through JSONSerialization, which keeps `data` strings and unknown
+/// fields as they are; writing through the project's own writer (JSON+Writer.swift).
 public enum JSON {
+    /// `object` as compact JSON text with sorted keys; `{}` when it cannot be written.
     public static func encode(_ object: Any) -> String {
-        guard JSONSerialization.isValidJSONObject(object),
-            let bytes = try? JSONSerialization.data(
-                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { return "{}" }
-        return String(decoding: bytes, as: UTF8.self)
+        text(object) ?? "{}"
     }
 
     public static func object(_ text: String) -> [String: Any]? {

@@ -91,10 +91,9 @@ public struct StreamFrame: Sendable, Equatable {
         case nil, is NSNull: data = ""
         case let other?:
             // Some servers send data as an object; keep it as the JSON text it would have been.
-            guard JSONSerialization.isValidJSONObject(other),
-                let encoded = try? JSONSerialization.data(withJSONObject: other, options: [.sortedKeys])
+            guard JSONSerialization.isValidJSONObject(other), let encoded = JSON.text(other)
             else { throw FrameError(.missingField("data")) }
-            data = String(decoding: encoded, as: UTF8.self)
+            data = encoded
         }
         return StreamFrame(
             specVersion: dictionary["specVersion"] as? String ?? "1.0",
@@ -109,8 +108,7 @@ public struct StreamFrame: Sendable, Equatable {
         let object: [String: Any] = [
             "specVersion": specVersion, "type": kind.wireValue, "headers": headers, "data": data,
         ]
-        let bytes = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        return String(decoding: bytes, as: UTF8.self)
+        return JSON.text(object) ?? ""
     }
 
     /// Whether `data` is a JSON object, and its top-level `member` when that is a string, without

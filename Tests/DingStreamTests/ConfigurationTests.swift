@@ -234,6 +234,21 @@ struct ConfigurationTests {
         }
     }
 
+    /// App names become parts of file names: ASCII letters, digits, "_" and "-", 1 to 64 of them.
+    @Test func appNamesAreCheckedCharacterByCharacter() throws {
+        let longest = String(repeating: "a", count: 64)
+        for name in ["helpdesk", "Help_Desk-2", longest] {
+            let configuration = try parse("[[app]]\nname = \"\(name)\"\nclient_id = \"b\"\nclient_secret = \"c\"\n")
+            #expect(configuration.apps.first?.name == name)
+        }
+        for name in ["", "help desk", "help.desk", "../up", "é", "٣", longest + "a"] {
+            let error = #expect(throws: ConfigurationError.self, "\(name)") {
+                try parse("[[app]]\nname = \"\(name)\"\nclient_id = \"b\"\nclient_secret = \"c\"\n")
+            }
+            #expect(error?.description.contains("may only use letters, digits") == true, "\(String(describing: error))")
+        }
+    }
+
     /// Issue 15, bug 8: what a reload applies, and which changed keys wait for a restart.
     @Test func aReloadSummaryNamesAppliedKeysAndThoseNeedingARestart() throws {
         let running = try parse("workers = 4\n" + Self.minimalApp)

@@ -106,7 +106,7 @@ struct ConfigurationReader {
         guard let name = try string(table, "name") else {
             throw fail(table.line, "[[app]] has no \"name\"; add name = \"helpdesk\" (used in logs, spool names and credentials)")
         }
-        guard name.range(of: "^[A-Za-z0-9_-]{1,64}$", options: .regularExpression) != nil else {
+        guard Self.isPlainName(name, also: "_-") else {
             throw fail(table["name"]?.line, "app name \"\(name)\" may only use letters, digits, \"_\" and \"-\" (it becomes part of file names)")
         }
         guard let clientID = try string(table, "client_id"), !clientID.isEmpty else {
@@ -215,7 +215,7 @@ struct ConfigurationReader {
             settings.caFile = path
         }
         if let node = try string(table, "node") {
-            guard node.range(of: "^[A-Za-z0-9._-]{1,64}$", options: .regularExpression) != nil else {
+            guard Self.isPlainName(node, also: "._-") else {
                 throw fail(table["node"]?.line, "[cluster] node \"\(node)\" may only use letters, digits, \".\", \"_\" and \"-\" (1 to 64); it names this host in the shared store")
             }
             settings.node = node
@@ -278,6 +278,19 @@ struct ConfigurationReader {
         let secret = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard !secret.isEmpty else { throw fail(line, "the secret file \(path) of app \"\(app)\" is empty") }
         return secret
+    }
+
+    /// 1 to 64 ASCII letters, digits and characters of `also`. Checked by hand: a regular
+    /// expression would bring ICU's regex compiler and Unicode property tables into every start.
+    static func isPlainName(_ text: String, also: String) -> Bool {
+        let extra = Set(also.utf8)
+        return (1...64).contains(text.utf8.count)
+            && text.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+                default: extra.contains(byte)
+                }
+            }
     }
 
     static func isLoopback(_ host: String) -> Bool {

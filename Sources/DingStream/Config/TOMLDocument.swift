@@ -355,13 +355,24 @@ private struct Parser {
         if !unsigned.isEmpty, unsigned.allSatisfy({ ("0"..."9").contains($0) }) {
             return "\"\(raw)\" is beyond the range of a 64-bit integer; no setting takes a number this large"
         }
-        if raw.range(of: #"^\d{4}-\d{2}-\d{2}|^\d{2}:\d{2}"#, options: .regularExpression) != nil {
+        if startsLikeDateOrTime(raw) {
             return "\"\(raw)\": dates and times are not supported (durations are strings such as \"90s\")"
         }
         if ["inf", "nan"].contains(unsigned) {
             return "\"\(raw)\": inf and nan are not supported; write a finite number"
         }
         return nil
+    }
+
+    /// `1979-05-27…` or `07:32…`: the start of a TOML date or time.
+    private static func startsLikeDateOrTime(_ raw: String) -> Bool {
+        func matches(_ shape: String) -> Bool {
+            raw.utf8.count >= shape.utf8.count
+                && zip(raw.utf8, shape.utf8).allSatisfy { byte, expected in
+                    expected == UInt8(ascii: "d") ? (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) : byte == expected
+                }
+        }
+        return matches("dddd-dd-dd") || matches("dd:dd")
     }
 
     private mutating func parseArray() throws(TOMLDocument.ParseError) -> TOMLDocument.Value {

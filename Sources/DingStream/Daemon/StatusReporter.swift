@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import StreamClient
+import StreamProtocol
 import Synchronization
 import Systemd
 
@@ -131,10 +132,10 @@ final class StatusReporter: Service {
             "live": inFlight().merging(["channels": board.openChannels]) { own, _ in own },
             "updatedAt": wallNow,
         ]
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }
+        guard let text = JSON.text(object, pretty: true) else { return }
         let path = runtimeDirectory + "/status.json"
         let temporary = path + ".tmp"
-        if FileManager.default.createFile(atPath: temporary, contents: data) {
+        if FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8)) {
             _ = rename(temporary, path)
         }
     }

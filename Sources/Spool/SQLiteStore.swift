@@ -15,6 +15,8 @@ final class SQLiteStore: SpoolStore {
     var path: String { connection.path }
     /// Takes the checkpoints off the writer's commits (nil for `dingstream spool` commands).
     private var checkpointer: WALCheckpointer?
+    /// Pages in the write-ahead log after the last commit (nil for `dingstream spool` commands).
+    var logPages: Int32? { checkpointer?.logPages }
     /// Statements run for every message, kept here so that a call does not hash their SQL text.
     private var insertStatement: SQLiteStatement?
     private var transitionStatements: [Int: SQLiteStatement] = [:]

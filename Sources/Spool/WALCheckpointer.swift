@@ -37,7 +37,7 @@ final class WALCheckpointer: @unchecked Sendable {
     private var lastFailure: SpoolError.Code?
     private let scheduled = Atomic<Bool>(false)
     /// Pages in the log after the previous commit; touched only on the writer's thread.
-    private var pagesBefore: Int32 = 0
+    private(set) var logPages: Int32 = 0
     /// Pages in the log when the last checkpoint ended (0 once the log started over).
     private let checkpointedPages = Atomic<Int32>(0)
 
@@ -50,8 +50,8 @@ final class WALCheckpointer: @unchecked Sendable {
     /// - Returns: true when the writer should checkpoint itself now.
     func walCommitted(pages: Int32) -> Bool {
         // Less than before: the log started over.
-        let added = pages - pagesBefore
-        pagesBefore = pages
+        let added = pages - logPages
+        logPages = pages
         if added < 0 { checkpointedPages.store(0, ordering: .relaxed) }
         if pages >= Self.inlinePages { return true }
         guard pages >= Self.requestPages, pages >= checkpointedPages.load(ordering: .relaxed) + Self.catchUpPages else { return false }

@@ -110,8 +110,6 @@ final class SQLiteConnection {
             }, Unmanaged.passUnretained(hook).toOpaque())
     }
 
-    func chunk(_ bytes: Int32) { var b = bytes; _ = sqlite3_file_control(handle, "main", SQLITE_FCNTL_CHUNK_SIZE, &b) }
-
     /// Whether a transaction is open (SQLite rolls one back by itself after some errors).
     var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 

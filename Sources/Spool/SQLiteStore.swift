@@ -36,7 +36,6 @@ final class SQLiteStore: SpoolStore {
         connection = try SQLiteConnection(path: path)
         connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         try migrate()
-        if let chunk = ProcessInfo.processInfo.environment["X_CHUNK"] { connection.chunk(Int32(chunk)!) }
         let checkpointer = WALCheckpointer(path: path, logger: logger)
         connection.onWALCommit { pages in checkpointer.walCommitted(pages: pages) }
         self.checkpointer = checkpointer

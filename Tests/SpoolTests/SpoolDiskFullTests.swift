@@ -15,17 +15,25 @@ func run(_ program: String, _ arguments: [String]) throws -> Int32 {
     return process.terminationStatus
 }
 
+/// Runs `body` with a tmpfs of `size` mounted on a temporary directory (root only), and
+/// unmounts it after: a filesystem of the test's own to fill.
+func withSmallFilesystem(size: String, _ body: (String) async throws -> Void) async throws {
+    try await withTemporaryDirectory { root in
+        guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),mode=0750", "tmpfs", root]) == 0 else {
+            Issue.record("mount -t tmpfs failed")
+            return
+        }
+        defer { _ = try? run("/bin/umount", [root]) }
+        try await body(root)
+    }
+}
+
 @Suite struct SpoolDiskFullTests {
     @Test(
         .timeLimit(.minutes(1)),
         .enabled(if: getuid() == 0, "needs root to mount a small tmpfs; run the tests as root to cover disk-full handling"))
     func fullFilesystemLeavesFramesUnackedAndIntakeResumes() async throws {
-        try await withTemporaryDirectory { root in
-            guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=512k,mode=0750", "tmpfs", root]) == 0 else {
-                Issue.record("mount -t tmpfs failed")
-                return
-            }
-            defer { _ = try? run("/bin/umount", [root]) }
+        try await withSmallFilesystem(size: "512k") { root in
             let sink = LogSink()
             let spool = Spool(directory: root + "/spool", logger: sink.logger)
             try spool.open()

@@ -50,68 +50,61 @@ import Testing
         .timeLimit(.minutes(1)),
         .enabled(if: getuid() == 0, "needs root to mount a small tmpfs; run the tests as root to cover a checkpoint on a full disk"))
     func aCheckpointOnAFullDiskIsReportedAndTheNextOneCopiesTheLog() async throws {
-        try await withTemporaryDirectory { root in
-            guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=96m,mode=0750", "tmpfs", root]) == 0 else {
-                Issue.record("mount -t tmpfs failed")
-                return
-            }
-            defer { _ = try? run("/bin/umount", [root]) }
-            // Its own scope: the store's connections must be closed before the unmount.
-            do {
-                let path = root + "/" + SQLiteStore.fileName
-                let sink = LogSink()
-                let store = try SQLiteStore(path: path, logger: sink.logger)
-                try store.connection.execute("CREATE TABLE scratch (payload BLOB)")
-                let light = try store.connection.statement("INSERT INTO scratch (payload) VALUES (zeroblob(6000))")
-                var rows: Int64 = 0
-                func commitLight() throws {
-                    try store.begin(durable: false)
-                    light.reset()
-                    try light.step()
-                    try store.commit()
-                    rows += 1
-                }
-                // One round of a burst's size grows the log past the checkpoint threshold; the writer
-                // copies it in that commit and the next starts the log over, keeping its file.
-                let start = try Self.logGeneration(path)
+        // Its store is released when the closure returns, before the unmount.
+        try await withSmallFilesystem(size: "96m") { root in
+            let path = root + "/" + SQLiteStore.fileName
+            let sink = LogSink()
+            let store = try SQLiteStore(path: path, logger: sink.logger)
+            try store.connection.execute("CREATE TABLE scratch (payload BLOB)")
+            let light = try store.connection.statement("INSERT INTO scratch (payload) VALUES (zeroblob(6000))")
+            var rows: Int64 = 0
+            func commitLight() throws {
                 try store.begin(durable: false)
-                try store.connection.execute("INSERT INTO scratch (payload) SELECT zeroblob(6000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+                light.reset()
+                try light.step()
                 try store.commit()
-                rows += 4000
-                try commitLight()
-                try #require(try Self.logGeneration(path) != start)
-                let frameBytes = 4096 + 24
-                let logCapacity = try #require(FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) / frameBytes
-                try #require(logCapacity > Int(WALCheckpointer.requestPages) + 40)
-
-                let filler = root + "/filler"
-                let descriptor = open(filler, O_WRONLY | O_CREAT, 0o600)
-                let block = [UInt8](repeating: 0x61, count: 65536)
-                while write(descriptor, block, block.count) > 0 {}
-                close(descriptor)
-
-                // Light commits up to the threshold: the checkpoint they ask for cannot grow the database.
-                while try #require(store.logPages) < WALCheckpointer.requestPages { try commitLight() }
-                let deadline = ContinuousClock.now + .seconds(10)
-                while sink.count(.warning, containing: "checkpoint") == 0, ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                let warnings = sink.messages(containing: "checkpoint")
-                #expect(warnings.count == 1)
-                #expect(warnings.first?.contains("disk full") == true)
-                #expect(warnings.first?.contains(path) == true)
-                #expect(warnings.first?.contains("free space") == true)
-
-                try FileManager.default.removeItem(atPath: filler)
-                let generation = try Self.logGeneration(path)
-                while try Self.logGeneration(path) == generation {
-                    try #require(try #require(store.logPages) < logCapacity, "the log did not start over once space was back")
-                    try commitLight()
-                    try await Task.sleep(for: .milliseconds(1))
-                }
-                #expect(sink.count(.notice, containing: "checkpoints of \(path) work again") == 1)
-                #expect(try store.connection.integer("SELECT count(*) FROM scratch") == rows)
+                rows += 1
             }
+            // One round of a burst's size grows the log past the checkpoint threshold; the writer
+            // copies it in that commit and the next starts the log over, keeping its file.
+            let start = try Self.logGeneration(path)
+            try store.begin(durable: false)
+            try store.connection.execute("INSERT INTO scratch (payload) SELECT zeroblob(6000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+            try store.commit()
+            rows += 4000
+            try commitLight()
+            try #require(try Self.logGeneration(path) != start)
+            let frameBytes = 4096 + 24
+            let logCapacity = try #require(FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) / frameBytes
+            try #require(logCapacity > Int(WALCheckpointer.requestPages) + 40)
+
+            let filler = root + "/filler"
+            let descriptor = open(filler, O_WRONLY | O_CREAT, 0o600)
+            let block = [UInt8](repeating: 0x61, count: 65536)
+            while write(descriptor, block, block.count) > 0 {}
+            close(descriptor)
+
+            // Light commits up to the threshold: the checkpoint they ask for cannot grow the database.
+            while try #require(store.logPages) < WALCheckpointer.requestPages { try commitLight() }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while sink.count(.warning, containing: "checkpoint") == 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let warnings = sink.messages(containing: "checkpoint")
+            #expect(warnings.count == 1)
+            #expect(warnings.first?.contains("disk full") == true)
+            #expect(warnings.first?.contains(path) == true)
+            #expect(warnings.first?.contains("free space") == true)
+
+            try FileManager.default.removeItem(atPath: filler)
+            let generation = try Self.logGeneration(path)
+            while try Self.logGeneration(path) == generation {
+                try #require(try #require(store.logPages) < logCapacity, "the log did not start over once space was back")
+                try commitLight()
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            #expect(sink.count(.notice, containing: "checkpoints of \(path) work again") == 1)
+            #expect(try store.connection.integer("SELECT count(*) FROM scratch") == rows)
         }
     }
 }

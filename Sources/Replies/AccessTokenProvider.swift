@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import Logging
+import StreamProtocol
 
 /// The access token of one app: fetched on first use, cached, refreshed ahead of expiry, and
 /// dropped when DingTalk refuses it. Callers that arrive during a refresh share that refresh.
@@ -96,7 +97,7 @@ public actor AccessTokenProvider {
     private static func fetch(
         exchange: JSONExchange, credentials: AppCredentials, now: @Sendable () -> Int64, logger: Logger
     ) async -> Result<Cached, ReplyError> {
-        let body = encodeJSON(["appKey": credentials.clientID, "appSecret": credentials.clientSecret])
+        let body = JSON.data(["appKey": credentials.clientID, "appSecret": credentials.clientSecret])
         let started = now()
         let answer: JSONExchange.Answer
         do {

@@ -103,11 +103,6 @@ func timeAmount(_ duration: Duration) -> TimeAmount {
     return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
 }
 
-/// Encodes a JSON object with stable key order, for reproducible bodies and files.
-func encodeJSON(_ object: [String: Any]) -> Data {
-    JSON.data(object)
-}
-
 /// The current time as epoch milliseconds, the unit DingTalk uses.
 @Sendable public func epochMilliseconds() -> Int64 {
     Int64((Date().timeIntervalSince1970 * 1000).rounded())

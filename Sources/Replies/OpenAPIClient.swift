@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import Logging
+import StreamProtocol
 
 /// Users DingTalk named as not having received a private message.
 public struct BatchSendResult: Sendable, Equatable {
@@ -97,7 +98,7 @@ public struct OpenAPIClient: Sendable {
 
     /// POSTs with the app's token; on `InvalidAuthentication` replaces the token and tries once more.
     private func call(_ path: String, body: [String: Any]) async throws(ReplyError) -> JSONObject {
-        let data = encodeJSON(body)
+        let data = JSON.data(body)
         var refreshed = false
         while true {
             let token = try await tokens.token()

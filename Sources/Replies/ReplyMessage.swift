@@ -1,4 +1,5 @@
 import Foundation
+import StreamProtocol
 
 /// One message to send back to DingTalk, built from a handler's stdout.
 ///
@@ -40,7 +41,7 @@ public enum ReplyMessage: Sendable, Equatable {
         default:
             break
         }
-        self = .raw(msgtype: msgtype, body: encodeJSON(object))
+        self = .raw(msgtype: msgtype, body: JSON.data(object))
     }
 
     public var msgtype: String {
@@ -75,7 +76,7 @@ public enum ReplyMessage: Sendable, Equatable {
     }
 
     /// The body to POST to a session webhook (PROTOCOL.md section 4).
-    public var webhookBody: Data { encodeJSON(webhookObject) }
+    public var webhookBody: Data { JSON.data(webhookObject) }
 
     /// The robot OpenAPI form (PROTOCOL.md section 5): `msgKey` and `msgParam` (a JSON string).
     /// A `.raw` body may carry its own `msgKey` and `msgParam` (object or string); `image` with
@@ -116,7 +117,7 @@ public enum ReplyMessage: Sendable, Equatable {
     }
 
     private func paramString(_ object: [String: Any]) -> String {
-        String(decoding: encodeJSON(object), as: UTF8.self)
+        JSON.text(object) ?? "{}"
     }
 }
 

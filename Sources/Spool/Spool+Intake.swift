@@ -184,8 +184,10 @@ extension Spool {
         var stored: [(entry: NewEntry, claim: ClaimedEntry?)] = []
         var finished: [NewEntry] = []
         let hooks = roundHooks
-        let handlerless = batch.isEmpty ? [] : hooks.handlerlessApps?() ?? []
         let decideClaims = batch.isEmpty ? nil : hooks.intakeClaims
+        // One look at the handlers a round: the claim decision, where there is one, also says
+        // what nothing reads.
+        let handlerless = batch.isEmpty || decideClaims != nil ? [] : hooks.handlerlessApps?() ?? []
         var duplicates: [Pending] = []
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
@@ -216,9 +218,15 @@ extension Spool {
                     let candidates = entries.indices.filter { entries[$0].state == .new }
                     let decisions = decideClaims(candidates.map { entries[$0].announcement })
                     for (index, decision) in zip(candidates, decisions) {
-                        guard case .claim(let messageFile) = decision else { continue }
-                        entries[index].state = .running
-                        entries[index].messageFile = messageFile
+                        switch decision {
+                        case .claim(let messageFile):
+                            entries[index].state = .running
+                            entries[index].messageFile = messageFile
+                        case .finish where entries[index].record.kind != .card:
+                            entries[index].state = .done
+                        case .queue, .finish:
+                            break
+                        }
                     }
                 }
                 if !entries.isEmpty {

@@ -42,6 +42,9 @@ public enum IntakeClaim: Sendable, Equatable {
     /// Stored as `running` and handed over with its message file written when asked for: its
     /// handlers start at once, without a claim of their own.
     case claim(messageFile: Bool)
+    /// Nothing reads it now: stored as `done` and not announced (a card callback, whose ack
+    /// waits for an answer, is queued instead).
+    case finish
 }
 
 /// The durable spool: one row per business message in `<directory>/spool.db` (see `SQLiteStore`),
@@ -257,7 +260,8 @@ public final class Spool: Sendable {
     /// made an entry runnable (or the rescan that found one), instead of to `entries`: a consumer
     /// that only queues them spares each message a hand-off to another thread. With `claims`,
     /// an intake round also takes the entries the decision picks for handling (one host only:
-    /// a cluster's claim checks the other hosts, so there every entry is announced as new).
+    /// a cluster's claim checks the other hosts, so there every entry is announced as new), and
+    /// the decision answers for the apps nothing reads too: `storeHandlerless` is then not asked.
     /// A claimed entry that is never handled (the daemon stops first) is `running` until the
     /// next start makes it new again, as after a crash. Set it before `run`.
     public func announce(to sink: @escaping AnnouncementSink, claims: IntakeClaimDecision? = nil) {

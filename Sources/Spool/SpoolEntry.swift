@@ -88,33 +88,33 @@ public struct IntakeRecord: Sendable {
             text.withUTF8Buffer { out.append(contentsOf: $0) }
         }
         raw("{\"app\":")
-        JSONText.appendString(app, to: &out)
+        JSON.appendQuoted(app, to: &out)
         raw(",\"kind\":")
-        JSONText.appendString(kind.rawValue, to: &out)
+        JSON.appendQuoted(kind.rawValue, to: &out)
         raw(",\"topic\":")
-        if let topic { JSONText.appendString(topic, to: &out) } else { raw("null") }
+        if let topic { JSON.appendQuoted(topic, to: &out) } else { raw("null") }
         raw(",\"key\":")
-        JSONText.appendString(key.id, to: &out)
+        JSON.appendQuoted(key.id, to: &out)
         raw(",\"headers\":{")
         var first = true
         for (name, value) in headers.sorted(by: { $0.key < $1.key }) {
             if !first { out.append(UInt8(ascii: ",")) }
             first = false
-            JSONText.appendString(name, to: &out)
+            JSON.appendQuoted(name, to: &out)
             out.append(UInt8(ascii: ":"))
-            JSONText.appendString(value, to: &out)
+            JSON.appendQuoted(value, to: &out)
         }
         raw("},\"data\":")
         if dataIsObject {
             out.append(contentsOf: data.utf8)
         } else {
             // Not an object: keep the text as a string so that the entry stays valid JSON.
-            JSONText.appendString(data, to: &out)
+            JSON.appendQuoted(data, to: &out)
         }
         raw(",\"receivedAt\":")
         out.append(contentsOf: String(receivedMillis).utf8)
         raw(",\"connection\":")
-        JSONText.appendString(connection, to: &out)
+        JSON.appendQuoted(connection, to: &out)
         raw(",\"attempts\":0}\n")
         return out
     }
@@ -211,22 +211,8 @@ extension JSON {
     }
 }
 
-/// Tiny JSON writer for the hot path.
+/// JSON shape checks for the hot path.
 enum JSONText {
-    /// Appends `text` as a JSON string literal; text without anything to escape is copied as is.
-    static func appendString(_ text: String, to out: inout [UInt8]) {
-        let needsEscape = text.utf8.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
-        out.append(UInt8(ascii: "\""))
-        if needsEscape {
-            var escaped = ""
-            JSON.appendQuoted(text, to: &escaped)
-            out.append(contentsOf: escaped.utf8.dropFirst().dropLast())
-        } else {
-            out.append(contentsOf: text.utf8)
-        }
-        out.append(UInt8(ascii: "\""))
-    }
-
     /// True when `text` parses as a JSON object. A cheap shape check runs first; the full parse
     /// guards the entry against garbage that merely starts with a brace.
     static func isObject(_ text: String) -> Bool {

@@ -18,7 +18,9 @@ extension JSON {
 
     /// `text(value)` as bytes, `{}` when it cannot be written.
     public static func data(_ value: Any) -> Data {
-        Data((text(value) ?? "{}").utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        return append(value, to: &out) ? Data(out) : Data("{}".utf8)
     }
 
     /// Appends `value`'s JSON to `out`; false (with `out` partly written) when it cannot be.
@@ -64,10 +66,17 @@ extension JSON {
     }
 
     /// Appends `text` as a JSON string literal: quotes, backslashes and control characters
-    /// escaped, everything else (slashes, non-ASCII) as it is.
+    /// escaped, everything else (slashes, non-ASCII) as it is. On the ack path (every spool
+    /// entry's strings), so text with nothing to escape is copied whole.
     public static func appendQuoted(_ text: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
+        let utf8 = text.utf8
+        guard utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+            out.append(contentsOf: utf8)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
+        for byte in utf8 {
             switch byte {
             case UInt8(ascii: "\""): out.append(contentsOf: #"\""#.utf8)
             case UInt8(ascii: "\\"): out.append(contentsOf: #"\\"#.utf8)

@@ -86,12 +86,13 @@ final class Dispatcher: Service {
     /// Which entries of an intake round to take for handling in that round: those that would
     /// start at once. That spares each a claim of its own, a commit and two thread hand-offs.
     /// Those that would wait stay `new` until they can run (`spool ls` shows what really runs).
+    /// Those nothing reads are finished (as `handlerlessApps` would), from the same scan.
     private func intakeClaims(_ candidates: [Announcement]) -> [IntakeClaim] {
-        guard !stopping.load(ordering: .relaxed) else { return candidates.map { _ in .queue } }
         let scan = currentScan()
-        let eligible = candidates.indices.filter { !readsNothing(candidates[$0].name.app, scan) }
+        var claims = candidates.map { readsNothing($0.name.app, scan) ? IntakeClaim.finish : .queue }
+        guard !stopping.load(ordering: .relaxed) else { return claims }
+        let eligible = candidates.indices.filter { claims[$0] == .queue }
         let starts = scheduler.wouldStart(eligible.map { Self.queue(of: candidates[$0]) })
-        var claims = candidates.map { _ in IntakeClaim.queue }
         // The message file is for scripts; an HTTP handler alone gets the body.
         for (index, starts) in zip(eligible, starts) where starts { claims[index] = .claim(messageFile: !scan.runnable.isEmpty) }
         return claims

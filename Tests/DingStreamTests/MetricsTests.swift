@@ -200,16 +200,17 @@ struct Scrape {
 struct Scraper {
     let port: Int
 
-    private func get(_ path: String) async throws -> HTTPClientResponse {
-        try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"), timeout: .seconds(5))
+    /// The answer and its whole body, read so that every request ends normally, not by cancellation.
+    private func get(_ path: String) async throws -> (response: HTTPClientResponse, body: ByteBuffer) {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"), timeout: .seconds(5))
+        return (response, try await response.body.collect(upTo: 1 << 20))
     }
 
     /// Scrapes until `condition` holds (gauges follow state a moment later), then returns that scrape.
     func scrape(timeout: Duration = .seconds(20), until condition: (Scrape) -> Bool = { _ in true }) async throws -> Scrape {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let response = try await get("/metrics")
-            let body = try await response.body.collect(upTo: 1 << 20)
+            let (response, body) = try await get("/metrics")
             let scrape = Scrape(String(buffer: body))
             if response.status == .ok, condition(scrape) { return scrape }
             if ContinuousClock.now > deadline {
@@ -221,10 +222,10 @@ struct Scraper {
     }
 
     func status(of path: String) async throws -> UInt {
-        UInt(try await get(path).status.code)
+        UInt(try await get(path).response.status.code)
     }
 
     func contentType() async throws -> String? {
-        try await get("/metrics").headers.first(name: "Content-Type")
+        try await get("/metrics").response.headers.first(name: "Content-Type")
     }
 }

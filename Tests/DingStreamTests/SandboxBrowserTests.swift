@@ -257,7 +257,10 @@ final class Browser: Sendable {
     func stop() async {
         var request = HTTPClientRequest(url: base + "/session/" + session)
         request.method = .DELETE
-        _ = try? await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        // Read whole, so that the request has ended before chromedriver's connection is reset.
+        if let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(10)) {
+            _ = try? await response.body.collect(upTo: 1 << 20)
+        }
         kill(driver.processIdentifier, SIGKILL)
         driver.waitUntilExit()
     }

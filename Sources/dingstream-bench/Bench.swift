@@ -78,7 +78,9 @@ struct Bench {
                 var leftovers: [String] = []
                 defer { for path in leftovers { try? FileManager.default.removeItem(atPath: path) } }
                 say("\(place.name): spool under \(place.parent)")
+                let floor = try await onOwnThread { SyncFloor.measure(directory: place.parent) }
                 var result = try await measureDaemon(simulator, parent: place.parent, options, leftovers: &leftovers)
+                result.syncFloor = floor
                 if options.burstOnly {
                     ours.append((place.name, result))
                     continue
@@ -364,6 +366,8 @@ struct Bench {
             ("ack latency p50 (ms), paced", { $0.p50 * 1000 }, 2),
             ("ack latency p99 (ms), paced", { $0.p99 * 1000 }, 2),
             ("ack latency max (ms), paced", { $0.maximum * 1000 }, 2),
+            ("  fdatasync alone p50 (ms), same fs", { ($0.syncFloor?.p50 ?? .nan) * 1000 }, 2),
+            ("  fdatasync alone p99 (ms), same fs", { ($0.syncFloor?.p99 ?? .nan) * 1000 }, 2),
             ("own CPU per acked msg (us), median burst", { $0.ownCPUMicrosPerMessage }, 1),
             ("machine CPU per acked msg (us), median burst", { $0.cpuMicrosPerMessage }, 0),
             ("RSS idle (MiB), sockets up", { $0.idleRSS }, 1),
@@ -380,7 +384,9 @@ struct Bench {
         }
         sayColumns(lines)
         say("dingstream acks after the entry is durable (its round's SQLite transaction committed, WAL fsynced);")
-        say("the peer acks from memory without storing anything: durable ack vs in-memory ack.")
+        say("the peer acks from memory without storing anything: durable ack vs in-memory ack. fdatasync alone:")
+        say("an 8 KiB overwrite and its fdatasync once a millisecond on the spool's filesystem, nothing else;")
+        say("a durable ack cannot be faster.")
         say("own CPU: user + system time of the subject's process (/proc/PID/stat) during the burst; dingstream")
         say("runs 2 apps x 2 sockets, the peer 1 socket. machine CPU: busy time of all cores during the burst (simulator, load driver and writeback")
         say("included) per acked message; 2 cores at 20,000 msgs/s leave 100 us. The spool alone gets")
@@ -414,6 +420,8 @@ struct LoadResult: Sendable {
     var spoolAloneCPU = Double.nan
     /// Every burst's acked messages per second, in the order run.
     var burstRates: [Double] = []
+    /// What an fdatasync alone takes on the spool's filesystem.
+    var syncFloor: SyncFloor.Result?
 
     var throughput: Double { elapsed > 0 ? Double(acked) / elapsed : .nan }
 }

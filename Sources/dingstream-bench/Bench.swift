@@ -315,6 +315,7 @@ struct Bench {
         // The median burst by throughput, with its own CPU figures: one burst, not a mix.
         var result = bursts.sorted { $0.throughput < $1.throughput }[bursts.count / 2]
         result.burstRates = bursts.map(\.throughput)
+        result.burstOwnCPU = bursts.map(\.ownCPUMicrosPerMessage)
         result.idleRSS = idleRSS
         result.idleAnonymous = idleAnonymous
         result.p50 = percentile(latencies, 0.50)
@@ -391,13 +392,15 @@ struct Bench {
         say("runs 2 apps x 2 sockets, the peer 1 socket. machine CPU: busy time of all cores during the burst (simulator, load driver and writeback")
         say("included) per acked message; 2 cores at 20,000 msgs/s leave 100 us. The spool alone gets")
         say("records straight from a thread: no sockets, no simulator, no dispatcher.")
-        func rates(_ result: LoadResult) -> String { result.burstRates.map { number($0, 0) }.joined(separator: ", ") }
+        func rates(_ result: LoadResult) -> String {
+            zip(result.burstRates, result.burstOwnCPU).map { "\(number($0, 0)) (\(number($1, 1)) us)" }.joined(separator: ", ")
+        }
         for (name, result) in ours {
             say(
-                "\(name): median burst \(result.acked) of \(result.offered) messages acked in \(number(result.elapsed, 2)) s; bursts at \(rates(result)) msgs/s; \(result.samples) latency samples; \(result.storedEntries ?? 0) entries in the spool")
+                "\(name): median burst \(result.acked) of \(result.offered) messages acked in \(number(result.elapsed, 2)) s; bursts at \(rates(result)) msgs/s (own CPU per msg); \(result.samples) latency samples; \(result.storedEntries ?? 0) entries in the spool")
         }
         if let peer {
-            say("\(peerName): median burst \(peer.acked) of \(peer.offered) messages acked in \(number(peer.elapsed, 2)) s; bursts at \(rates(peer)) msgs/s; \(peer.samples) latency samples")
+            say("\(peerName): median burst \(peer.acked) of \(peer.offered) messages acked in \(number(peer.elapsed, 2)) s; bursts at \(rates(peer)) msgs/s (own CPU per msg); \(peer.samples) latency samples")
         }
     }
 }
@@ -420,6 +423,8 @@ struct LoadResult: Sendable {
     var spoolAloneCPU = Double.nan
     /// Every burst's acked messages per second, in the order run.
     var burstRates: [Double] = []
+    /// Every burst's own CPU per acked message, in the order run.
+    var burstOwnCPU: [Double] = []
     /// What an fdatasync alone takes on the spool's filesystem.
     var syncFloor: SyncFloor.Result?
 

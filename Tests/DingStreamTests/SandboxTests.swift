@@ -53,7 +53,8 @@ struct SandboxTests {
         defer { try? log.close() }
         let sandbox = Process()
         sandbox.executableURL = URL(fileURLWithPath: executable)
-        sandbox.arguments = ["sandbox", "--port", "\(port)"]
+        // The chat page on a free port: its default, 8931, is taken while `make run` runs.
+        sandbox.arguments = ["sandbox", "--port", "\(port)", "--listen", "127.0.0.1:0"]
         sandbox.environment = ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": folder.path, "TMPDIR": folder.path + "/"]
         sandbox.standardInput = FileHandle.nullDevice
         sandbox.standardOutput = log

@@ -57,7 +57,7 @@ let package = Package(
         .target(name: "Handlers", dependencies: ["StreamProtocol", log], swiftSettings: swiftSettings),
         .target(
             name: "Replies",
-            dependencies: ["StreamProtocol", log, httpClient, nioCore, nioHTTP1],
+            dependencies: ["StreamProtocol", log, httpClient, nioCore, nioPosix, nioHTTP1],
             swiftSettings: swiftSettings
         ),
         .target(name: "Systemd", dependencies: [log], swiftSettings: swiftSettings),

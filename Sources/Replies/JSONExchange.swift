@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import StreamProtocol
 
 /// One JSON POST with a deadline covering the whole exchange (head and body) and a cap on the
@@ -68,11 +69,22 @@ struct JSONExchange: Sendable {
 }
 
 extension HTTPClient {
+    /// A client whose requests and connections all run on one event loop of NIO's shared group,
+    /// as `wholeResponse` needs. AsyncHTTPClient (1.37) ends such a request's body on the
+    /// request's own event loop and only then reports the connection idle; when that loop is not
+    /// the connection's, a server closing the connection in between leaves the pool told of an
+    /// idle connection it already removed, and it traps (seen in CI, test process killed).
+    public static func onOneEventLoop(configuration: Configuration = Configuration()) -> HTTPClient {
+        HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton.next()), configuration: configuration)
+    }
+
     /// Executes `request` and reads its whole answer on the event loop, at most `maxBodySize`
     /// bytes of body (else `ResponseAccumulator.ResponseTooBigError`). `deadline` covers head and
     /// body; cancelling the calling task cancels the request. The caller's task wakes once, when
     /// the answer is there or the deadline has passed, not once for the head and again for the body.
+    /// The client must run on one event loop (`onOneEventLoop`).
     public func wholeResponse(to request: Request, maxBodySize: Int, deadline: NIODeadline, logger: Logger? = nil) async throws -> Response {
+        assert(Array(eventLoopGroup.makeIterator()).count == 1, "wholeResponse needs a client on one event loop: HTTPClient.onOneEventLoop")
         let accumulator = ResponseAccumulator(request: request, maxBodySize: maxBodySize)
         let task = logger.map { execute(request: request, delegate: accumulator, deadline: deadline, logger: $0) }
             ?? execute(request: request, delegate: accumulator, deadline: deadline)

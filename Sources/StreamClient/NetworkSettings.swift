@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOPosix
 import NIOSSL
 
 /// How an app reaches DingTalk: TLS trust, proxy and deadlines. Shared by registration, the
@@ -70,7 +71,8 @@ public struct NetworkSettings: Sendable {
         // retries would hide a lasting failure (an untrusted certificate, a refused port) until
         // the connect timeout, and then report it as a timeout.
         configuration.connectionPool.retryConnectionEstablishment = false
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        // One event loop for requests and connections alike: see `HTTPClient.onOneEventLoop` in Replies.
+        return HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton.next()), configuration: configuration)
     }
 }
 

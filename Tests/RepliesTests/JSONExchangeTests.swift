@@ -51,7 +51,7 @@ final class RawHTTPServer: @unchecked Sendable {
 @Suite struct JSONExchangeTests {
     /// What one POST to `server` to `server` through a client of its own.
     static func postError(to server: RawHTTPServer, timeout: Duration, cap: Int) async throws -> ReplyError? {
-        let exchange = JSONExchange(httpClient: HTTPClient(eventLoopGroupProvider: .singleton), timeout: timeout, bodyCap: cap)
+        let exchange = JSONExchange(httpClient: HTTPClient.onOneEventLoop(), timeout: timeout, bodyCap: cap)
         let error = await #expect(throws: ReplyError.self) {
             _ = try await exchange.post(url: "http://127.0.0.1:\(server.port)/robot/send", endpoint: "session webhook", body: Data("{}".utf8), logger: quietLogger)
         }

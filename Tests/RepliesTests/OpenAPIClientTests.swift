@@ -141,7 +141,7 @@ import Testing
     /// (the `app` key everywhere else) missed them.
     @Test(.timeLimit(.minutes(1))) func tokenAndOpenAPILinesCarryTheAppUnderTheSameKey() async throws {
         try await DingTalkSimulator.withRunning(.single("helpdesk")) { sim in
-            let http = HTTPClient(eventLoopGroupProvider: .singleton)
+            let http = HTTPClient.onOneEventLoop()
             defer { _ = http.shutdown(queue: .global()) { _ in } }
             let lines = CapturedLines()
             var logger = Logger(label: "replies.test") { _ in CapturingHandler(lines: lines) }

@@ -77,7 +77,7 @@ func withStack(
     _ body: @Sendable (Stack) async throws -> Void
 ) async throws {
     try await DingTalkSimulator.withRunning(configuration) { sim in
-        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let http = HTTPClient.onOneEventLoop()
         let app = configuration.apps[0]
         let clock = ManualClock()
         let credentials = AppCredentials(name: app.name, clientID: app.clientId, clientSecret: app.clientSecret, apiBase: sim.baseURL)

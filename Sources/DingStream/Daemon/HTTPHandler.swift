@@ -101,7 +101,7 @@ final class HTTPHandler: Sendable {
         configuration.redirectConfiguration = .disallow
         // A refused connection is answered by the spool's retry with backoff, not by a quiet loop here.
         configuration.connectionPool.retryConnectionEstablishment = false
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        client = HTTPClient.onOneEventLoop(configuration: configuration)
     }
 
     func shutdown() async {

@@ -33,7 +33,7 @@ unit-test: build-tests
 	  grep -E -A3 '✘|error:' $(UNIT_LOG) | grep -v -E '^(◇|✔) |^↳ ///' | tail -n 80; \
 	  if grep -q -E 'Fatal error|Backtracing from' $(UNIT_LOG); then \
 	    echo; echo "the test process crashed; tests started and not finished then:"; \
-	    awk '/^◇ Test .* started/ { running[$$3] = 1 } /^(✔|✘) Test / { delete running[$$3] } END { for (t in running) print "  " t }' $(UNIT_LOG); \
+	    awk '/^◇ Test .*\(.*\) started/ { running[$$3] = 1 } /^(✔|✘) Test / { delete running[$$3] } END { for (t in running) print "  " t }' $(UNIT_LOG); \
 	    echo "the crash and the crashed thread's frames:"; \
 	    grep -E -A80 -m1 'Fatal error|Backtracing from' $(UNIT_LOG) | grep -E 'Fatal error|crashed|^ *[0-9]+ ' | head -n 40; \
 	  fi; \

@@ -297,7 +297,7 @@ struct Bench {
         if !options.burstOnly {
             say("\(app): \(options.rate) msgs/s for \(options.seconds) s")
             try await onOwnThread { try driver.paced(rate: options.rate, seconds: options.seconds, timeout: 60) }
-            latencies = simulator.takeAckLatencies().map { Double($0.components.attoseconds) / 1e18 + Double($0.components.seconds) }.sorted()
+            latencies = simulator.takeAckLatencies().map(\.inSeconds).sorted()
             try await onOwnThread { settle() }
         }
         var bursts: [LoadResult] = []
@@ -314,8 +314,7 @@ struct Bench {
         }
         // The median burst by throughput, with its own CPU figures: one burst, not a mix.
         var result = bursts.sorted { $0.throughput < $1.throughput }[bursts.count / 2]
-        result.burstRates = bursts.map(\.throughput)
-        result.burstOwnCPU = bursts.map(\.ownCPUMicrosPerMessage)
+        result.bursts = bursts
         result.idleRSS = idleRSS
         result.idleAnonymous = idleAnonymous
         result.p50 = percentile(latencies, 0.50)
@@ -393,7 +392,7 @@ struct Bench {
         say("included) per acked message; 2 cores at 20,000 msgs/s leave 100 us. The spool alone gets")
         say("records straight from a thread: no sockets, no simulator, no dispatcher.")
         func rates(_ result: LoadResult) -> String {
-            zip(result.burstRates, result.burstOwnCPU).map { "\(number($0, 0)) (\(number($1, 1)) us)" }.joined(separator: ", ")
+            result.bursts.map { "\(number($0.throughput, 0)) (\(number($0.ownCPUMicrosPerMessage, 1)) us)" }.joined(separator: ", ")
         }
         for (name, result) in ours {
             say(
@@ -421,10 +420,8 @@ struct LoadResult: Sendable {
     var idleAnonymous = Double.nan
     var spoolAlone = Double.nan
     var spoolAloneCPU = Double.nan
-    /// Every burst's acked messages per second, in the order run.
-    var burstRates: [Double] = []
-    /// Every burst's own CPU per acked message, in the order run.
-    var burstOwnCPU: [Double] = []
+    /// Every burst, in the order run; this result is the median one's.
+    var bursts: [LoadResult] = []
     /// What an fdatasync alone takes on the spool's filesystem.
     var syncFloor: SyncFloor.Result?
 
@@ -442,4 +439,8 @@ func sayColumns(_ lines: [[String]]) {
 /// One line to stdout at once, unbuffered: progress shows up as it happens, also through a pipe.
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+extension Duration {
+    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

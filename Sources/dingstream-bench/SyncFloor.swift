@@ -32,8 +32,7 @@ enum SyncFloor {
             guard pwrite(fd, block, block.count, off_t(index * block.count % fileSize)) == block.count else { return nil }
             let start = ContinuousClock.now
             guard fdatasync(fd) == 0 else { return nil }
-            let elapsed = ContinuousClock.now - start
-            latencies.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            latencies.append((ContinuousClock.now - start).inSeconds)
             usleep(1000)
         }
         latencies.sort()

@@ -1,6 +1,9 @@
 import AsyncHTTPClient
+import Foundation
 import Logging
 import NIOCore
+import Simulator
+import StreamProtocol
 import Testing
 
 @testable import DingStream
@@ -54,6 +57,32 @@ import Testing
         await late.shutdown()
         #expect(try await !isUsable(retired))
         #expect(try await !isUsable(kept))
+    }
+
+    /// With no app's client set up (here a CA file that is not there), webhook replies still go
+    /// out, on a client of the clients object's own: one event loop, as `wholeResponse` requires
+    /// (a debug build asserts it), and shut down at the stop.
+    @Test(.timeLimit(.minutes(1))) func webhookRepliesGoOutWhenNoAppHasAClient() async throws {
+        try await DingTalkSimulator.withRunning(.single("helpdesk")) { sim in
+            var configuration = Configuration()
+            var app = Configuration.App(name: "helpdesk", clientID: "dinghelpdesk", clientSecret: "s")
+            app.apiBase = sim.baseURL
+            app.caFile = "/nonexistent/dingstream-test-ca.pem"
+            configuration.apps = [app]
+            let appClients = AppClients(environment: [:], logger: Logger(label: "test"))
+            let clients = appClients.clients(for: configuration)
+            #expect(clients.isEmpty, "the CA file is missing: the app gets no client")
+
+            let message = try sim.injectText("ping", app: "helpdesk")
+            let data = try JSONSerialization.jsonObject(with: Data(message.data.utf8)) as? [String: Any] ?? [:]
+            let bot = try #require(BotMessage(data: data))
+            let outcome = await appClients.deliverer(configuration, clients: clients).deliver(
+                [.text("pong")], to: ReplyTarget(app: "helpdesk", message: bot),
+                firstAttemptAt: Int64(Date().timeIntervalSince1970 * 1000), progress: { _ in })
+            #expect(outcome == .delivered(paths: [.sessionWebhook], reportedUsers: []))
+            #expect(sim.webhookReplies(app: "helpdesk").map(\.msgId) == [message.msgId])
+            await appClients.shutdown()
+        }
     }
 
     /// Whether the client still takes requests; the address refuses at once when it does.

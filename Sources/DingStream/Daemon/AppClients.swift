@@ -51,6 +51,9 @@ final class AppClients: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Session webhooks' client when no app has one (every app's HTTPS setup failed): made on
+    /// first use, on one event loop as `wholeResponse` needs, and shut down with the others.
+    private let fallbackWebhookClient = Mutex<HTTPClient?>(nil)
 
     init(environment: [String: String], logger: Logger, retireAfter: Duration = .seconds(120), observer: ReplyObserver = .none) {
         self.environment = environment
@@ -86,22 +89,30 @@ final class AppClients: Sendable {
         return current.mapValues { Client(openAPI: $0.openAPI, http: $0.http) }
     }
 
-    static func deliverer(
-        _ configuration: Configuration, clients: [String: Client], observer: ReplyObserver = .none, logger: Logger
-    ) -> ReplyDeliverer {
+    func deliverer(_ configuration: Configuration, clients: [String: Client]) -> ReplyDeliverer {
         // Session webhooks are plain HTTPS to DingTalk: any app's client (its proxy and CA) will do.
-        let webhookHTTP = configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? HTTPClient.shared
+        let webhookHTTP = configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? fallbackWebhookHTTP()
         return ReplyDeliverer(
             clients: clients.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
             webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, observer: observer, logger: logger)
     }
 
+    private func fallbackWebhookHTTP() -> HTTPClient {
+        fallbackWebhookClient.withLock { client in
+            if let client { return client }
+            let made = HTTPClient.onOneEventLoop()
+            client = made
+            return made
+        }
+    }
+
     /// Shuts every client down, retired ones included; the daemon calls it once its services have stopped.
     func shutdown() async {
-        let all = state.withLock { state in
+        var all: [HTTPClient] = state.withLock { state in
             defer { state = State() }
             return state.entries.values.map(\.http) + state.retiring.map(\.client)
         }
+        if let fallback = fallbackWebhookClient.withLock({ $0.take() }) { all.append(fallback) }
         for client in all { try? await client.shutdown() }
     }
 

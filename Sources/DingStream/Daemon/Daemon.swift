@@ -83,7 +83,7 @@ public struct Daemon: Sendable {
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(
-            spool: spool, deliverer: AppClients.deliverer(configuration, clients: clients, observer: replyObserver, logger: logger),
+            spool: spool, deliverer: appClients.deliverer(configuration, clients: clients),
             stopDeadline: stopDeadline, metrics: metrics, logger: logger)
         spool.onOutboxTakeover { outbox.wake() }
         let cards = CardResponder(timeout: configuration.cardTimeout, logger: logger)
@@ -114,7 +114,7 @@ public struct Daemon: Sendable {
                 connections.apply(new.apps)
                 let clients = appClients.clients(for: new)
                 dispatcher.update(dispatchSettings(new, clients), workers: new.workers)
-                outbox.update(AppClients.deliverer(new, clients: clients, observer: replyObserver, logger: logger))
+                outbox.update(appClients.deliverer(new, clients: clients))
                 cards.update(timeout: new.cardTimeout)
                 stopDeadline.update(grace: new.shutdownGrace)
                 let previous = running.withLock { running in

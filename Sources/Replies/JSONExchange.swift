@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import StreamProtocol
+import Synchronization
 
 /// One JSON POST with a deadline covering the whole exchange (head and body) and a cap on the
 /// answer's size. Shared by the token, OpenAPI and webhook calls.
@@ -83,13 +84,47 @@ extension HTTPClient {
     /// body; cancelling the calling task cancels the request. The caller's task wakes once, when
     /// the answer is there or the deadline has passed, not once for the head and again for the body.
     /// The client must run on one event loop (`onOneEventLoop`).
+    ///
+    /// The request is started on that loop with one hand-over: started from another thread, the
+    /// library hands each of its first steps over on its own, and every hand-over wakes the loop
+    /// (five for a POST, measured), which the way from a message to its reply paid twice. Only
+    /// the delegate is tied to the loop: a request that requires its connection's loop may open
+    /// a connection past the pool's limit, which an HTTP handler's concurrency limit relies on.
     public func wholeResponse(to request: Request, maxBodySize: Int, deadline: NIODeadline, logger: Logger? = nil) async throws -> Response {
+        let loop = eventLoopGroup.next()
         assert(Array(eventLoopGroup.makeIterator()).count == 1, "wholeResponse needs a client on one event loop: HTTPClient.onOneEventLoop")
         let accumulator = ResponseAccumulator(request: request, maxBodySize: maxBodySize)
-        let task = logger.map { execute(request: request, delegate: accumulator, deadline: deadline, logger: $0) }
-            ?? execute(request: request, delegate: accumulator, deadline: deadline)
-        return try await withTaskCancellationHandler { try await task.futureResult.get() } onCancel: { task.cancel() }
+        let started = StartedRequest<Response>()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Response, any Error>) in
+                loop.execute {
+                    guard !started.state.withLock({ $0.cancelled }) else {
+                        return continuation.resume(throwing: CancellationError())
+                    }
+                    let task = self.execute(
+                        request: request, delegate: accumulator, eventLoop: .delegate(on: loop), deadline: deadline,
+                        logger: logger)
+                    started.state.withLock { $0.task = task }
+                    task.futureResult.whenComplete { continuation.resume(with: $0) }
+                }
+            }
+        } onCancel: {
+            started.state.withLock { state in
+                state.cancelled = true
+                return state.task
+            }?.cancel()
+        }
     }
+}
+
+/// A request `wholeResponse` started, and whether its caller was cancelled before it started.
+private final class StartedRequest<Response>: Sendable {
+    struct State: Sendable {
+        var task: HTTPClient.Task<Response>?
+        var cancelled = false
+    }
+
+    let state = Mutex(State())
 }
 
 /// A parsed JSON object made Sendable: JSONSerialization only produces immutable value types.

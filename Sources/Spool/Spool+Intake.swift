@@ -145,6 +145,17 @@ extension Spool {
         let rest = queue.close()
         if !rest.batch.isEmpty || !rest.jobs.isEmpty { commitRound(rest.batch, jobs: rest.jobs) }
         syncDeferred()
+        if let syncThread = syncThreadIfStarted.withLock({ $0.take() }) { syncThread.stop() }
+    }
+
+    /// The thread that fsyncs beside the writer (`SyncThread`), started on first use.
+    private var syncThread: SyncThread {
+        syncThreadIfStarted.withLock { started in
+            if let started { return started }
+            let made = SyncThread()
+            started = made
+            return made
+        }
     }
 
     private var unsyncedCommits: Bool {
@@ -171,13 +182,18 @@ extension Spool {
     /// no handler serves is stored as `done` and not announced; one the claim decision picks is
     /// stored as `running` and handed to the announcement sink claimed.
     ///
-    /// Only a round with frames waits for its fsync: a frame is acked after it, and DingTalk does
-    /// not send an acked frame again. A round of state changes alone (claims, handler results,
-    /// reply progress) is committed to the write-ahead log, which a crash of the process cannot
-    /// undo, and fsynced with the next round of frames or after `deferredSyncDelay`. A power cut
-    /// within that time can only undo such a change, never lose a message: what was running
-    /// runs again, a reply sent then may be sent twice, as after a crash between the send and
-    /// its record.
+    /// The COMMIT only writes the round to the write-ahead log, which a crash of the process
+    /// cannot undo. A round with frames then announces its new entries, so that a claimed one's
+    /// HTTP handler call goes out while the log is fsynced, and only after that fsync acks its
+    /// frames: DingTalk does not send an acked frame again. Nothing a handler does reaches
+    /// anyone before the fsync: its outcome is committed by a later round, after this one's
+    /// fsync. A power cut before it loses the round's rows and their frames were never acked,
+    /// so they come again and run again, as after any power cut during a handler.
+    ///
+    /// A round of state changes alone (claims, handler results, reply progress) is fsynced with
+    /// the next round of frames or after `deferredSyncDelay`. A power cut within that time can
+    /// only undo such a change, never lose a message: what was running runs again, a reply sent
+    /// then may be sent twice, as after a crash between the send and its record.
     func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job]) {
         /// New entries to announce, in arrival order; with a claim when this round took them for
         /// handling (see `announce(to:claims:)`).
@@ -192,8 +208,7 @@ extension Spool {
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
         var logFailure: SpoolError?
-        var logRecovery = false
-        var commitTime: Duration?
+        var commitStart: ContinuousClock.Instant?
         writer.withLock { writer in
             guard let writer else {
                 failure = SpoolError(.closed, path: directory)
@@ -201,7 +216,7 @@ extension Spool {
                 return
             }
             do throws(SpoolError) {
-                try writer.store.begin(durable: !batch.isEmpty)
+                try writer.store.begin(durable: false)
                 let nowMillis = nowMillis
                 var entries: [NewEntry] = []
                 entries.reserveCapacity(batch.count)
@@ -250,9 +265,8 @@ extension Spool {
                     finishes.append(job(writer.abort == nil ? writer : nil))
                 }
                 if let abort = writer.abort { throw abort }
-                let commitStart = ContinuousClock.now
+                commitStart = ContinuousClock.now
                 try writer.store.commit()
-                commitTime = ContinuousClock.now - commitStart
             } catch {
                 writer.store.rollback()
                 failure = error
@@ -269,11 +283,6 @@ extension Spool {
                 }
                 return
             }
-            if writer.fault != nil, !batch.isEmpty {
-                writer.fault = nil
-                storeFault.withLock { $0 = nil }
-                logRecovery = true
-            }
             // Not remembered as announced: a rescan that finds one of these still new announces
             // it again, and the dispatcher ignores names it holds.
             for (item, claim) in stored where claim == nil {
@@ -287,23 +296,65 @@ extension Spool {
                 "\(logFailure); frames stay unacked until it is fixed",
                 metadata: ["spool.dir": "\(directory)", "spool.path": "\(logFailure.path)"])
         }
-        if logRecovery {
-            logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
-        }
         if let failure {
             // Every frame of the round, also those the failure came before.
             for pending in batch { pending.completion(.failed(failure)) }
             for finish in finishes { finish(failure) }
             return
         }
-        if let commitTime { commitObserver(commitTime) }
         let sink = hooks.announcementSink
+        // A claimed entry's handler may start on this thread: the fsync runs beside it.
+        let syncBeside = !batch.isEmpty && stored.contains { $0.claim != nil }
+        if syncBeside { syncThread.start { self.syncFrames() } }
         // In arrival order: a claimed entry goes ahead of its conversation's next one.
         for (item, claim) in stored { announce(item.announcement, claimed: claim, sink: sink) }
+        let syncFailure = syncBeside ? syncThread.finish() : batch.isEmpty ? nil : syncFrames()
+        if let failure = syncFailure {
+            // Committed, so the jobs' changes stand; the frames wait for a sync that succeeds.
+            for pending in batch { pending.completion(.failed(failure)) }
+            for finish in finishes { finish(nil) }
+            return
+        }
+        if let commitStart { commitObserver(ContinuousClock.now - commitStart) }
         for (item, _) in stored { item.pending.completion(.stored(item.name)) }
         for item in finished { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
         for finish in finishes { finish(nil) }
+    }
+
+    /// Puts a round of frames on disk before their acks: nil when it is there, else why not
+    /// (logged once while it lasts, like a failed COMMIT). A failed fsync leaves the round
+    /// committed but not acked; its frames come again as duplicates and are acked after the
+    /// next sync that succeeds.
+    private func syncFrames() -> SpoolError? {
+        var logFailure = false
+        var logRecovery = false
+        let failure: SpoolError? = writer.withLock { writer in
+            guard let writer else { return SpoolError(.closed, path: directory) }
+            do throws(SpoolError) {
+                try writer.store.syncDeferred()
+            } catch {
+                logFailure = writer.fault?.code != error.code
+                writer.fault = error
+                storeFault.withLock { $0 = error }
+                return error
+            }
+            if writer.fault != nil {
+                writer.fault = nil
+                storeFault.withLock { $0 = nil }
+                logRecovery = true
+            }
+            return nil
+        }
+        if let failure, logFailure {
+            logger.error(
+                "\(failure); frames stay unacked until it is fixed",
+                metadata: ["spool.dir": "\(directory)", "spool.path": "\(failure.path)"])
+        }
+        if logRecovery {
+            logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
+        }
+        return failure
     }
 
     private var pruneDue: Bool {

@@ -124,6 +124,8 @@ public final class Spool: Sendable {
     public var deadLetterCount: Int { deadLetters.load(ordering: .relaxed) }
 
     let queue = CommitQueue()
+    /// Touched only by the writer thread; a Mutex for the Sendable checks.
+    let syncThreadIfStarted = Mutex<SyncThread?>(nil)
     /// The database and the writer's memory; the writer thread holds it for a round, the
     /// synchronous calls (start-up, tests, `dingstream spool`) for one transaction.
     let writer = Mutex<Writer?>(nil)

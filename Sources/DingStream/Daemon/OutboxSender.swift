@@ -112,16 +112,18 @@ final class OutboxSender: Service {
         schedule(row.entry)
     }
 
-    /// Delivers an entry the dispatcher has just moved to the outbox, as it committed it.
+    /// Delivers an entry the dispatcher has just moved to the outbox, as it committed it. Called
+    /// on the writer thread right after that commit: the delivery runs there until its first
+    /// request is out, which spares waking another thread on the way to the reply.
     func deliver(_ entry: SpoolEntry) {
         guard inFlight.withLock({ $0.insert(entry.name).inserted }) else { return }
-        schedule(entry)
+        schedule(entry, startHere: true)
     }
 
-    private func schedule(_ entry: SpoolEntry) {
+    private func schedule(_ entry: SpoolEntry, startHere: Bool = false) {
         let name = entry.name
         let conversation = entry.botMessage.map { entry.app + "/" + $0.conversationID } ?? name.value
-        let accepted = scheduler.submit(conversation: conversation) { [self] in
+        let accepted = scheduler.submit(conversation: conversation, startHere: startHere) { [self] in
             await deliver(entry)
             _ = inFlight.withLock { $0.remove(name) }
         }

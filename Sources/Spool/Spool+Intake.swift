@@ -208,7 +208,7 @@ extension Spool {
         var finishes: [@Sendable (SpoolError?) -> Void] = []
         var failure: SpoolError?
         var logFailure: SpoolError?
-        var commitStart: ContinuousClock.Instant?
+        var commitTime: Duration?
         writer.withLock { writer in
             guard let writer else {
                 failure = SpoolError(.closed, path: directory)
@@ -265,8 +265,9 @@ extension Spool {
                     finishes.append(job(writer.abort == nil ? writer : nil))
                 }
                 if let abort = writer.abort { throw abort }
-                commitStart = ContinuousClock.now
+                let commitStart = ContinuousClock.now
                 try writer.store.commit()
+                commitTime = ContinuousClock.now - commitStart
             } catch {
                 writer.store.rollback()
                 failure = error
@@ -308,25 +309,26 @@ extension Spool {
         if syncBeside { syncThread.start { self.syncFrames() } }
         // In arrival order: a claimed entry goes ahead of its conversation's next one.
         for (item, claim) in stored { announce(item.announcement, claimed: claim, sink: sink) }
-        let syncFailure = syncBeside ? syncThread.finish() : batch.isEmpty ? nil : syncFrames()
-        if let failure = syncFailure {
+        let sync = syncBeside ? syncThread.finish() : batch.isEmpty ? (nil, .zero) : syncFrames()
+        if let failure = sync.failure {
             // Committed, so the jobs' changes stand; the frames wait for a sync that succeeds.
             for pending in batch { pending.completion(.failed(failure)) }
             for finish in finishes { finish(nil) }
             return
         }
-        if let commitStart { commitObserver(ContinuousClock.now - commitStart) }
+        if let commitTime { commitObserver(commitTime + sync.time) }
         for (item, _) in stored { item.pending.completion(.stored(item.name)) }
         for item in finished { item.pending.completion(.stored(item.name)) }
         for pending in duplicates { pending.completion(.duplicate) }
         for finish in finishes { finish(nil) }
     }
 
-    /// Puts a round of frames on disk before their acks: nil when it is there, else why not
-    /// (logged once while it lasts, like a failed COMMIT). A failed fsync leaves the round
+    /// Puts a round of frames on disk before their acks: no failure when it is there, else why
+    /// not (logged once while it lasts, like a failed COMMIT), and how long it took. A failed fsync leaves the round
     /// committed but not acked; its frames come again as duplicates and are acked after the
     /// next sync that succeeds.
-    private func syncFrames() -> SpoolError? {
+    private func syncFrames() -> (failure: SpoolError?, time: Duration) {
+        let start = ContinuousClock.now
         var logFailure = false
         var logRecovery = false
         let failure: SpoolError? = writer.withLock { writer in
@@ -354,7 +356,7 @@ extension Spool {
         if logRecovery {
             logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
         }
-        return failure
+        return (failure, ContinuousClock.now - start)
     }
 
     private var pruneDue: Bool {

@@ -11,11 +11,14 @@ import Foundation
 /// never overlapped. Here the fsync is already under way (this thread blocked in it) before
 /// the writer wakes anyone. Started on first use: a spool without such rounds never has it.
 final class SyncThread: @unchecked Sendable {
+    /// What the work reports: why it failed, if it did, and how long it took.
+    typealias Result = (failure: SpoolError?, time: Duration)
+
     private let go = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
     // Handed over through the semaphores, which order the accesses of the two threads.
-    private var work: (() -> SpoolError?)?
-    private var result: SpoolError?
+    private var work: (() -> Result)?
+    private var result: Result = (nil, .zero)
     private var stopping = false
 
     init() {
@@ -28,15 +31,14 @@ final class SyncThread: @unchecked Sendable {
     }
 
     /// Starts `work` on the thread; `finish()` must follow before the next `start`.
-    func start(_ work: @escaping () -> SpoolError?) {
+    func start(_ work: @escaping () -> Result) {
         self.work = work
         go.signal()
     }
 
     /// Waits for the work `start` began and returns what it returned.
-    func finish() -> SpoolError? {
+    func finish() -> Result {
         done.wait()
-        defer { result = nil }
         return result
     }
 

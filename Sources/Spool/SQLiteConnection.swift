@@ -70,6 +70,8 @@ final class SQLiteConnection {
 
     /// Rows changed since the connection was opened.
     var totalChanges: Int64 { sqlite3_total_changes64(handle) }
+    /// The rowid of the last row an INSERT added on this connection.
+    var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// fsyncs the write-ahead log, making what was committed with `synchronous = NORMAL` durable
     /// (such commits survive a crash of the process, but a power cut could undo them).

@@ -343,7 +343,7 @@ import Testing
     }
 
     /// A schema 2 file (dedup by UNIQUE (app, kind, business_id)) is rebuilt at start into
-    /// schema 3 with every row and id kept; each row gets its fingerprint, and redeliveries of
+    /// the current schema with every row and id kept; each row gets its fingerprint, and redeliveries of
     /// what it held are duplicates, new messages are stored after them in arrival order.
     @Test(.timeLimit(.minutes(1))) func schemaTwoIsRebuiltWithFingerprintsAndKeepsDeduplicating() async throws {
         try await withTemporaryDirectory { root in
@@ -368,7 +368,7 @@ import Testing
             defer { spool.close() }
             let rows = try spool.transaction { writer throws(SpoolError) -> [[String]] in
                 let store = writer.store as! SQLiteStore
-                #expect(try store.connection.integer("PRAGMA user_version") == 3)
+                #expect(try store.connection.integer("PRAGMA user_version") == SQLiteStore.schemaVersion)
                 let statement = try store.connection.statement("SELECT id, business_id, state, attempts, dedup, reason FROM message ORDER BY id")
                 var rows: [[String]] = []
                 while try statement.step() { rows.append((0..<6).map { statement.text(Int32($0)) ?? "-" }) }
@@ -419,7 +419,11 @@ import Testing
                 }
                 try spool.transaction { writer throws(SpoolError) in
                     let store = writer.store as! SQLiteStore
-                    try store.connection.execute("UPDATE message SET dedup = \(taken), state = 'done' WHERE name = '\(holder.value)'")
+                    try store.connection.execute(
+                        """
+                        UPDATE dedup_recent SET dedup = \(taken) WHERE message = (SELECT id FROM message WHERE name = '\(holder.value)');
+                        UPDATE message SET dedup = \(taken), state = 'done' WHERE name = '\(holder.value)';
+                        """)
                 }
                 var outcomes = [
                     await spool.store(botRecord(msgID: "late", millis: now)), await spool.store(botRecord(msgID: "late", millis: now + 1)),

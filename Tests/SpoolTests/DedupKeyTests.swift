@@ -1,0 +1,101 @@
+import Foundation
+import Logging
+import StreamProtocol
+import Testing
+
+@testable import Spool
+
+/// The dedup keys live in a small table of recent keys and a large one they are moved into in
+/// key order (`SQLiteStore.keyTables`); a business message is one row whichever table holds its
+/// key, across moves, restarts and the upgrade from schema 3, where the keys were an index.
+@Suite struct DedupKeyTests {
+    private static let base: Int64 = 1_700_000_000_000
+
+    /// One message per transaction, as an intake round of one frame stores it.
+    private func store(_ store: SQLiteStore, _ id: String, at millis: Int64) throws -> Bool {
+        let record = botRecord(msgID: id, millis: millis)
+        try store.begin(durable: false)
+        let inserted = try store.insert(
+            record, name: EntryName(receivedMillis: millis, key: record.key), bytes: record.encoded(), state: .new, nowMillis: millis)
+        try store.commit()
+        return inserted
+    }
+
+    private func count(_ store: SQLiteStore, _ table: String) throws -> Int64 {
+        try store.connection.integer("SELECT count(*) FROM \(table)")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func redeliveriesAreDuplicatesWhetherTheirKeyIsRecentOrSettled() async throws {
+        try await withTemporaryDirectory { root in
+            let path = root + "/" + SQLiteStore.fileName
+            do {
+                let spool = try SQLiteStore(path: path, recentKeyLimit: 4)
+                for index in 0..<10 { #expect(try store(spool, "m\(index)", at: Self.base + Int64(index))) }
+                // Moved at the commits that found 4 and then 8 recent keys.
+                #expect(try count(spool, "dedup_settled") == 8)
+                #expect(try count(spool, "dedup_recent") == 2)
+                for index in 0..<10 { #expect(try !store(spool, "m\(index)", at: Self.base + 1000 + Int64(index))) }
+                #expect(try count(spool, "message") == 10)
+            }
+            // Reopened: the recent keys are counted again, and the next move takes them along.
+            let reopened = try SQLiteStore(path: path, recentKeyLimit: 4)
+            #expect(try store(reopened, "m10", at: Self.base + 2000))
+            #expect(try store(reopened, "m11", at: Self.base + 2001))
+            #expect(try count(reopened, "dedup_settled") == 12)
+            #expect(try count(reopened, "dedup_recent") == 0)
+            for index in 0..<12 { #expect(try !store(reopened, "m\(index)", at: Self.base + 3000 + Int64(index))) }
+            let keyed = try reopened.connection.integer(
+                "SELECT count(*) FROM message JOIN dedup_settled ON dedup_settled.message = message.id AND dedup_settled.dedup = message.dedup")
+            #expect(keyed == 12, "every row's key points at it")
+        }
+    }
+
+    /// A schema 3 file (the keys a UNIQUE index on `message.dedup`) is brought to schema 4 at
+    /// start: its keys move into `dedup_settled`, the index goes, and what it held stays deduplicated.
+    @Test(.timeLimit(.minutes(1))) func schemaThreeKeysMoveIntoTheKeyTable() async throws {
+        try await withTemporaryDirectory { root in
+            let path = root + "/" + SQLiteStore.fileName
+            func fingerprint(_ id: String) -> Int64 { Int64(bitPattern: MessageKey(app: "helpdesk", kind: .bot, id: id).fingerprint) }
+            func name(_ id: String, _ millis: Int64) -> String { EntryName(receivedMillis: millis, key: MessageKey(app: "helpdesk", kind: .bot, id: id)).value }
+            do {
+                let old = try SQLiteConnection(path: path)
+                try old.execute(
+                    """
+                    PRAGMA journal_mode = WAL;
+                    CREATE TABLE message (
+                        id INTEGER PRIMARY KEY, name TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL,
+                        business_id TEXT NOT NULL, state TEXT NOT NULL, conversation TEXT, received_ms INTEGER NOT NULL,
+                        changed_ms INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                        entry BLOB NOT NULL, replies TEXT, delivered INTEGER NOT NULL DEFAULT 0,
+                        delivery_attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, dedup INTEGER);
+                    CREATE UNIQUE INDEX message_dedup ON message (dedup);
+                    CREATE UNIQUE INDEX message_name ON message (name);
+                    CREATE UNIQUE INDEX message_collided ON message (app, kind, business_id) WHERE dedup IS NULL;
+                    CREATE INDEX message_waiting ON message (state, not_before_ms)
+                        WHERE state = 'new' OR state = 'running' OR state = 'outbox' OR state = 'failed';
+                    CREATE TABLE legacy_seen (key TEXT PRIMARY KEY, received_ms INTEGER NOT NULL) WITHOUT ROWID;
+                    INSERT INTO message (id, name, app, kind, business_id, state, received_ms, changed_ms, not_before_ms, entry, dedup)
+                        VALUES (3, '\(name("waiting", Self.base))', 'helpdesk', 'bot', 'waiting', 'new', \(Self.base), \(Self.base), 0, x'7b7d', \(fingerprint("waiting"))),
+                               (5, '\(name("finished", Self.base + 1))', 'helpdesk', 'bot', 'finished', 'done', \(Self.base + 1), \(Self.base + 1), 0, x'7b7d', \(fingerprint("finished"))),
+                               (8, '\(name("collided", Self.base + 2))', 'helpdesk', 'bot', 'collided', 'new', \(Self.base + 2), \(Self.base + 2), 0, x'7b7d', NULL),
+                               (9, '\(name("holder", Self.base + 3))', 'helpdesk', 'bot', 'holder', 'done', \(Self.base + 3), \(Self.base + 3), 0, x'7b7d', \(fingerprint("collided")));
+                    PRAGMA user_version = 3;
+                    """)
+            }
+            let store = try SQLiteStore(path: path)
+            #expect(try store.connection.integer("PRAGMA user_version") == SQLiteStore.schemaVersion)
+            #expect(try store.connection.integer("SELECT count(*) FROM sqlite_master WHERE name = 'message_dedup'") == 0)
+            let settled = try store.connection.statement("SELECT message, dedup FROM dedup_settled ORDER BY message")
+            var keys: [[Int64]] = []
+            while try settled.step() { keys.append([settled.int64(0), settled.int64(1)]) }
+            settled.reset()
+            // Row 9 holds the fingerprint of row 8, which is stored without one (a collision).
+            #expect(keys == [[3, fingerprint("waiting")], [5, fingerprint("finished")], [9, fingerprint("collided")]])
+            #expect(try !self.store(store, "waiting", at: Self.base + 10))
+            #expect(try !self.store(store, "finished", at: Self.base + 11))
+            #expect(try !self.store(store, "collided", at: Self.base + 12))
+            #expect(try self.store(store, "new", at: Self.base + 13))
+            #expect(try count(store, "message") == 5)
+        }
+    }
+}

@@ -17,6 +17,10 @@ struct JSONWriterTests {
         #expect(written == #"["quote \" backslash \\ newline \n return \r tab \t bell \u0007 escape \u001b slash / 中文 😀"]"#)
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(written.utf8)) as? [String])
         #expect(parsed == [text])
+        // Escapes at both ends and side by side, and nothing at all: the runs between them are copied whole.
+        let edges = ["\"x\\", "\n\n", "", "\u{1}"]
+        #expect(JSON.text(edges) == #"["\"x\\","\n\n","","\u0001"]"#)
+        #expect(try JSONSerialization.jsonObject(with: Data(try #require(JSON.text(edges)).utf8)) as? [String] == edges)
     }
 
     @Test(.timeLimit(.minutes(1))) func writesNumbersAndBooleansAsTheirTypesSay() throws {

@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
+import StreamProtocol
 
 /// Sits first in the pipeline so an abrupt close can bypass TLS (no close_notify, no close frame).
 final class AbortHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -138,16 +139,25 @@ extension DingTalkSimulator {
     /// Handles one text frame from a client: an ack (of a ping or a push), or junk (counted).
     func receiveText(socketId: Int, text: ByteBuffer) {
         let receivedAt = configuration.recordAckLatencies ? NIODeadline.now() : nil
-        guard let object = JSONText.object(text.readableBytesView),
-              let headers = object["headers"] as? [String: Any],
-              let messageId = headers["messageId"] as? String
-        else {
-            core.withLock { $0.malformedFrames += 1 }
-            return
-        }
-        let code = (object["code"] as? Int) ?? (object["code"] as? NSNumber)?.intValue ?? 0
+        let code: Int
+        let messageId: String
         let data: String?
-        if let s = object["data"] as? String { data = s } else if let o = object["data"], !(o is NSNull) { data = JSONText.encode(o) } else { data = nil }
+        // The usual shape in one pass; anything else (data as an object, a fractional code, a
+        // header that is not a string) the general way, which decides what is malformed.
+        if let ack = StreamAck.decodeReceived(text.readableBytesView), let id = ack.headers["messageId"] {
+            (code, messageId, data) = (ack.code, id, ack.data)
+        } else {
+            guard let object = JSONText.object(text.readableBytesView),
+                  let headers = object["headers"] as? [String: Any],
+                  let id = headers["messageId"] as? String
+            else {
+                core.withLock { $0.malformedFrames += 1 }
+                return
+            }
+            messageId = id
+            code = (object["code"] as? Int) ?? (object["code"] as? NSNumber)?.intValue ?? 0
+            if let s = object["data"] as? String { data = s } else if let o = object["data"], !(o is NSNull) { data = JSONText.encode(o) } else { data = nil }
+        }
         let now = configuration.now()
         let outcome = core.withLock {
             $0.receiveAck(socketId: socketId, code: code, messageId: messageId, data: data, now: now, recordDetails: configuration.recordDetails, acceptOtherSockets: configuration.acceptAcksFromOtherSockets,

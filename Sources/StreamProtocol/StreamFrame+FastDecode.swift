@@ -454,3 +454,78 @@ struct FastFrameReader {
         }
     }
 }
+
+/// An ack as the server reads it: its code, its headers, and its `data` when that is a string.
+public struct ReceivedAck: Sendable, Equatable {
+    public var code: Int
+    public var headers: [String: String]
+    public var data: String?
+}
+
+extension StreamAck {
+    /// Reads an ack of the usual shape (`code` an integer, `headers` an object of strings, `data`
+    /// a string or null, any other member a valid JSON value) in one pass; nil for anything
+    /// else, which the reader then parses the general way. For the simulator, which reads every
+    /// ack of a burst: JSONSerialization took most of its time there.
+    public static func decodeReceived<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> ReceivedAck? {
+        bytes.withContiguousStorageIfAvailable { FastFrameReader.decodeAck($0) } ?? nil
+    }
+}
+
+extension FastFrameReader {
+    static func decodeAck(_ bytes: UnsafeBufferPointer<UInt8>) -> ReceivedAck? {
+        guard UTF8Check.isValid(bytes) else { return nil }
+        var reader = FastFrameReader(bytes)
+        reader.knownUTF8 = true
+        return reader.ack()
+    }
+
+    private mutating func ack() -> ReceivedAck? {
+        var code: Int?
+        var headers: [String: String]?
+        var data: String?
+        var sawData = false
+        guard beginObject() else { return nil }
+        members: while true {
+            switch nextMember() {
+            case .invalid: return nil
+            case .end: break members
+            case .member(let name):
+                switch name {
+                case "code":
+                    guard code == nil, let value = integer() else { return nil }
+                    code = value
+                case "headers":
+                    guard headers == nil, let value = stringObject() else { return nil }
+                    headers = value
+                case "data":
+                    guard !sawData else { return nil }
+                    sawData = true
+                    if !literal("null") {
+                        guard let value = string() else { return nil }
+                        data = value
+                    }
+                default:
+                    guard skipValue(depth: 0) else { return nil }
+                }
+            }
+        }
+        guard index == bytes.count, let code, let headers else { return nil }
+        return ReceivedAck(code: code, headers: headers, data: data)
+    }
+
+    /// A JSON integer of at most 18 digits; nil for anything else (a fraction, an exponent).
+    private mutating func integer() -> Int? {
+        let negative = take(UInt8(ascii: "-"))
+        let start = index
+        var value = 0
+        while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
+            value = value * 10 + Int(bytes[index] - UInt8(ascii: "0"))
+            index += 1
+        }
+        let digits = index - start
+        guard digits > 0, digits <= 18, digits == 1 || bytes[start] != UInt8(ascii: "0") else { return nil }
+        if index < bytes.count, [UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E")].contains(bytes[index]) { return nil }
+        return negative ? -value : value
+    }
+}

@@ -60,6 +60,28 @@ struct FrameCodecTests {
         #expect((botAck["data"] as? String) == #"{"response":null}"#)
     }
 
+    /// The server side's one-pass ack reader agrees with the general parse where it answers,
+    /// and answers nil (general parse) for every shape it does not vouch for.
+    @Test(.timeLimit(.minutes(1))) func receivedAcksReadInOnePassAgreeWithTheGeneralParse() throws {
+        let ours = StreamAck(code: 200, messageID: "m-\"1\"", data: #"{"response":null}"#).encoded()
+        let pythonStyle = #"{"code": 200, "headers": {"contentType": "application/json", "messageId": "m-2"}, "message": "OK", "data": "{\"status\": \"SUCCESS\"}"}"#
+        for text in [ours, pythonStyle, #"{"headers":{"messageId":"m-3"},"code":-1,"data":null,"extra":[1,{"a":2.5e3}]}"#] {
+            let ack = try #require(StreamAck.decodeReceived(Array(text.utf8)), "\(text)")
+            let general = try #require(JSON.object(text))
+            #expect(ack.code == general["code"] as? Int)
+            #expect(ack.headers == general["headers"] as? [String: String])
+            #expect(ack.data == general["data"] as? String)
+        }
+        for text in [
+            #"{"code":200.5,"headers":{"messageId":"m"},"data":"{}"}"#, #"{"code":2e2,"headers":{"messageId":"m"}}"#,
+            #"{"code":200,"headers":{"messageId":1}}"#, #"{"code":200,"headers":{"messageId":"m"},"data":{"a":1}}"#,
+            #"{"code":200,"code":201,"headers":{"messageId":"m"}}"#, #"{"code":012,"headers":{"messageId":"m"}}"#,
+            #"{"headers":{"messageId":"m"}}"#, #"{"code":200,"headers":{"messageId":"m"}} x"#, #"{"code":200"#, "",
+        ] {
+            #expect(StreamAck.decodeReceived(Array(text.utf8)) == nil, "\(text)")
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func malformedFramesAreNamed() {
         #expect(throws: FrameError(.notJSON)) { try StreamFrame.decode(Array("{nope".utf8)) }
         #expect(throws: FrameError(.notAnObject)) { try StreamFrame.decode(Array("[1]".utf8)) }

@@ -145,41 +145,63 @@ struct FastFrameReader {
     private mutating func frame() -> StreamFrame? {
         var specVersion: String?
         var type: String?
+        var shared = SharedMembers()
+        let valid = readObject { reader, name in
+            switch name {
+            case "specVersion":
+                guard specVersion == nil, let value = reader.string() else { return false }
+                specVersion = value
+            case "type":
+                guard type == nil, let value = reader.string() else { return false }
+                type = value
+            default:
+                return reader.sharedMember(name, into: &shared)
+            }
+            return true
+        }
+        guard valid, let type, let headers = shared.headers else { return nil }
+        return StreamFrame(specVersion: specVersion ?? "1.0", kind: .init(wireValue: type), headers: headers, data: shared.data ?? "")
+    }
+
+    /// The members frames and acks have in common: `headers`, an object of strings, and `data`,
+    /// a string or null.
+    private struct SharedMembers {
         var headers: [String: String]?
         var data: String?
         var sawData = false
-        guard beginObject() else { return nil }
-        members: while true {
+    }
+
+    /// Reads member `name`'s value into `shared` when it is one of them, else skips it; false
+    /// when the value is not what the fast path takes.
+    private mutating func sharedMember(_ name: String, into shared: inout SharedMembers) -> Bool {
+        switch name {
+        case "headers":
+            guard shared.headers == nil, let value = stringObject() else { return false }
+            shared.headers = value
+        case "data":
+            guard !shared.sawData else { return false }
+            shared.sawData = true
+            if !literal("null") {
+                guard let value = string() else { return false }
+                shared.data = value
+            }
+        default:
+            return skipValue(depth: 0)
+        }
+        return true
+    }
+
+    /// Reads the top-level object to its end, `member` reading each member's value; false for
+    /// invalid JSON, anything after the object, or a member `member` refused.
+    private mutating func readObject(_ member: (inout FastFrameReader, String) -> Bool) -> Bool {
+        guard beginObject() else { return false }
+        while true {
             switch nextMember() {
-            case .invalid: return nil
-            case .end: break members
-            case .member(let name):
-                switch name {
-                case "specVersion":
-                    guard specVersion == nil, let value = string() else { return nil }
-                    specVersion = value
-                case "type":
-                    guard type == nil, let value = string() else { return nil }
-                    type = value
-                case "headers":
-                    guard headers == nil, let value = stringObject() else { return nil }
-                    headers = value
-                case "data":
-                    guard !sawData else { return nil }
-                    sawData = true
-                    if literal("null") {
-                        data = nil
-                    } else {
-                        guard let value = string() else { return nil }
-                        data = value
-                    }
-                default:
-                    guard skipValue(depth: 0) else { return nil }
-                }
+            case .invalid: return false
+            case .end: return index == bytes.count
+            case .member(let name): guard member(&self, name) else { return false }
             }
         }
-        guard index == bytes.count, let type, let headers else { return nil }
-        return StreamFrame(specVersion: specVersion ?? "1.0", kind: .init(wireValue: type), headers: headers, data: data ?? "")
     }
 
     private mutating func stringObject() -> [String: String]? {
@@ -482,36 +504,15 @@ extension FastFrameReader {
 
     private mutating func ack() -> ReceivedAck? {
         var code: Int?
-        var headers: [String: String]?
-        var data: String?
-        var sawData = false
-        guard beginObject() else { return nil }
-        members: while true {
-            switch nextMember() {
-            case .invalid: return nil
-            case .end: break members
-            case .member(let name):
-                switch name {
-                case "code":
-                    guard code == nil, let value = integer() else { return nil }
-                    code = value
-                case "headers":
-                    guard headers == nil, let value = stringObject() else { return nil }
-                    headers = value
-                case "data":
-                    guard !sawData else { return nil }
-                    sawData = true
-                    if !literal("null") {
-                        guard let value = string() else { return nil }
-                        data = value
-                    }
-                default:
-                    guard skipValue(depth: 0) else { return nil }
-                }
-            }
+        var shared = SharedMembers()
+        let valid = readObject { reader, name in
+            guard name == "code" else { return reader.sharedMember(name, into: &shared) }
+            guard code == nil, let value = reader.integer() else { return false }
+            code = value
+            return true
         }
-        guard index == bytes.count, let code, let headers else { return nil }
-        return ReceivedAck(code: code, headers: headers, data: data)
+        guard valid, let code, let headers = shared.headers else { return nil }
+        return ReceivedAck(code: code, headers: headers, data: shared.data)
     }
 
     /// A JSON integer of at most 18 digits; nil for anything else (a fraction, an exponent).

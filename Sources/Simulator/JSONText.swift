@@ -2,8 +2,9 @@ import Foundation
 import StreamProtocol
 
 /// Small JSON helpers: frames are built by hand (cheap on the push path), bodies parsed with
-/// JSONSerialization (flexible, the simulator must accept whatever a client sends) and written
-/// with StreamProtocol's writer (keys sorted, no locale).
+/// JSONSerialization (flexible, the simulator must accept whatever a client sends; acks of the
+/// usual shape take `StreamAck.decodeReceived` first) and written with StreamProtocol's writer
+/// (keys sorted, no locale).
 enum JSONText {
     /// `s` as a JSON string literal, quotes included.
     static func quote(_ s: String) -> String {

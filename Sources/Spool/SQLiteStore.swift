@@ -493,20 +493,18 @@ final class SQLiteStore: SpoolStore {
         // Older than the dedup window: gone, as are tombstones that have left it, with their
         // keys. The same rows three times: the first `limit` in name order.
         let expired = "SELECT id FROM message WHERE name < ?1 AND name < ?2 AND state IN (\(list), 'purged') ORDER BY name LIMIT ?3"
-        var touched = 0
-        for sql in [
-            "DELETE FROM dedup_recent WHERE dedup IN (SELECT dedup FROM message WHERE id IN (\(expired)) AND dedup IS NOT NULL)",
-            "DELETE FROM dedup_settled WHERE dedup IN (SELECT dedup FROM message WHERE id IN (\(expired)) AND dedup IS NOT NULL)",
-            "DELETE FROM message WHERE id IN (\(expired))",
-        ] {
+        func deleteExpired(_ sql: String) throws(SpoolError) -> Int {
             let delete = try connection.statement(sql)
             delete.bind(1, bound)
             delete.bind(2, window)
             delete.bind(3, limit)
             try delete.step()
-            if sql.hasPrefix("DELETE FROM dedup_recent") { recentKeys -= connection.changes }
-            touched = connection.changes
+            return connection.changes
         }
+        let keysOfExpired = "SELECT dedup FROM message WHERE id IN (\(expired)) AND dedup IS NOT NULL"
+        recentKeys -= try deleteExpired("DELETE FROM dedup_recent WHERE dedup IN (\(keysOfExpired))")
+        _ = try deleteExpired("DELETE FROM dedup_settled WHERE dedup IN (\(keysOfExpired))")
+        var touched = try deleteExpired("DELETE FROM message WHERE id IN (\(expired))")
         if touched > 0 { try reclaimFingerprints() }
         guard touched < limit, before > dedupFrom else { return touched }
         // Still within the dedup window: the payload goes, the row stays to recognise a redelivery.

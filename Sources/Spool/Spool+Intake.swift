@@ -277,11 +277,7 @@ extension Spool {
             }
             writer.abort = nil
             if let failure {
-                if !batch.isEmpty {
-                    if writer.fault?.code != failure.code { logFailure = failure }
-                    writer.fault = failure
-                    storeFault.withLock { $0 = failure }
-                }
+                if !batch.isEmpty, recordIntakeFault(failure, in: writer) { logFailure = failure }
                 return
             }
             // Not remembered as announced: a rescan that finds one of these still new announces
@@ -292,11 +288,7 @@ extension Spool {
                 }
             }
         }
-        if let logFailure {
-            logger.error(
-                "\(logFailure); frames stay unacked until it is fixed",
-                metadata: ["spool.dir": "\(directory)", "spool.path": "\(logFailure.path)"])
-        }
+        if let logFailure { logIntakeFault(logFailure) }
         if let failure {
             // Every frame of the round, also those the failure came before.
             for pending in batch { pending.completion(.failed(failure)) }
@@ -336,9 +328,7 @@ extension Spool {
             do throws(SpoolError) {
                 try writer.store.syncDeferred()
             } catch {
-                logFailure = writer.fault?.code != error.code
-                writer.fault = error
-                storeFault.withLock { $0 = error }
+                logFailure = recordIntakeFault(error, in: writer)
                 return error
             }
             if writer.fault != nil {
@@ -348,15 +338,26 @@ extension Spool {
             }
             return nil
         }
-        if let failure, logFailure {
-            logger.error(
-                "\(failure); frames stay unacked until it is fixed",
-                metadata: ["spool.dir": "\(directory)", "spool.path": "\(failure.path)"])
-        }
+        if let failure, logFailure { logIntakeFault(failure) }
         if logRecovery {
             logger.notice("spool: intake recovered, storing frames again", metadata: ["spool.dir": "\(directory)"])
         }
         return (failure, ContinuousClock.now - start)
+    }
+
+    /// Remembers why intake stopped (a COMMIT or the fsync after it failed); true when that is a
+    /// new reason, to be logged once while it lasts. The writer is locked by the caller.
+    private func recordIntakeFault(_ failure: SpoolError, in writer: Writer) -> Bool {
+        let isNew = writer.fault?.code != failure.code
+        writer.fault = failure
+        storeFault.withLock { $0 = failure }
+        return isNew
+    }
+
+    private func logIntakeFault(_ failure: SpoolError) {
+        logger.error(
+            "\(failure); frames stay unacked until it is fixed",
+            metadata: ["spool.dir": "\(directory)", "spool.path": "\(failure.path)"])
     }
 
     private var pruneDue: Bool {

@@ -17,6 +17,9 @@ public struct Attachment: Sendable, Equatable {
     /// Name of the note written instead of the file when it could not be downloaded.
     public var missingNoteName: String { fileName + ".missing" }
 
+    /// The `msgtype`s whose messages can carry files (`list` reads no others).
+    public static let messageTypes: Set<String> = ["picture", "audio", "video", "file", "richText"]
+
     /// The attachments of a bot message's `data` (PROTOCOL.md section 3): the `downloadCode` of
     /// picture, file, audio and video messages and of each picture in a richText, in message
     /// order, with names made safe and unique. Other message types have none.

@@ -21,8 +21,14 @@ public final class ConversationScheduler: Sendable {
 
     public typealias Job = @Sendable () async -> Void
 
+    /// A job and the executor it prefers (nil: the global one).
+    private struct Queued {
+        var job: Job
+        var executor: (any TaskExecutor)?
+    }
+
     private struct State {
-        var queues: [String: [Job]] = [:]
+        var queues: [String: [Queued]] = [:]
         /// Conversations whose head job may start, in the order they became ready.
         var ready: [String] = []
         /// Conversations with a job running.
@@ -57,15 +63,18 @@ public final class ConversationScheduler: Sendable {
     /// answer) the conversation takes the next free worker ahead of the others. With `startHere`
     /// a job that starts at once runs on the calling thread until it first waits (for a job whose
     /// first steps are short and end in I/O: it goes out without waking another thread first).
-    /// Returns false (and drops the job) after `shutdown()`.
+    /// After a wait the job goes on on `executor` (the event loop its I/O is answered on), else
+    /// on the global executor. Returns false (and drops the job) after `shutdown()`.
     @discardableResult
-    public func submit(conversation: String, urgent: Bool = false, startHere: Bool = false, job: @escaping Job) -> Bool {
+    public func submit(
+        conversation: String, urgent: Bool = false, startHere: Bool = false, executor: (any TaskExecutor)? = nil, job: @escaping Job
+    ) -> Bool {
         let (accepted, starts) = state.withLock { state -> (Bool, [WorkerStart]) in
             guard !state.shuttingDown else { return (false, []) }
             if state.queues[conversation, default: []].isEmpty && !state.busy.contains(conversation) {
                 if urgent { state.ready.insert(conversation, at: 0) } else { state.ready.append(conversation) }
             }
-            state.queues[conversation, default: []].append(job)
+            state.queues[conversation, default: []].append(Queued(job: job, executor: executor))
             state.queued += 1
             return (true, startWorkers(&state))
         }
@@ -140,7 +149,7 @@ public final class ConversationScheduler: Sendable {
         }
     }
 
-    private typealias WorkerStart = (id: Int, first: (conversation: String, job: Job))
+    private typealias WorkerStart = (id: Int, first: (conversation: String, job: Queued))
 
     /// Takes the jobs that may start now, each for a new worker; `launch` starts them once the
     /// lock is released (a job started here may end, and take the lock, before it returns).
@@ -158,15 +167,26 @@ public final class ConversationScheduler: Sendable {
 
     private func launch(_ starts: [WorkerStart], here: Bool = false) {
         for (id, first) in starts {
+            let preferred = first.job.executor
             let work: @Sendable () async -> Void = { [self] in
-                var current: (conversation: String, job: Job)? = first
-                while let (conversation, job) = current {
-                    await job()
+                var current: (conversation: String, job: Queued)? = first
+                var isFirst = true
+                while let (conversation, queued) = current {
+                    if isFirst || (preferred == nil && queued.executor == nil) {
+                        await queued.job()
+                    } else {
+                        // Each job on the executor it prefers, not on the one the worker began with.
+                        await withTaskExecutorPreference(queued.executor ?? globalConcurrentExecutor) { await queued.job() }
+                    }
+                    isFirst = false
                     // The worker goes on with the next ready job, of any conversation.
                     current = finished(conversation, worker: id)
                 }
             }
-            let task = here ? Task.immediateDetached(operation: work) : Task.detached(operation: work)
+            let task =
+                here
+                ? Task.immediateDetached(executorPreference: preferred, operation: work)
+                : Task.detached(executorPreference: preferred, operation: work)
             let cancel = state.withLock { state in
                 guard state.live.contains(id) else { return false }  // already ended
                 state.tasks[id] = task
@@ -176,7 +196,7 @@ public final class ConversationScheduler: Sendable {
         }
     }
 
-    private func nextJob(_ state: inout State) -> (conversation: String, job: Job)? {
+    private func nextJob(_ state: inout State) -> (conversation: String, job: Queued)? {
         guard !state.shuttingDown, state.running < state.workers, !state.ready.isEmpty else { return nil }
         let conversation = state.ready.removeFirst()
         guard var queue = state.queues[conversation], !queue.isEmpty else { return nil }
@@ -189,8 +209,8 @@ public final class ConversationScheduler: Sendable {
     }
 
     /// Ends a job; returns the worker's next one, or nil when it ends (its task unregistered).
-    private func finished(_ conversation: String, worker: Int) -> (conversation: String, job: Job)? {
-        let (next, drained) = state.withLock { state -> ((conversation: String, job: Job)?, CheckedContinuation<Void, Never>?) in
+    private func finished(_ conversation: String, worker: Int) -> (conversation: String, job: Queued)? {
+        let (next, drained) = state.withLock { state -> ((conversation: String, job: Queued)?, CheckedContinuation<Void, Never>?) in
             state.running -= 1
             state.busy.remove(conversation)
             if let queue = state.queues[conversation], !queue.isEmpty {

@@ -30,6 +30,8 @@ final class SQLiteStore: SpoolStore {
     private var commitsSynced = true
     private var changesAtBegin: Int64 = 0
     private(set) var hasUnsyncedCommits = false
+    /// How long a statement waits for another connection's lock before it fails.
+    private let busyTimeoutMilliseconds: Int32
 
     /// Opens (creating when missing) and migrates the database at `path`, checkpointing on a
     /// queue of its own (`WALCheckpointer`), whose faults go to `logger`.
@@ -39,6 +41,7 @@ final class SQLiteStore: SpoolStore {
         logger: Logger = Logger(label: "dingstream.spool")
     ) throws(SpoolError) {
         self.recentKeyLimit = recentKeyLimit
+        self.busyTimeoutMilliseconds = busyTimeoutMilliseconds
         // SQLite creates files 0644 and gives the WAL the database's mode: create it 0640 first.
         let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, FileIO.fileMode)
         guard descriptor >= 0 else { throw SpoolError.posix(errno, path: path, doing: "creating") }
@@ -61,8 +64,9 @@ final class SQLiteStore: SpoolStore {
     /// Opens an existing database for reading and repairs by `dingstream spool` (no migration).
     init(existingAt path: String, readOnly: Bool) throws(SpoolError) {
         recentKeyLimit = Self.defaultRecentKeyLimit
+        busyTimeoutMilliseconds = 5000
         connection = try SQLiteConnection(path: path, readOnly: readOnly, create: false)
-        connection.setBusyTimeout(milliseconds: 5000)
+        connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         _ = try schemaVersionKnown()
     }
 
@@ -194,6 +198,19 @@ final class SQLiteStore: SpoolStore {
         changesAtBegin = connection.totalChanges
         try connection.statement("BEGIN IMMEDIATE").step()
         recentKeysAtBegin = recentKeys
+    }
+
+    /// Starts a transaction whose COMMIT only writes the log (as `begin(durable: false)`) unless
+    /// another connection holds the write lock: then false at once, where `begin` would wait.
+    func beginUnlessLocked() throws(SpoolError) -> Bool {
+        connection.setBusyTimeout(milliseconds: 0)
+        defer { connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds) }
+        do {
+            try begin(durable: false)
+            return true
+        } catch where error.code == .locked {
+            return false
+        }
     }
 
     func commit() throws(SpoolError) {

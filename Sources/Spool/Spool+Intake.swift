@@ -28,6 +28,9 @@ extension Spool {
         var held: Set<EntryName> = []
         /// Entries whose message file this process wrote (open empties `running/`).
         var messageFiles: Set<EntryName> = []
+        /// A round of frames is committed and its fsync has not succeeded yet: nothing a
+        /// handler did may be committed before it (see `commitRound`).
+        var framesUnsynced = false
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool
@@ -71,6 +74,46 @@ extension Spool {
             if !accepted { continuation.resume(returning: .failure(SpoolError(.closed, path: directory))) }
         }
         return try result.get()
+    }
+
+    /// Runs `body` in a transaction of its own on the calling thread, if the writer is free at
+    /// this instant, and commits it to the write-ahead log (which a crash of the process cannot
+    /// undo); the writer fsyncs it within `deferredSyncDelay`, as it does its own rounds of state
+    /// changes. Returns nil, having done nothing, when the writer is busy (a round, an fsync),
+    /// when frames committed before are not yet on disk (a handler's outcome must not be
+    /// recorded before its message is), while intake is failing, or on a shared store: use
+    /// `perform` then. A handler's outcome goes out this way from the thread that learned it
+    /// (the event loop that read an HTTP handler's answer), without waking the writer first.
+    /// Call `syncCommittedHere` after a change that succeeded, once what must go out at once is out.
+    public func performHere<T: Sendable>(_ body: (Writer) throws(SpoolError) -> T) -> Result<T, SpoolError>? {
+        guard cluster == nil else { return nil }
+        var commitTime: Duration?
+        let outcome = writer.withLockIfAvailable { (writer: inout Writer?) -> Result<T, SpoolError>? in
+            guard let writer, writer.fault == nil, let store = writer.store as? SQLiteStore else { return nil }
+            if writer.framesUnsynced {
+                guard !store.hasUnsyncedCommits else { return nil }
+                writer.framesUnsynced = false  // synced since, by a sync of state changes
+            }
+            do throws(SpoolError) {
+                guard try store.beginUnlessLocked() else { return nil }
+                let value = try body(writer)
+                let commitStart = ContinuousClock.now
+                try store.commit()
+                commitTime = ContinuousClock.now - commitStart
+                return .success(value)
+            } catch {
+                store.rollback()
+                return .failure(error)
+            }
+        }
+        guard let outcome = outcome ?? nil else { return nil }
+        if let commitTime { commitObserver(commitTime) }
+        return outcome
+    }
+
+    /// Wakes the writer to fsync what `performHere` committed within `deferredSyncDelay`.
+    public func syncCommittedHere() {
+        queue.wake()
     }
 
     /// Runs `body` on the writer thread in the next round and returns at once (reads, and
@@ -186,8 +229,8 @@ extension Spool {
     /// cannot undo. A round with frames then announces its new entries, so that a claimed one's
     /// HTTP handler call goes out while the log is fsynced, and only after that fsync acks its
     /// frames: DingTalk does not send an acked frame again. Nothing a handler does reaches
-    /// anyone before the fsync: its outcome is committed by a later round, after this one's
-    /// fsync. A power cut before it loses the round's rows and their frames were never acked,
+    /// anyone before the fsync: its outcome is committed after it, by a later round or by
+    /// `performHere`, which waits for it (`framesUnsynced`). A power cut before it loses the round's rows and their frames were never acked,
     /// so they come again and run again, as after any power cut during a handler.
     ///
     /// A round of state changes alone (claims, handler results, reply progress) is fsynced with
@@ -268,6 +311,7 @@ extension Spool {
                 let commitStart = ContinuousClock.now
                 try writer.store.commit()
                 commitTime = ContinuousClock.now - commitStart
+                if !batch.isEmpty { writer.framesUnsynced = true }
             } catch {
                 writer.store.rollback()
                 failure = error
@@ -331,6 +375,7 @@ extension Spool {
                 logFailure = recordIntakeFault(error, in: writer)
                 return error
             }
+            writer.framesUnsynced = false
             if writer.fault != nil {
                 writer.fault = nil
                 storeFault.withLock { $0 = nil }

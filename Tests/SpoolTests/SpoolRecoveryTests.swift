@@ -164,6 +164,76 @@ import Testing
         }
     }
 
+    /// A handler's outcome recorded on the caller's thread (`performHere`): only while the
+    /// writer is free and the frames committed before are on disk, committed to the log at once
+    /// and fsynced by the writer after the deferred sync delay, once woken for it.
+    @Test(.timeLimit(.minutes(1))) func outcomesRecordedHereWaitForTheWriterAndTheFramesFsync() async throws {
+        try await withTemporaryDirectory { root in
+            // No rescan or prune wakes the writer in this test: only `performHere` can.
+            let spool = Spool(
+                directory: root, rescanInterval: .seconds(3600), deferredSyncDelay: .milliseconds(300), logger: LogSink().logger)
+            try spool.open()
+            defer { spool.close() }
+            let unsynced = { spool.writer.withLock { $0?.store.hasUnsyncedCommits ?? false } }
+            try await withRunning(spool) {
+                var stored: [EntryName] = []
+                for msgID in ["m1", "m2"] {
+                    guard case .stored(let name) = await spool.store(botRecord(msgID: msgID)) else {
+                        Issue.record("not stored")
+                        return
+                    }
+                    stored.append(name)
+                    _ = try await spool.perform { writer throws(SpoolError) in try writer.claim(name, messageFile: false) }
+                }
+                let names = stored
+                try await waitUntil("the claims' deferred fsync") { !unsynced() }
+
+                // The writer busy (a round, an fsync): nothing is done here.
+                let holding = Mutex(false)
+                let release = Mutex(false)
+                let holder = Thread {
+                    spool.writer.withLock { _ in
+                        holding.withLock { $0 = true }
+                        while !release.withLock({ $0 }) { usleep(1000) }
+                    }
+                }
+                holder.start()
+                try await waitUntil("the writer's lock taken") { holding.withLock { $0 } }
+                let whileBusy = spool.performHere { writer throws(SpoolError) in try writer.complete(names[0], replies: nil) }
+                release.withLock { $0 = true }
+                #expect(whileBusy == nil, "refused while the writer is busy")
+                #expect(try spool.row(names[0]).state == .running)
+
+                // A round of frames committed and not yet fsynced (its sync thread has not run):
+                // an outcome must wait for it, or a power cut could keep the outcome's reply
+                // and lose the message. A state change's commit stands in for the round's.
+                try await spool.perform { writer throws(SpoolError) in
+                    try writer.retryLater(names[1], attempts: 1, notBefore: Date().addingTimeInterval(3600))
+                }
+                #expect(unsynced())
+                spool.writer.withLock { $0?.framesUnsynced = true }
+                #expect(spool.performHere { writer throws(SpoolError) in try writer.complete(names[0], replies: nil) } == nil)
+                try await waitUntil("the deferred fsync") { !unsynced() }
+
+                // Free, and nothing unsynced before it: committed here, fsynced later.
+                let done = spool.performHere { writer throws(SpoolError) in try writer.complete(names[0], replies: nil) }
+                #expect(done.map { (try? $0.get()) != nil } == true)
+                #expect(unsynced(), "committed to the log only")
+                spool.syncCommittedHere()
+                let committed = ContinuousClock.now
+                try await waitUntil("the writer's fsync of it") { !unsynced() }
+                #expect(ContinuousClock.now - committed >= .milliseconds(200), "synced after the delay, not at once")
+                // (Read after: a read here is a transaction of its own, which fsyncs.)
+                #expect(try spool.row(names[0]).state == .done)
+
+                // A change that fails (not running any more) rolls back and says why.
+                let again = spool.performHere { writer throws(SpoolError) in try writer.complete(names[0], replies: nil) }
+                #expect(again.map { (try? $0.get()) == nil } == true)
+                #expect(try spool.row(names[0]).state == .done)
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func retryWaitsUntilDueAndDeadLetterKeepsItsReason() async throws {
         try await withTemporaryDirectory { root in
             let clock = TestClock()

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Dispatch
 import Logging
+import NIOCore
 import Replies
 import StreamClient
 import Synchronization
@@ -89,11 +90,20 @@ final class AppClients: Sendable {
         return current.mapValues { Client(openAPI: $0.openAPI, http: $0.http) }
     }
 
+    /// The client session webhooks go out on: plain HTTPS to DingTalk, so any app's client (its
+    /// proxy and CA) will do.
+    func webhookHTTP(_ configuration: Configuration, clients: [String: Client]) -> HTTPClient {
+        configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? fallbackWebhookHTTP()
+    }
+
+    /// The event loop of `webhookHTTP`, where the replies' requests start.
+    func webhookLoop(_ configuration: Configuration, clients: [String: Client]) -> any EventLoop {
+        webhookHTTP(configuration, clients: clients).eventLoopGroup.next()
+    }
+
     func deliverer(_ configuration: Configuration, clients: [String: Client]) -> ReplyDeliverer {
-        // Session webhooks are plain HTTPS to DingTalk: any app's client (its proxy and CA) will do.
-        let webhookHTTP = configuration.apps.lazy.compactMap { clients[$0.name]?.http }.first ?? fallbackWebhookHTTP()
-        return ReplyDeliverer(
-            clients: clients.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP, logger: logger),
+        ReplyDeliverer(
+            clients: clients.mapValues(\.openAPI), webhook: SessionWebhookClient(httpClient: webhookHTTP(configuration, clients: clients), logger: logger),
             webhookMargin: configuration.webhookMargin, replyDeadline: configuration.replyDeadline, observer: observer, logger: logger)
     }
 

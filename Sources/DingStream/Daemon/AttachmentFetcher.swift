@@ -47,7 +47,10 @@ struct AttachmentFetcher: Sendable {
     /// Downloads what `entry` (a bot message) carries. With `finalAttempt`, transient failures
     /// are treated as permanent so that the handlers run at last.
     func fetch(_ entry: SpoolEntry, spool: Spool, finalAttempt: Bool, logger: Logger) async -> Outcome {
-        guard entry.kind == .bot, let data = entry.dataObject() else { return .ready(folder: nil) }
+        guard entry.kind == .bot else { return .ready(folder: nil) }
+        // Most messages are text: known without parsing the message again.
+        if let type = entry.botMessage?.msgtype, !Attachment.messageTypes.contains(type) { return .ready(folder: nil) }
+        guard let data = entry.dataObject() else { return .ready(folder: nil) }
         let attachments = Attachment.list(in: data)
         guard !attachments.isEmpty else { return .ready(folder: nil) }
         let folder = Self.folder(spool: spool, name: entry.name)

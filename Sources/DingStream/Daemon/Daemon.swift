@@ -79,7 +79,10 @@ public struct Daemon: Sendable {
                 handlerTimeout: configuration.handlerTimeout, maxAttempts: configuration.maxAttempts,
                 retryDelay: configuration.retryDelay,
                 attachments: AttachmentFetcher(sources: clients, maxBytes: configuration.maxAttachmentBytes),
-                httpHandlers: httpHandlers.handlers(for: configuration))
+                // On the loop the replies go out on: an HTTP handler's answer is read, its outcome
+                // committed and the reply sent from one thread (see `Dispatcher.offer`).
+                httpHandlers: httpHandlers.handlers(
+                    for: configuration, loop: appClients.webhookLoop(configuration, clients: clients)))
         }
         let clients = appClients.clients(for: configuration)
         let outbox = OutboxSender(

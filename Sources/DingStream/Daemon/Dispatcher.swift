@@ -2,6 +2,8 @@ import CoreMetrics
 import Foundation
 import Handlers
 import Logging
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import Spool
 import StreamProtocol
@@ -211,9 +213,10 @@ final class Dispatcher: Service {
             return
         }
         guard inFlight.withLock({ $0.insert(name).inserted }) else { return }
+        let httpFirst = claimed.flatMap { httpHandlerFirst($0.entry) }
         let accepted = scheduler.submit(
-            conversation: Self.queue(of: announcement), urgent: announcement.kind == .card,
-            startHere: claimed.map { beginsWithHTTPCall($0.entry) } ?? false
+            conversation: Self.queue(of: announcement), urgent: announcement.kind == .card, startHere: httpFirst != nil,
+            executor: httpFirst?.executor
         ) { [self] in
             await handle(name, kind: announcement.kind, claimed: claimed)
             _ = inFlight.withLock { $0.remove(name) }
@@ -221,11 +224,17 @@ final class Dispatcher: Service {
         if !accepted { _ = inFlight.withLock { $0.remove(name) } }
     }
 
-    /// Whether handling `entry` begins with its app's HTTP handler, with nothing slow before the
-    /// request (no files to download): such a job runs on the writer thread until the request is
-    /// out, which saves waking a thread for it first.
-    private func beginsWithHTTPCall(_ entry: SpoolEntry) -> Bool {
-        settings.withLock { $0.httpHandlers[entry.app] != nil && ($0.attachments == nil || entry.botMessage?.msgtype == "text") }
+    /// The HTTP handler that handling `entry` begins with, when nothing slow comes before its
+    /// request (no files to download). Such a job runs on the writer thread until the request is
+    /// out, which saves waking a thread for it first, and then on the handler's event loop until
+    /// its outcome is recorded: the answer is read, the outcome committed (`Spool.performHere`)
+    /// and the reply sent from there, with no thread woken between the answer and the reply
+    /// while the writer is free.
+    private func httpHandlerFirst(_ entry: SpoolEntry) -> HTTPHandler? {
+        settings.withLock { current in
+            guard current.attachments == nil || entry.botMessage?.msgtype == "text" else { return nil }
+            return current.httpHandlers[entry.app]
+        }
     }
 
     /// Logs the scan's refusals when they differ from the last ones logged (or with `force`).
@@ -313,11 +322,14 @@ final class Dispatcher: Service {
                 run = await handler.call(entry, attachments: attachmentsFolder)
             case .script(let handler):
                 handlerLog[metadataKey: "handler.name"] = "\(handler.name)"
-                run = HandlerRun(
-                    await HandlerRunner.run(
-                        executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
-                        workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
-                        stderrTailBytes: 4096))
+                // Off the event loop an HTTP handler's answer may have left this job on.
+                run = await withTaskExecutorPreference(globalConcurrentExecutor) {
+                    HandlerRun(
+                        await HandlerRunner.run(
+                            executable: handler.path, stdinPath: claimed.path ?? "/dev/null", environment: environment,
+                            workingDirectory: spool.directory, timeout: current.handlerTimeout, outputLimit: 1 << 20,
+                            stderrTailBytes: 4096))
+                }
             }
             lastProgress.store(Self.monotonicNanoseconds(), ordering: .relaxed)
             if let result = run.script, result.outcome == .done, !result.stderrTail.isEmpty {
@@ -416,8 +428,25 @@ final class Dispatcher: Service {
         return text
     }
 
+    /// Records a handling's outcome: on this thread when the writer is free (`performHere`),
+    /// else in the writer's next round. A failure leaves the entry running, so it runs again
+    /// after the next start.
     private func finish(afterCommit: (@Sendable () -> Void)? = nil, _ body: @escaping @Sendable (Spool.Writer) throws(SpoolError) -> Void) async {
-        await spool.change(logger: logger, afterCommit: afterCommit, body)
+        switch spool.performHere(body) {
+        case .success:
+            afterCommit?()
+            // Its fsync is the writer's; woken once this turn of the event loop (which may be
+            // about to send the reply) is through, else at once.
+            if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
+                loop.execute { [spool] in spool.syncCommittedHere() }
+            } else {
+                spool.syncCommittedHere()
+            }
+        case .failure(let error):
+            logger.error("spool: \(error)")
+        case nil:
+            await spool.change(logger: logger, afterCommit: afterCommit, body)
+        }
     }
 
     /// The reply as the session webhook body; the outbox keeps it in this form.

@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Crypto
 import Foundation
 import Handlers
@@ -62,10 +61,10 @@ final class HTTPHandler: Sendable {
     let app: String
     let settings: Configuration.HTTPHandlerSettings
     private let secret: String
-    private let client: HTTPClient
-    /// `settings.url` parsed once, not for every message; nil when it does not parse, and the
-    /// call then fails with the client's own error for it.
-    private let requestURL: URL?
+    private let client: HTTPHandlerClient
+    /// The client's event loop, where the handling of a message that begins with this handler
+    /// runs until its outcome is recorded (see `Dispatcher.offer`).
+    let executor: EventLoopTaskExecutor
 
     /// The kind of message: `bot`, `event`, `card` or `other`.
     static let kindHeader = "X-Dingstream-Kind"
@@ -82,42 +81,41 @@ final class HTTPHandler: Sendable {
     /// How much of a failed response's body its dead letter keeps.
     static let reasonBodyBytes = 1024
 
-    /// - Throws: when the TLS setup fails (an unreadable or invalid `http_handler_ca_file`).
-    init(app: String, secret: String, settings: Configuration.HTTPHandlerSettings) throws {
+    /// - Throws: when the URL is not http or https, or the TLS setup fails (an unreadable or
+    ///   invalid `http_handler_ca_file`).
+    init(
+        app: String, secret: String, settings: Configuration.HTTPHandlerSettings,
+        loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
+    ) throws {
         self.app = app
         self.secret = secret
         self.settings = settings
-        requestURL = URL(string: settings.url)
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caFile = settings.caFile {
             tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMFile(caFile))]
         }
-        var configuration = HTTPClient.Configuration(
-            tlsConfiguration: tls,
-            timeout: .init(connect: .init(min(settings.timeout, .seconds(10))), read: .init(settings.timeout)))
-        // The pool opens at most this many connections to the handler and queues the rest, so
-        // it is the concurrency limit; idle connections stay open for the next message.
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: settings.concurrency)
-        configuration.redirectConfiguration = .disallow
-        // A refused connection is answered by the spool's retry with backoff, not by a quiet loop here.
-        configuration.connectionPool.retryConnectionEstablishment = false
-        client = HTTPClient.onOneEventLoop(configuration: configuration)
+        // At most `concurrency` connections, the rest queued: the concurrency limit. A refused
+        // connection is answered by the spool's retry with backoff, not by a quiet loop here;
+        // redirects are not followed (a bot server does not send them).
+        client = try HTTPHandlerClient(
+            url: settings.url, tls: tls, concurrency: settings.concurrency, connectTimeout: min(settings.timeout, .seconds(10)),
+            loop: loop)
+        executor = EventLoopTaskExecutor(loop)
     }
 
     func shutdown() async {
-        try? await client.shutdown()
+        await client.shutdown()
     }
 
     /// For `dingstream doctor`: whether the URL answers at all. A GET, so that no bot acts on it:
     /// any HTTP status proves the server listens (a bot usually answers GET with 404 or 405),
     /// and with https that its certificate verified.
     func probe(timeout: Duration = .seconds(10)) async -> Result<HTTPResponseStatus, any Error> {
-        var request = HTTPClientRequest(url: settings.url)
-        request.method = .GET
-        request.headers.add(name: "User-Agent", value: Daemon.userAgent)
+        var headers = HTTPHeaders()
+        headers.add(name: "User-Agent", value: Daemon.userAgent)
         do {
-            let response = try await client.execute(request, deadline: .now() + .init(min(timeout, settings.timeout)))
-            _ = try? await response.body.collect(upTo: Self.bodyLimit)
+            let deadline = NIODeadline.now() + HTTPHandlerClient.timeAmount(min(timeout, settings.timeout))
+            let response = try await client.execute(method: .GET, headers: headers, body: nil, deadline: deadline, bodyLimit: Self.bodyLimit)
             return .success(response.status)
         } catch {
             return .failure(error)
@@ -149,16 +147,15 @@ final class HTTPHandler: Sendable {
         if let topic = entry.topic { headers.add(name: Self.topicHeader, value: topic) }
         if let attachments { headers.add(name: Self.attachmentsHeader, value: attachments) }
         do {
-            let request = try requestURL.map { try HTTPClient.Request(url: $0, method: .POST, headers: headers, body: .string(entry.dataJSON)) }
-                ?? HTTPClient.Request(url: settings.url, method: .POST, headers: headers, body: .string(entry.dataJSON))
-            let response: HTTPClient.Response
+            let response: HTTPHandlerClient.Response
             do {
-                response = try await client.wholeResponse(to: request, maxBodySize: Self.bodyLimit, deadline: .now() + .init(settings.timeout))
-            } catch is ResponseAccumulator.ResponseTooBigError {
+                response = try await client.execute(
+                    method: .POST, headers: headers, body: Array(entry.dataJSON.utf8), deadline: .now() + HTTPHandlerClient.timeAmount(settings.timeout),
+                    bodyLimit: Self.bodyLimit)
+            } catch HTTPHandlerClient.Failure.bodyTooLarge {
                 return failed("answered with a body over \(Self.bodyLimit >> 20) MiB", body: [], started: started)
             }
-            let bytes = response.body.map { Array($0.readableBytesView) } ?? []
-            return Self.run(status: response.status, body: bytes, url: settings.url, duration: ContinuousClock.now - started)
+            return Self.run(status: response.status, body: response.body, url: settings.url, duration: ContinuousClock.now - started)
         } catch {
             let duration = ContinuousClock.now - started
             if Task.isCancelled {
@@ -170,7 +167,7 @@ final class HTTPHandler: Sendable {
                 run.note = " (could not connect to \(settings.url))"
                 return run
             }
-            if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .readTimeout {
+            if let error = error as? HTTPHandlerClient.Failure, error == .timedOut {
                 return HandlerRun(
                     outcome: .failed(reason: "no answer within \(settings.timeout)"),
                     reasonText: reason("no answer within http_handler_timeout \(DurationText.format(settings.timeout))", duration: duration),
@@ -202,9 +199,7 @@ final class HTTPHandler: Sendable {
     /// True when the request never reached the handler (nothing listening, host unreachable, no
     /// connection within the connect timeout), so sending it again later is safe.
     static func couldNotConnect(_ error: any Error) -> Bool {
-        if error is NIOConnectionError { return true }
-        if let error = error as? IOError { return [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH].contains(error.errnoCode) }
-        if let error = error as? HTTPClientError { return error == .connectTimeout }
+        if case .couldNotConnect = error as? HTTPHandlerClient.Failure { return true }
         return false
     }
 
@@ -260,9 +255,9 @@ final class HTTPHandlers: Sendable {
         self.logger = logger
     }
 
-    /// The handlers for `configuration`, by app name. An app whose handler cannot be set up (its
-    /// CA file) is logged and has none until a reload fixes it.
-    func handlers(for configuration: Configuration) -> [String: HTTPHandler] {
+    /// The handlers for `configuration`, by app name, new ones on `loop`. An app whose handler
+    /// cannot be set up (its CA file) is logged and has none until a reload fixes it.
+    func handlers(for configuration: Configuration, loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()) -> [String: HTTPHandler] {
         let now = ContinuousClock.now
         let (current, due): ([String: HTTPHandler], [HTTPHandler]) = state.withLock { state in
             var next: [String: (identity: Identity, handler: HTTPHandler)] = [:]
@@ -274,7 +269,7 @@ final class HTTPHandlers: Sendable {
                     continue
                 }
                 do {
-                    next[app.name] = (identity, try HTTPHandler(app: app.name, secret: app.clientSecret, settings: settings))
+                    next[app.name] = (identity, try HTTPHandler(app: app.name, secret: app.clientSecret, settings: settings, loop: loop))
                 } catch {
                     logger.error(
                         "app \(app.name): cannot set up the http_handler \(settings.url) (\(error)); check http_handler_ca_file",

@@ -211,6 +211,49 @@ final class EventLog: Sendable {
         }
     }
 
+    /// An executor that runs its jobs on a thread of its own, so a job can tell it is there.
+    final class OwnThreadExecutor: TaskExecutor, @unchecked Sendable {
+        let queue = DispatchQueue(label: "test.own-thread-executor")
+        let key = DispatchSpecificKey<Bool>()
+        init() { queue.setSpecific(key: key, value: true) }
+        var isCurrent: Bool { DispatchQueue.getSpecific(key: key) == true }
+        func enqueue(_ job: consuming ExecutorJob) {
+            let job = UnownedJob(job)
+            queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+        }
+    }
+
+    /// A job submitted with an executor goes on on it after it first waits; the job the same
+    /// worker takes next does not (it runs on the global executor).
+    @Test(.timeLimit(.minutes(1)))
+    func aJobGoesOnOnItsExecutorAndTheNextJobOfItsWorkerDoesNot() async throws {
+        let scheduler = ConversationScheduler(workers: 1)
+        let executor = OwnThreadExecutor()
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await scheduler.run() }
+            let started = Gate()
+            scheduler.submit(conversation: "first") { started.open() }
+            await started.wait()
+            let placed = Mutex<[String: Bool]>([:])
+            let done = Gate()
+            let release = Gate()
+            scheduler.submit(conversation: "a", startHere: true, executor: executor) {
+                await release.wait()
+                placed.withLock { $0["a"] = executor.isCurrent }
+            }
+            // One worker: "b" waits for "a" and is taken by the same worker after it.
+            scheduler.submit(conversation: "b") {
+                await Task.yield()
+                placed.withLock { $0["b"] = executor.isCurrent }
+                done.open()
+            }
+            release.open()
+            await done.wait()
+            #expect(placed.withLock { $0 } == ["a": true, "b": false])
+            scheduler.shutdown()
+        }
+    }
+
     /// Cancelling `run()` cancels the jobs that run and returns only once they have ended; a job
     /// queued behind them never starts.
     @Test(.timeLimit(.minutes(1)))

@@ -161,7 +161,7 @@ final class HTTPHandlerClient: @unchecked Sendable {
     private func connected(_ connection: Connection, for exchange: Exchange) {
         guard !isShutDown else {
             connection.channel?.close(promise: nil)
-            return
+            return end(exchange, .failure(Failure.shutDown))
         }
         if exchange.isResolved {
             release(connection)

@@ -35,7 +35,7 @@ struct JSONExchange: Sendable {
         let result: Result<Answer, ReplyError>
         do {
             let request = try HTTPClient.Request(url: url, method: .POST, headers: headerFields, body: .data(body))
-            let response = try await httpClient.wholeResponse(to: request, maxBodySize: bodyCap, deadline: .now() + timeAmount(timeout), logger: logger)
+            let response = try await httpClient.wholeResponse(to: request, maxBodySize: bodyCap, deadline: .now() + TimeAmount(timeout), logger: logger)
             let text = response.body.map { String(buffer: $0) } ?? ""
             let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
             result = .success(Answer(status: Int(response.status.code), object: object.map(JSONObject.init), rawBody: text))
@@ -143,11 +143,6 @@ struct JSONObject: @unchecked Sendable {
         default: nil
         }
     }
-}
-
-func timeAmount(_ duration: Duration) -> TimeAmount {
-    let (seconds, attoseconds) = duration.components
-    return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
 }
 
 /// The current time as epoch milliseconds, the unit DingTalk uses.

@@ -20,19 +20,25 @@ final class CommitQueue: @unchecked Sendable {
     private var rescanRequested = false
     private var wakeRequested = false
 
-    /// Queues `item` and wakes the commit thread; false once the queue is closed.
-    func append(_ item: Spool.Pending) -> Bool {
+    /// Makes `change` under the lock, then wakes the commit thread if it sleeps (frames and jobs
+    /// that arrive while a round runs need no wake-up: it looks again after the round). Returns
+    /// what `change` returns.
+    private func wakingAfter(_ change: () -> Bool) -> Bool {
         condition.lock()
-        guard !closed else {
-            condition.unlock()
-            return false
-        }
-        pending.append(item)
-        // Frames that arrive while a commit runs need no wake-up: the thread looks again after it.
-        let wake = sleeping
+        let changed = change()
+        let wake = changed && sleeping
         condition.unlock()
         if wake { condition.signal() }
-        return true
+        return changed
+    }
+
+    /// Queues `item` and wakes the commit thread; false once the queue is closed.
+    func append(_ item: Spool.Pending) -> Bool {
+        wakingAfter {
+            guard !closed else { return false }
+            pending.append(item)
+            return true
+        }
     }
 
     /// A state change or read run on the writer thread inside the round's transaction. It returns
@@ -43,34 +49,28 @@ final class CommitQueue: @unchecked Sendable {
 
     /// Queues `job` for the next round; false once the queue is closed.
     func append(job: @escaping Job) -> Bool {
-        condition.lock()
-        guard !closed else {
-            condition.unlock()
-            return false
+        wakingAfter {
+            guard !closed else { return false }
+            jobs.append(job)
+            return true
         }
-        jobs.append(job)
-        let wake = sleeping
-        condition.unlock()
-        if wake { condition.signal() }
-        return true
     }
 
     /// Asks the writer for a rescan (a cluster wake-up); requests before it wakes make one.
     func requestRescan() {
-        condition.lock()
-        rescanRequested = true
-        if sleeping { condition.signal() }
-        condition.unlock()
+        _ = wakingAfter {
+            rescanRequested = true
+            return true
+        }
     }
 
     /// Wakes the writer for its upkeep alone: a change committed on another thread
     /// (`Spool.performHere`) is synced within `deferredSyncDelay`.
     func wake() {
-        condition.lock()
-        wakeRequested = true
-        let wake = sleeping
-        condition.unlock()
-        if wake { condition.signal() }
+        _ = wakingAfter {
+            wakeRequested = true
+            return true
+        }
     }
 
     /// Frames waiting for the next round.
@@ -82,10 +82,10 @@ final class CommitQueue: @unchecked Sendable {
 
     /// Asks the commit thread to finish; it commits what is queued, then `close` refuses the rest.
     func requestStop() {
-        condition.lock()
-        stopping = true
-        condition.signal()
-        condition.unlock()
+        _ = wakingAfter {
+            stopping = true
+            return true
+        }
     }
 
     /// Waits until something is queued, a stop is requested or `deadline` passes, then takes up

@@ -30,6 +30,9 @@ final class SQLiteStore: SpoolStore {
     private var commitsSynced = true
     private var changesAtBegin: Int64 = 0
     private(set) var hasUnsyncedCommits = false
+    /// Whether one of those unsynced commits stored messages (see `Spool.performHere`).
+    private(set) var hasUnsyncedMessages = false
+    private var insertedInTransaction = false
     /// How long a statement waits for another connection's lock before it fails.
     private let busyTimeoutMilliseconds: Int32
 
@@ -196,6 +199,7 @@ final class SQLiteStore: SpoolStore {
             commitsSynced = durable
         }
         changesAtBegin = connection.totalChanges
+        insertedInTransaction = false
         try connection.statement("BEGIN IMMEDIATE").step()
         recentKeysAtBegin = recentKeys
     }
@@ -219,8 +223,10 @@ final class SQLiteStore: SpoolStore {
         // A synced COMMIT fsyncs the whole log, and with it every commit before it.
         if commitsSynced {
             hasUnsyncedCommits = false
+            hasUnsyncedMessages = false
         } else if connection.totalChanges != changesAtBegin {
             hasUnsyncedCommits = true
+            if insertedInTransaction { hasUnsyncedMessages = true }
         }
     }
 
@@ -228,6 +234,7 @@ final class SQLiteStore: SpoolStore {
         guard hasUnsyncedCommits else { return }
         try connection.syncJournal()
         hasUnsyncedCommits = false
+        hasUnsyncedMessages = false
     }
 
     func rollback() {
@@ -270,6 +277,7 @@ final class SQLiteStore: SpoolStore {
         try statement.step(borrowing: bytes, at: 8)
         guard connection.changes == 1 else { return false }  // the name was taken: a duplicate
         let id = connection.lastInsertRowID
+        insertedInTransaction = true
         if try claimKey(fingerprint, for: id) { return true }
         return try keepWithoutKey(id, fingerprint, record.key)
     }

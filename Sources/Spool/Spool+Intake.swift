@@ -28,9 +28,6 @@ extension Spool {
         var held: Set<EntryName> = []
         /// Entries whose message file this process wrote (open empties `running/`).
         var messageFiles: Set<EntryName> = []
-        /// A round of frames is committed and its fsync has not succeeded yet: nothing a
-        /// handler did may be committed before it (see `commitRound`).
-        var framesUnsynced = false
 
         init(spool: Spool, store: any SpoolStore) {
             self.spool = spool
@@ -89,11 +86,7 @@ extension Spool {
         guard cluster == nil else { return nil }
         var commitTime: Duration?
         let outcome = writer.withLockIfAvailable { (writer: inout Writer?) -> Result<T, SpoolError>? in
-            guard let writer, writer.fault == nil, let store = writer.store as? SQLiteStore else { return nil }
-            if writer.framesUnsynced {
-                guard !store.hasUnsyncedCommits else { return nil }
-                writer.framesUnsynced = false  // synced since, by a sync of state changes
-            }
+            guard let writer, writer.fault == nil, let store = writer.store as? SQLiteStore, !store.hasUnsyncedMessages else { return nil }
             do throws(SpoolError) {
                 guard try store.beginUnlessLocked() else { return nil }
                 let value = try body(writer)
@@ -230,8 +223,9 @@ extension Spool {
     /// HTTP handler call goes out while the log is fsynced, and only after that fsync acks its
     /// frames: DingTalk does not send an acked frame again. Nothing a handler does reaches
     /// anyone before the fsync: its outcome is committed after it, by a later round or by
-    /// `performHere`, which waits for it (`framesUnsynced`). A power cut before it loses the round's rows and their frames were never acked,
-    /// so they come again and run again, as after any power cut during a handler.
+    /// `performHere`, which waits for it (`SQLiteStore.hasUnsyncedMessages`). A power cut before
+    /// it loses the round's rows and their frames were never acked, so they come again and run
+    /// again, as after any power cut during a handler.
     ///
     /// A round of state changes alone (claims, handler results, reply progress) is fsynced with
     /// the next round of frames or after `deferredSyncDelay`. A power cut within that time can
@@ -311,7 +305,6 @@ extension Spool {
                 let commitStart = ContinuousClock.now
                 try writer.store.commit()
                 commitTime = ContinuousClock.now - commitStart
-                if !batch.isEmpty { writer.framesUnsynced = true }
             } catch {
                 writer.store.rollback()
                 failure = error
@@ -375,7 +368,6 @@ extension Spool {
                 logFailure = recordIntakeFault(error, in: writer)
                 return error
             }
-            writer.framesUnsynced = false
             if writer.fault != nil {
                 writer.fault = nil
                 storeFault.withLock { $0 = nil }

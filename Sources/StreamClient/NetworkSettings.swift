@@ -76,13 +76,6 @@ public struct NetworkSettings: Sendable {
     }
 }
 
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}
-
 /// True for addresses that never leave the machine; plain ws:// and http:// are allowed only there.
 public func isLoopbackHost(_ host: String) -> Bool {
     host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]"

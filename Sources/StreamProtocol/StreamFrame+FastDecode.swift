@@ -19,10 +19,15 @@ struct FastFrameReader {
     /// The frame's UTF-8 is checked once, up front: its strings are then made without checking
     /// each again through the generic `String(validating:as:)`, and skipped ones are only scanned.
     static func decode(_ bytes: UnsafeBufferPointer<UInt8>) -> StreamFrame? {
+        read(bytes) { $0.frame() }
+    }
+
+    /// Runs `body` on a reader of `bytes` once they are known to be valid UTF-8.
+    private static func read<Value>(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (inout FastFrameReader) -> Value?) -> Value? {
         guard UTF8Check.isValid(bytes) else { return nil }
         var reader = FastFrameReader(bytes)
         reader.knownUTF8 = true
-        return reader.frame()
+        return body(&reader)
     }
 
     /// For the text of a frame's `data`: nil unless it is one valid JSON object with `member` at
@@ -496,10 +501,7 @@ extension StreamAck {
 
 extension FastFrameReader {
     static func decodeAck(_ bytes: UnsafeBufferPointer<UInt8>) -> ReceivedAck? {
-        guard UTF8Check.isValid(bytes) else { return nil }
-        var reader = FastFrameReader(bytes)
-        reader.knownUTF8 = true
-        return reader.ack()
+        read(bytes) { $0.ack() }
     }
 
     private mutating func ack() -> ReceivedAck? {

@@ -206,12 +206,21 @@ import Testing
 
                 // A round of frames committed and not yet fsynced (its sync thread has not run):
                 // an outcome must wait for it, or a power cut could keep the outcome's reply
-                // and lose the message. A state change's commit stands in for the round's.
+                // and lose the message. The round's insert and COMMIT are made here by hand,
+                // after a state change that has the writer fsync within the delay.
                 try await spool.perform { writer throws(SpoolError) in
                     try writer.retryLater(names[1], attempts: 1, notBefore: Date().addingTimeInterval(3600))
                 }
                 #expect(unsynced())
-                spool.writer.withLock { $0?.framesUnsynced = true }
+                try spool.writer.withLock { (writer: inout Spool.Writer?) throws(SpoolError) in
+                    guard let store = writer?.store else { return }
+                    let record = botRecord(msgID: "m3")
+                    try store.begin(durable: false)
+                    _ = try store.insert(
+                        record, name: EntryName(receivedMillis: record.receivedMillis, key: record.key), bytes: record.encoded(), state: .new,
+                        nowMillis: record.receivedMillis)
+                    try store.commit()
+                }
                 #expect(spool.performHere { writer throws(SpoolError) in try writer.complete(names[0], replies: nil) } == nil)
                 try await waitUntil("the deferred fsync") { !unsynced() }
 

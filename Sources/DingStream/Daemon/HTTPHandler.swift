@@ -114,7 +114,7 @@ final class HTTPHandler: Sendable {
         var headers = HTTPHeaders()
         headers.add(name: "User-Agent", value: Daemon.userAgent)
         do {
-            let deadline = NIODeadline.now() + HTTPHandlerClient.timeAmount(min(timeout, settings.timeout))
+            let deadline = NIODeadline.now() + TimeAmount(min(timeout, settings.timeout))
             let response = try await client.execute(method: .GET, headers: headers, body: nil, deadline: deadline, bodyLimit: Self.bodyLimit)
             return .success(response.status)
         } catch {
@@ -150,7 +150,7 @@ final class HTTPHandler: Sendable {
             let response: HTTPHandlerClient.Response
             do {
                 response = try await client.execute(
-                    method: .POST, headers: headers, body: Array(entry.dataJSON.utf8), deadline: .now() + HTTPHandlerClient.timeAmount(settings.timeout),
+                    method: .POST, headers: headers, body: Array(entry.dataJSON.utf8), deadline: .now() + TimeAmount(settings.timeout),
                     bodyLimit: Self.bodyLimit)
             } catch HTTPHandlerClient.Failure.bodyTooLarge {
                 return failed("answered with a body over \(Self.bodyLimit >> 20) MiB", body: [], started: started)

@@ -70,8 +70,8 @@ final class HTTPHandlerClient: @unchecked Sendable {
         self.origin = origin
         sslContext = origin.secure ? try NIOSSLContext(configuration: tls) : nil
         self.concurrency = max(1, concurrency)
-        self.connectTimeout = Self.timeAmount(connectTimeout)
-        self.idleTimeout = Self.timeAmount(idleTimeout)
+        self.connectTimeout = TimeAmount(connectTimeout)
+        self.idleTimeout = TimeAmount(idleTimeout)
         self.loop = loop
     }
 
@@ -245,11 +245,6 @@ final class HTTPHandlerClient: @unchecked Sendable {
         }
         if case ChannelError.connectTimeout = error { return "no connection within the connect timeout" }
         return "\(error)"
-    }
-
-    static func timeAmount(_ duration: Duration) -> TimeAmount {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }
 

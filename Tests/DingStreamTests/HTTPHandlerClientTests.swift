@@ -18,10 +18,10 @@ struct HTTPHandlerClientTests {
     /// connection closed; `/slow` is never answered, the connection kept. Every request read is
     /// logged as `<connection> <path>`.
     static let serverScript = #"""
-        import socket, sys, threading
-        log = open(sys.argv[1], "a", buffering=1)
+        import os, socket, sys, threading
+        log = open(os.environ["LOG"], "a", buffering=1)
         server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", 0)); server.listen(16)
+        server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(16)
         print(server.getsockname()[1], flush=True)
         count = [0]
         def serve(conn, number):
@@ -46,45 +46,29 @@ struct HTTPHandlerClientTests {
             threading.Thread(target=serve, args=(conn, count[0]), daemon=True).start()
         """#
 
+    /// The server above, started by the HTTP handler tests' launcher (which stops it with SIGKILL).
     final class Server: @unchecked Sendable {
-        let process = Process()
-        let port: Int
         let directory: String
+        let python: HTTPHandlerTests.PythonServer
 
         init() throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("handler-client-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try HTTPHandlerClientTests.serverScript.write(toFile: directory + "/server.py", atomically: true, encoding: .utf8)
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-            process.arguments = [directory + "/server.py", directory + "/requests.log"]
-            let output = Pipe()
-            process.standardOutput = output
-            try process.run()
-            var line: [UInt8] = []
-            while let byte = try output.fileHandleForReading.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") { line.append(byte) }
-            guard let port = Int(String(decoding: line, as: UTF8.self)) else { throw TestFailure("the test server printed no port") }
-            self.port = port
+            python = try HTTPHandlerTests.PythonServer(script: directory + "/server.py", environment: ["LOG": directory + "/requests.log"])
         }
 
-        var url: String { "http://127.0.0.1:\(port)" }
+        var url: String { "http://127.0.0.1:\(python.port)" }
 
         /// `<connection> <path>` of every request read, in order.
         func requests() -> [String] {
             ((try? String(contentsOfFile: directory + "/requests.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
         }
 
-        /// SIGKILL: the test process ignores SIGTERM (the daemon under test traps it), and its
-        /// children inherit that.
         func stop() {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            python.stop()
             try? FileManager.default.removeItem(atPath: directory)
         }
-    }
-
-    struct TestFailure: Error, CustomStringConvertible {
-        var description: String
-        init(_ description: String) { self.description = description }
     }
 
     static func client(_ url: String, concurrency: Int = 1, tls: TLSConfiguration = .makeClientConfiguration()) throws -> HTTPHandlerClient {

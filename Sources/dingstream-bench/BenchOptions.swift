@@ -33,6 +33,10 @@ struct BenchOptions: Sendable {
     var replyWarmup = 300
     var replyRate = 100
     var replySeconds = 10.0
+    /// Rounds of the reply subjects, one after the other in each round; the table shows each
+    /// metric's median over the rounds, since the machine's own swing between two runs is larger
+    /// than the differences to decide.
+    var replyRounds = 3
     /// The HTTP-mode bot server the HTTP handler posts to; it prints its port first.
     var httpServerScript = "etc/http-handler-example.py"
     /// Only the warm-up and the burst (no paced phase, no spool alone): own CPU per message in
@@ -47,7 +51,7 @@ struct BenchOptions: Sendable {
                                 [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
                                 [--sqlite yes|no] [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
                                 [--replies yes|no|only] [--reply-messages N] [--reply-window N] [--reply-warmup N]
-                                [--reply-rate N] [--reply-seconds S] [--http-server SCRIPT]
+                                [--reply-rate N] [--reply-seconds S] [--reply-rounds N] [--http-server SCRIPT]
                                 [--burst-only yes|no]
         """
 
@@ -94,6 +98,7 @@ struct BenchOptions: Sendable {
             case "--reply-warmup": replyWarmup = try integer()
             case "--reply-rate": replyRate = try integer()
             case "--reply-seconds": replySeconds = try real()
+            case "--reply-rounds": replyRounds = max(1, try integer())
             case "--http-server": httpServerScript = value
             case "--burst-only": burstOnly = try yesOrNo()
             default: throw Invalid(description: "unknown option \(option)")

@@ -12,8 +12,35 @@ struct ReplyResult: Sendable {
     var maximum = Double.nan
     var samples = 0
     var missing = 0
+    /// Each round's result, in order, when this is their median.
+    var rounds: [ReplyResult] = []
 
-    var throughput: Double { elapsed > 0 ? Double(replied) / elapsed : .nan }
+    /// Replies per second in the burst (for a median of rounds, the median round's).
+    var throughput: Double { rounds.isEmpty ? (elapsed > 0 ? Double(replied) / elapsed : .nan) : Self.median(rounds.map(\.throughput)) }
+
+    /// Per metric the median of the rounds (p50, p99, replies per second), the largest maximum,
+    /// and the counts summed.
+    static func median(of rounds: [ReplyResult]) -> ReplyResult {
+        var result = ReplyResult()
+        result.replied = rounds.map(\.replied).reduce(0, +)
+        result.offered = rounds.map(\.offered).reduce(0, +)
+        result.elapsed = rounds.map(\.elapsed).reduce(0, +)
+        result.p50 = median(rounds.map(\.p50))
+        result.p99 = median(rounds.map(\.p99))
+        result.maximum = rounds.map(\.maximum).max() ?? .nan
+        result.samples = rounds.map(\.samples).reduce(0, +)
+        result.missing = rounds.map(\.missing).reduce(0, +)
+        result.rounds = rounds
+        return result
+    }
+
+    /// The middle value; of an even count, the mean of the two middle ones.
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return .nan }
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
 }
 
 /// Pushes messages from a plain thread and reads the simulator's webhook records: the time of a
@@ -84,37 +111,60 @@ struct ReplyDriver: Sendable {
     }
 }
 
+/// One way of answering messages, running for all rounds of the reply bench.
+struct ReplySubject {
+    let name: String
+    let app: String
+    let stop: () -> Void
+}
+
 extension Bench {
-    /// The three ways to answer a message, one after the other against the same simulator:
-    /// the daemon with an HTTP handler, the daemon with a script handler, and the peer SDK
-    /// replying from its own callback (when a peer command is given).
+    /// The three ways to answer a message against the same simulator: the daemon with an HTTP
+    /// handler, the daemon with a script handler, and the peer SDK replying from its own callback
+    /// (when a peer command is given). All three run throughout; each round measures them one
+    /// after the other, so that a slow minute of the machine falls on all of them alike. Each
+    /// subject's result holds the median of its rounds (`ReplyResult.median`).
     static func measureReplies(_ simulator: DingTalkSimulator, _ options: BenchOptions) async throws -> [(String, ReplyResult)] {
-        var results: [(String, ReplyResult)] = []
+        var subjects: [ReplySubject] = []
         var leftovers: [String] = []
-        defer { for path in leftovers { try? FileManager.default.removeItem(atPath: path) } }
+        defer {
+            for subject in subjects { subject.stop() }
+            for path in leftovers { try? FileManager.default.removeItem(atPath: path) }
+        }
         do {
-            results.append(("http handler", try await measureHTTPHandler(simulator, options, leftovers: &leftovers)))
+            subjects.append(try await startHTTPHandler(simulator, options, leftovers: &leftovers))
         } catch {
             say("http handler: not measured: \(error)")
         }
         do {
-            results.append(("script handler", try await measureScriptHandler(simulator, options, leftovers: &leftovers)))
+            subjects.append(try startScriptHandler(simulator, options, leftovers: &leftovers))
         } catch {
             say("script handler: not measured: \(error)")
         }
         if let command = options.peerCommand {
             do {
-                results.append((options.peerName, try await measurePeerReplies(simulator, command: command, options)))
+                subjects.append(try startPeerReplies(simulator, command: command, options))
             } catch {
                 say("\(options.peerName) replying: not measured: \(error)")
             }
         }
-        return results
+        var rounds: [String: [ReplyResult]] = [:]
+        for round in 1...options.replyRounds {
+            for subject in subjects {
+                do {
+                    let result = try await measureReplying(simulator, app: subject.app, options, warmUp: round == 1, round: round)
+                    rounds[subject.name, default: []].append(result)
+                } catch {
+                    say("\(subject.name): round \(round) not measured: \(error)")
+                }
+            }
+        }
+        return subjects.compactMap { subject in rounds[subject.name].map { (subject.name, ReplyResult.median(of: $0)) } }
     }
 
     /// The daemon POSTing each message to the example HTTP-mode server in `etc/` (Python's
     /// standard library, signature checked, kept-alive connections), whose answer is the reply.
-    static func measureHTTPHandler(_ simulator: DingTalkSimulator, _ options: BenchOptions, leftovers: inout [String]) async throws -> ReplyResult {
+    static func startHTTPHandler(_ simulator: DingTalkSimulator, _ options: BenchOptions, leftovers: inout [String]) async throws -> ReplySubject {
         let server = Process()
         server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         server.arguments = ["python3", options.httpServerScript, "0"]
@@ -125,19 +175,32 @@ extension Bench {
         server.standardOutput = output
         server.standardError = FileHandle.nullDevice
         try server.run()
-        defer { killPeer(server) }
-        let port = try await onOwnThread { try readPort(output.fileHandleForReading) }
+        let port: Int
+        do {
+            port = try await onOwnThread { try readPort(output.fileHandleForReading) }
+        } catch {
+            killPeer(server)
+            throw error
+        }
         say("http handler: \(options.httpServerScript) listening on 127.0.0.1:\(port)")
         let root = NSTemporaryDirectory() + "dingstream-bench-http-\(UUID().uuidString.prefix(8))"
         leftovers.append(root)
-        let daemon = try startDaemon(
-            root: root, simulator: simulator, options, apps: ["http"], appSettings: "http_handler = \"http://127.0.0.1:\(port)/dingtalk\"\n")
-        defer { stop(daemon) }
-        return try await measureReplying(simulator, app: "http", options)
+        let daemon: Process
+        do {
+            daemon = try startDaemon(
+                root: root, simulator: simulator, options, apps: ["http"], appSettings: "http_handler = \"http://127.0.0.1:\(port)/dingtalk\"\n")
+        } catch {
+            killPeer(server)
+            throw error
+        }
+        return ReplySubject(name: "http handler", app: "http") {
+            stop(daemon)
+            killPeer(server)
+        }
     }
 
     /// The daemon running a `#!/bin/sh` handler that prints the reply, a fork and exec per message.
-    static func measureScriptHandler(_ simulator: DingTalkSimulator, _ options: BenchOptions, leftovers: inout [String]) async throws -> ReplyResult {
+    static func startScriptHandler(_ simulator: DingTalkSimulator, _ options: BenchOptions, leftovers: inout [String]) throws -> ReplySubject {
         let root = NSTemporaryDirectory() + "dingstream-bench-script-\(UUID().uuidString.prefix(8))"
         leftovers.append(root)
         try FileManager.default.createDirectory(atPath: root + "/spool/handlers", withIntermediateDirectories: true)
@@ -146,26 +209,29 @@ extension Bench {
             .write(to: URL(fileURLWithPath: handler))
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: handler)
         let daemon = try startDaemon(root: root, simulator: simulator, options, apps: ["script"])
-        defer { stop(daemon) }
-        return try await measureReplying(simulator, app: "script", options)
+        return ReplySubject(name: "script handler", app: "script") { stop(daemon) }
     }
 
-    static func measurePeerReplies(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) async throws -> ReplyResult {
+    static func startPeerReplies(_ simulator: DingTalkSimulator, command: String, _ options: BenchOptions) throws -> ReplySubject {
         let process = try startPeer(simulator, command: command + " reply")
-        defer { killPeer(process) }
-        try await simulator.waitUntil(timeout: .seconds(30), "a live peer socket") { $0.liveSockets(app: "peer").count >= 1 }
-        return try await measureReplying(simulator, app: "peer", options)
+        return ReplySubject(name: options.peerName, app: "peer") { killPeer(process) }
     }
 
-    /// Warm-up, the paced run for the percentiles, then the burst for messages per second.
-    static func measureReplying(_ simulator: DingTalkSimulator, app: String, _ options: BenchOptions) async throws -> ReplyResult {
+    /// Warm-up (first round only), the paced run for the percentiles, then the burst for
+    /// messages per second.
+    static func measureReplying(
+        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, warmUp: Bool, round: Int
+    ) async throws -> ReplyResult {
         try await simulator.waitUntil(timeout: .seconds(30), "a live \(app) socket") { !$0.liveSockets(app: app).isEmpty }
         let driver = ReplyDriver(simulator: simulator, app: app)
-        say("\(app): replies, warm-up")
-        _ = try await onOwnThread { try driver.burst(count: options.replyWarmup, window: options.replyWindow, timeout: 60) }
-        say("\(app): replies, \(options.replyRate) msgs/s for \(options.replySeconds) s")
+        let label = "\(app): replies, round \(round) of \(options.replyRounds)"
+        if warmUp {
+            say("\(app): replies, warm-up")
+            _ = try await onOwnThread { try driver.burst(count: options.replyWarmup, window: options.replyWindow, timeout: 60) }
+        }
+        say("\(label), \(options.replyRate) msgs/s for \(options.replySeconds) s")
         let paced = try await onOwnThread { try driver.paced(rate: options.replyRate, seconds: options.replySeconds, timeout: 60) }
-        say("\(app): replies, burst of \(options.replyMessages) with \(options.replyWindow) waiting for a reply")
+        say("\(label), burst of \(options.replyMessages) with \(options.replyWindow) waiting for a reply")
         var result = try await onOwnThread { try driver.burst(count: options.replyMessages, window: options.replyWindow, timeout: options.timeout) }
         result.p50 = paced.p50
         result.p99 = paced.p99
@@ -194,10 +260,12 @@ extension Bench {
         func number(_ value: Double, _ digits: Int) -> String {
             value.isFinite ? String(format: "%.\(digits)f", value) : "-"
         }
+        let rounds = options.replyRounds
+        let of = rounds == 1 ? "" : ", median of \(rounds)"
         let metrics: [(String, (ReplyResult) -> Double, Int)] = [
-            ("replied msgs/s, \(options.replyMessages) in a burst", { $0.throughput }, 0),
-            ("message to reply p50 (ms), \(options.replyRate)/s", { $0.p50 * 1000 }, 2),
-            ("message to reply p99 (ms), \(options.replyRate)/s", { $0.p99 * 1000 }, 2),
+            ("replied msgs/s, \(options.replyMessages) in a burst\(of)", { $0.throughput }, 0),
+            ("message to reply p50 (ms), \(options.replyRate)/s\(of)", { $0.p50 * 1000 }, 2),
+            ("message to reply p99 (ms), \(options.replyRate)/s\(of)", { $0.p99 * 1000 }, 2),
             ("message to reply max (ms), \(options.replyRate)/s", { $0.maximum * 1000 }, 2),
         ]
         let header = ["end to end: message in, reply delivered"] + results.map(\.0)
@@ -209,14 +277,22 @@ extension Bench {
         say("from the push of a bot message (each its own conversation) to the simulator recording the reply")
         say("at the session webhook. The daemon acks once the message is durable, runs the handler, and")
         say("delivers the reply from its outbox; the SDK replies inside its callback, then acks.")
+        if rounds > 1 {
+            say("\(rounds) rounds, each measuring every subject once, one after the other: a median of the rounds")
+            say("per metric, so that neither side is decided by one slow minute of the machine.")
+        }
         for (name, result) in results {
             say("\(name): \(result.replied) of \(result.offered) burst messages replied to in \(number(result.elapsed, 2)) s; \(result.samples) latency samples; \(result.missing) replies missing")
+            if rounds > 1 {
+                let each = result.rounds.map { "\(number($0.p50 * 1000, 2)) / \(number($0.p99 * 1000, 2)) ms, \(number($0.throughput, 0))/s" }
+                say("  rounds (p50 / p99, burst): \(each.joined(separator: "; "))")
+            }
         }
         guard let http = results.first(where: { $0.0 == "http handler" })?.1,
             let peer = results.first(where: { $0.0 == options.peerName })?.1
         else { return }
         let throughputMet = http.throughput >= peer.throughput
         let latencyMet = http.p50 <= peer.p50
-        say("target, http handler vs \(options.peerName): msgs/s at least the same \(throughputMet ? "met" : "missed"); p50 at most the same \(latencyMet ? "met" : "missed")")
+        say("target, http handler vs \(options.peerName)\(of): msgs/s at least the same \(throughputMet ? "met" : "missed"); p50 at most the same \(latencyMet ? "met" : "missed")")
     }
 }

@@ -22,9 +22,12 @@ enum SpoolAlone {
             for await _ in spool.entries {}
         }
         let cpu = MachineCPU()
+        // This process: the simulator in it idles meanwhile.
+        let ownCPU = ProcessCPU([getpid()])
         let (stored, elapsed) = try await Bench.onOwnThread { submitAll(records, to: spool, window: options.window) }
         var result = LoadResult(acked: stored, offered: records.count, elapsed: elapsed)
         result.cpuMicrosPerMessage = cpu.microsPerMessage(stored)
+        result.ownCPUMicrosPerMessage = ownCPU.microsPerMessage(stored)
         runner.cancel()
         await runner.value
         await drain.value

@@ -29,24 +29,70 @@ import Testing
         try await withTemporaryDirectory { root in
             let path = root + "/" + SQLiteStore.fileName
             do {
-                let spool = try SQLiteStore(path: path, recentKeyLimit: 4)
-                for index in 0..<10 { #expect(try store(spool, "m\(index)", at: Self.base + Int64(index))) }
-                // Moved at the commits that found 4 and then 8 recent keys.
-                #expect(try count(spool, "dedup_settled") == 8)
-                #expect(try count(spool, "dedup_recent") == 2)
+                let spool = try SQLiteStore(path: path, recentKeyLimit: 4, settleSliceKeys: 2)
+                for index in 0..<10 {
+                    let recentBefore = try count(spool, "dedup_recent")
+                    #expect(try store(spool, "m\(index)", at: Self.base + Int64(index)))
+                    #expect(try recentBefore + 1 - count(spool, "dedup_recent") <= 2, "a commit moves one slice at most")
+                    #expect(try count(spool, "dedup_settled") + count(spool, "dedup_recent") == Int64(index + 1))
+                }
+                #expect(try count(spool, "dedup_settled") > 0)
                 for index in 0..<10 { #expect(try !store(spool, "m\(index)", at: Self.base + 1000 + Int64(index))) }
                 #expect(try count(spool, "message") == 10)
             }
             // Reopened: the recent keys are counted again, and the next move takes them along.
-            let reopened = try SQLiteStore(path: path, recentKeyLimit: 4)
+            let reopened = try SQLiteStore(path: path, recentKeyLimit: 4, settleSliceKeys: 2)
             #expect(try store(reopened, "m10", at: Self.base + 2000))
             #expect(try store(reopened, "m11", at: Self.base + 2001))
-            #expect(try count(reopened, "dedup_settled") == 12)
-            #expect(try count(reopened, "dedup_recent") == 0)
+            #expect(try count(reopened, "dedup_settled") + count(reopened, "dedup_recent") == 12)
             for index in 0..<12 { #expect(try !store(reopened, "m\(index)", at: Self.base + 3000 + Int64(index))) }
             let keyed = try reopened.connection.integer(
-                "SELECT count(*) FROM message JOIN dedup_settled ON dedup_settled.message = message.id AND dedup_settled.dedup = message.dedup")
+                """
+                SELECT count(*) FROM message JOIN (SELECT dedup, message FROM dedup_settled UNION ALL SELECT dedup, message FROM dedup_recent) AS keys
+                ON keys.message = message.id AND keys.dedup = message.dedup
+                """)
             #expect(keyed == 12, "every row's key points at it")
+        }
+    }
+
+    /// A move starts at the COMMIT that finds `recentKeyLimit` recent keys, takes a slice in
+    /// key order at each COMMIT after it, and ends once no recent key is left above its slices.
+    @Test(.timeLimit(.minutes(1))) func recentKeysMoveInSlicesInKeyOrder() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try SQLiteStore(path: root + "/" + SQLiteStore.fileName, recentKeyLimit: 8, settleSliceKeys: 3)
+            for index in 0..<7 { #expect(try self.store(store, "m\(index)", at: Self.base + Int64(index))) }
+            #expect(try count(store, "dedup_settled") == 0)
+            #expect(try self.store(store, "m7", at: Self.base + 7))
+            func settled() throws -> [Int64] {
+                let statement = try store.connection.statement("SELECT dedup FROM dedup_settled ORDER BY dedup")
+                var keys: [Int64] = []
+                while try statement.step() { keys.append(statement.int64(0)) }
+                statement.reset()
+                return keys
+            }
+            func recent() throws -> [Int64] {
+                let statement = try store.connection.statement("SELECT dedup FROM dedup_recent ORDER BY dedup")
+                var keys: [Int64] = []
+                while try statement.step() { keys.append(statement.int64(0)) }
+                statement.reset()
+                return keys
+            }
+            // The eighth key's COMMIT started the move with the three smallest keys.
+            var moved = try settled()
+            #expect(moved.count == 3)
+            #expect(try moved.max()! < recent().min()!)
+            // Commits without new keys take the next slices: three, then the last two.
+            for expected in [6, 8] {
+                try store.begin(durable: false)
+                try store.commit()
+                moved = try settled()
+                #expect(moved.count == expected)
+            }
+            #expect(try recent().isEmpty)
+            // The move is over: the next commits move nothing until the limit is reached again.
+            #expect(try self.store(store, "m8", at: Self.base + 8))
+            #expect(try settled().count == 8)
+            #expect(try recent().count == 1)
         }
     }
 

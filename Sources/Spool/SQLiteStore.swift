@@ -25,7 +25,7 @@ final class SQLiteStore: SpoolStore {
     private var recentKeysAtBegin = 0
     /// Keys `dedup_recent` holds before the COMMITs start moving them into `dedup_settled`.
     let recentKeyLimit: Int
-    /// Keys one COMMIT moves at most (`settleNextSlice`).
+    /// Keys a COMMIT moves, and twice the keys it added (`settleNextSlice`).
     let settleSliceKeys: Int
     /// While a move is under way: the smallest recent key it has not reached yet; and at the
     /// start of the transaction (restored by a rollback).
@@ -229,7 +229,9 @@ final class SQLiteStore: SpoolStore {
 
     func commit() throws(SpoolError) {
         if settleFrom == nil, recentKeys >= recentKeyLimit { settleFrom = .min }
-        if let from = settleFrom { try settleNextSlice(from: from) }
+        // Twice what this transaction added on top of the slice: the move gains on new keys, so
+        // it ends within `settleSlicesPerMove` commits however fast they come.
+        if let from = settleFrom { try settleNextSlice(from: from, keys: settleSliceKeys + 2 * max(0, recentKeys - recentKeysAtBegin)) }
         try connection.statement("COMMIT").step()
         // A synced COMMIT fsyncs the whole log, and with it every commit before it.
         if commitsSynced {
@@ -254,20 +256,20 @@ final class SQLiteStore: SpoolStore {
         settleFrom = settleFromAtBegin
     }
 
-    /// A move of the recent keys goes through them in key order over several COMMITs, at most
-    /// `settleSliceKeys` in each: moved in one, they made every `recentKeyLimit`th COMMIT rewrite
+    /// A move of the recent keys goes through them in key order over several COMMITs, a slice
+    /// of `settleSliceKeys` in each (and twice what the COMMIT added): moved in one, they made every `recentKeyLimit`th COMMIT rewrite
     /// nearly every leaf of `dedup_settled` (40 ms and 7 MB of log at 300,000 keys, 140 ms and
     /// 20 MB at a million), and every frame of that round waited for it and its fsync. A slice
     /// covers a range of keys, so each leaf is still written once per move. Keys that arrive
     /// below the range already moved wait for the next move.
     static let settleSlicesPerMove = 16
 
-    /// Moves the next slice of recent keys, from `from` up, into `dedup_settled`; the move ends
-    /// when no recent key is left above the slice.
-    private func settleNextSlice(from: Int64) throws(SpoolError) {
+    /// Moves the next `keys` recent keys, from `from` up, into `dedup_settled`; the move ends
+    /// when no recent key is left above them.
+    private func settleNextSlice(from: Int64, keys: Int) throws(SpoolError) {
         let last = try connection.statement("SELECT dedup FROM dedup_recent WHERE dedup >= ?1 ORDER BY dedup LIMIT 1 OFFSET ?2")
         last.bind(1, from)
-        last.bind(2, settleSliceKeys - 1)
+        last.bind(2, keys - 1)
         let upTo = try last.step() ? last.int64(0) : Int64.max
         last.reset()
         let move = try connection.statement(

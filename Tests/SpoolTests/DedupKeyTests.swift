@@ -33,7 +33,7 @@ import Testing
                 for index in 0..<10 {
                     let recentBefore = try count(spool, "dedup_recent")
                     #expect(try store(spool, "m\(index)", at: Self.base + Int64(index)))
-                    #expect(try recentBefore + 1 - count(spool, "dedup_recent") <= 2, "a commit moves one slice at most")
+                    #expect(try recentBefore + 1 - count(spool, "dedup_recent") <= 4, "a commit moves a slice of 2 and twice the keys it added")
                     #expect(try count(spool, "dedup_settled") + count(spool, "dedup_recent") == Int64(index + 1))
                 }
                 #expect(try count(spool, "dedup_settled") > 0)
@@ -56,7 +56,8 @@ import Testing
     }
 
     /// A move starts at the COMMIT that finds `recentKeyLimit` recent keys, takes a slice in
-    /// key order at each COMMIT after it, and ends once no recent key is left above its slices.
+    /// key order at each COMMIT from it on (and twice the keys the COMMIT added), and ends once
+    /// no recent key is left above its slices.
     @Test(.timeLimit(.minutes(1))) func recentKeysMoveInSlicesInKeyOrder() async throws {
         try await withTemporaryDirectory { root in
             let store = try SQLiteStore(path: root + "/" + SQLiteStore.fileName, recentKeyLimit: 8, settleSliceKeys: 3)
@@ -77,18 +78,30 @@ import Testing
                 statement.reset()
                 return keys
             }
-            // The eighth key's COMMIT started the move with the three smallest keys.
-            var moved = try settled()
-            #expect(moved.count == 3)
+            // The eighth key's COMMIT started the move with the five smallest keys: a slice of
+            // three, and two for the key it added.
+            let moved = try settled()
+            #expect(moved.count == 5)
             #expect(try moved.max()! < recent().min()!)
-            // Commits without new keys take the next slices: three, then the last two.
-            for expected in [6, 8] {
-                try store.begin(durable: false)
-                try store.commit()
-                moved = try settled()
-                #expect(moved.count == expected)
-            }
+            // A commit without new keys takes the next slice, the last three.
+            try store.begin(durable: false)
+            try store.commit()
+            #expect(try settled().count == 8)
             #expect(try recent().isEmpty)
+            // A move keeps up with commits that add many keys: each moves twice what it added.
+            let many = try SQLiteStore(path: root + "/many.db", recentKeyLimit: 8, settleSliceKeys: 1)
+            for round in 0..<40 {
+                try many.begin(durable: false)
+                for index in 0..<6 {
+                    let id = "r\(round)-\(index)"
+                    let record = botRecord(msgID: id, millis: Self.base + Int64(round))
+                    _ = try many.insert(
+                        record, name: EntryName(receivedMillis: Self.base + Int64(round), key: record.key), bytes: record.encoded(), state: .new,
+                        nowMillis: Self.base)
+                }
+                try many.commit()
+                #expect(try count(many, "dedup_recent") < 8 + 6 * 17, "the recent keys stay bounded")
+            }
             // The move is over: the next commits move nothing until the limit is reached again.
             #expect(try self.store(store, "m8", at: Self.base + 8))
             #expect(try settled().count == 8)

@@ -64,20 +64,15 @@ import Testing
             for index in 0..<7 { #expect(try self.store(store, "m\(index)", at: Self.base + Int64(index))) }
             #expect(try count(store, "dedup_settled") == 0)
             #expect(try self.store(store, "m7", at: Self.base + 7))
-            func settled() throws -> [Int64] {
-                let statement = try store.connection.statement("SELECT dedup FROM dedup_settled ORDER BY dedup")
+            func keys(in table: String) throws -> [Int64] {
+                let statement = try store.connection.statement("SELECT dedup FROM \(table) ORDER BY dedup")
                 var keys: [Int64] = []
                 while try statement.step() { keys.append(statement.int64(0)) }
                 statement.reset()
                 return keys
             }
-            func recent() throws -> [Int64] {
-                let statement = try store.connection.statement("SELECT dedup FROM dedup_recent ORDER BY dedup")
-                var keys: [Int64] = []
-                while try statement.step() { keys.append(statement.int64(0)) }
-                statement.reset()
-                return keys
-            }
+            func settled() throws -> [Int64] { try keys(in: "dedup_settled") }
+            func recent() throws -> [Int64] { try keys(in: "dedup_recent") }
             // The eighth key's COMMIT started the move with the five smallest keys: a slice of
             // three, and two for the key it added.
             let moved = try settled()

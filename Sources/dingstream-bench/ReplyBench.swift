@@ -152,7 +152,7 @@ extension Bench {
         for round in 1...options.replyRounds {
             for subject in subjects {
                 do {
-                    let result = try await measureReplying(simulator, app: subject.app, options, warmUp: round == 1, round: round)
+                    let result = try await measureReplying(simulator, app: subject.app, options, round: round)
                     rounds[subject.name, default: []].append(result)
                 } catch {
                     say("\(subject.name): round \(round) not measured: \(error)")
@@ -175,27 +175,20 @@ extension Bench {
         server.standardOutput = output
         server.standardError = FileHandle.nullDevice
         try server.run()
-        let port: Int
         do {
-            port = try await onOwnThread { try readPort(output.fileHandleForReading) }
-        } catch {
-            killPeer(server)
-            throw error
-        }
-        say("http handler: \(options.httpServerScript) listening on 127.0.0.1:\(port)")
-        let root = NSTemporaryDirectory() + "dingstream-bench-http-\(UUID().uuidString.prefix(8))"
-        leftovers.append(root)
-        let daemon: Process
-        do {
-            daemon = try startDaemon(
+            let port = try await onOwnThread { try readPort(output.fileHandleForReading) }
+            say("http handler: \(options.httpServerScript) listening on 127.0.0.1:\(port)")
+            let root = NSTemporaryDirectory() + "dingstream-bench-http-\(UUID().uuidString.prefix(8))"
+            leftovers.append(root)
+            let daemon = try startDaemon(
                 root: root, simulator: simulator, options, apps: ["http"], appSettings: "http_handler = \"http://127.0.0.1:\(port)/dingtalk\"\n")
+            return ReplySubject(name: "http handler", app: "http") {
+                stop(daemon)
+                killPeer(server)
+            }
         } catch {
             killPeer(server)
             throw error
-        }
-        return ReplySubject(name: "http handler", app: "http") {
-            stop(daemon)
-            killPeer(server)
         }
     }
 
@@ -217,15 +210,13 @@ extension Bench {
         return ReplySubject(name: options.peerName, app: "peer") { killPeer(process) }
     }
 
-    /// Warm-up (first round only), the paced run for the percentiles, then the burst for
+    /// Warm-up (in the first round), the paced run for the percentiles, then the burst for
     /// messages per second.
-    static func measureReplying(
-        _ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, warmUp: Bool, round: Int
-    ) async throws -> ReplyResult {
+    static func measureReplying(_ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, round: Int) async throws -> ReplyResult {
         try await simulator.waitUntil(timeout: .seconds(30), "a live \(app) socket") { !$0.liveSockets(app: app).isEmpty }
         let driver = ReplyDriver(simulator: simulator, app: app)
         let label = "\(app): replies, round \(round) of \(options.replyRounds)"
-        if warmUp {
+        if round == 1 {
             say("\(app): replies, warm-up")
             _ = try await onOwnThread { try driver.burst(count: options.replyWarmup, window: options.replyWindow, timeout: 60) }
         }

@@ -5,9 +5,9 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOSSL
 import Replies
 import Spool
+import StreamClient
 import StreamProtocol
 import Synchronization
 
@@ -90,10 +90,8 @@ final class HTTPHandler: Sendable {
         self.app = app
         self.secret = secret
         self.settings = settings
-        var tls = TLSConfiguration.makeClientConfiguration()
-        if let caFile = settings.caFile {
-            tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMFile(caFile))]
-        }
+        // The system's trust store, plus `http_handler_ca_file` when given.
+        let tls = try NetworkSettings(caFile: settings.caFile).tlsConfiguration()
         // At most `concurrency` connections, the rest queued: the concurrency limit. A refused
         // connection is answered by the spool's retry with backoff, not by a quiet loop here;
         // redirects are not followed (a bot server does not send them).

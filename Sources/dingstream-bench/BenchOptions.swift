@@ -37,6 +37,8 @@ struct BenchOptions: Sendable {
     /// metric's median over the rounds, since the machine's own swing between two runs is larger
     /// than the differences to decide.
     var replyRounds = 3
+    /// Slices of each round's paced phase, taking turns between the subjects.
+    var replySlices = 10
     /// The HTTP-mode bot server the HTTP handler posts to; it prints its port first.
     var httpServerScript = "etc/http-handler-example.py"
     /// Only the warm-up and the burst (no paced phase, no spool alone): own CPU per message in
@@ -51,7 +53,8 @@ struct BenchOptions: Sendable {
                                 [--spool-parent DIR] [--daemon-log-level LEVEL] [--daemon-metrics ADDRESS]
                                 [--sqlite yes|no] [--cluster yes|no] [--peer COMMAND] [--peer-name NAME]
                                 [--replies yes|no|only] [--reply-messages N] [--reply-window N] [--reply-warmup N]
-                                [--reply-rate N] [--reply-seconds S] [--reply-rounds N] [--http-server SCRIPT]
+                                [--reply-rate N] [--reply-seconds S] [--reply-rounds N] [--reply-slices N]
+                                [--http-server SCRIPT]
                                 [--burst-only yes|no]
         """
 
@@ -99,6 +102,7 @@ struct BenchOptions: Sendable {
             case "--reply-rate": replyRate = try integer()
             case "--reply-seconds": replySeconds = try real()
             case "--reply-rounds": replyRounds = max(1, try integer())
+            case "--reply-slices": replySlices = max(1, try integer())
             case "--http-server": httpServerScript = value
             case "--burst-only": burstOnly = try yesOrNo()
             default: throw Invalid(description: "unknown option \(option)")

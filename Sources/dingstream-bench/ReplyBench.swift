@@ -75,8 +75,8 @@ struct ReplyDriver: Sendable {
     }
 
     /// Pushes one message every 1/`rate` s for `seconds`, then waits for every reply (up to
-    /// `timeout` s more); the message-to-reply times give the percentiles.
-    func paced(rate: Int, seconds: Double, timeout: Double) throws -> ReplyResult {
+    /// `timeout` s more). Returns the message-to-reply times (s) and how many were pushed.
+    func paced(rate: Int, seconds: Double, timeout: Double) throws -> (latencies: [Double], pushed: Int) {
         let total = Int(Double(rate) * seconds)
         let baseline = simulator.webhookReplyCount
         var pushedAt: [String: Date] = [:]
@@ -101,13 +101,19 @@ struct ReplyDriver: Sendable {
             guard let msgId = reply.msgId, let sent = pushedAt.removeValue(forKey: msgId) else { continue }
             latencies.append(reply.time.timeIntervalSince(sent))
         }
-        latencies.sort()
-        var result = ReplyResult(replied: latencies.count, offered: total, missing: total - latencies.count)
-        result.p50 = Bench.percentile(latencies, 0.50)
-        result.p99 = Bench.percentile(latencies, 0.99)
-        result.maximum = latencies.last ?? .nan
-        result.samples = latencies.count
-        return result
+        return (latencies, total)
+    }
+}
+
+extension ReplyResult {
+    /// The percentiles of message-to-reply times (s) pushed at a steady pace.
+    init(paced latencies: [Double], pushed: Int) {
+        let sorted = latencies.sorted()
+        self.init(missing: pushed - sorted.count)
+        p50 = Bench.percentile(sorted, 0.50)
+        p99 = Bench.percentile(sorted, 0.99)
+        maximum = sorted.last ?? .nan
+        samples = sorted.count
     }
 }
 
@@ -121,9 +127,9 @@ struct ReplySubject {
 extension Bench {
     /// The three ways to answer a message against the same simulator: the daemon with an HTTP
     /// handler, the daemon with a script handler, and the peer SDK replying from its own callback
-    /// (when a peer command is given). All three run throughout; each round measures them one
-    /// after the other, so that a slow minute of the machine falls on all of them alike. Each
-    /// subject's result holds the median of its rounds (`ReplyResult.median`).
+    /// (when a peer command is given). All three run throughout. Each round takes their paced
+    /// times in slices that alternate between them (`pacedInSlices`), then each one's burst, one
+    /// after the other; each subject's result holds the median of its rounds (`ReplyResult.median`).
     static func measureReplies(_ simulator: DingTalkSimulator, _ options: BenchOptions) async throws -> [(String, ReplyResult)] {
         var subjects: [ReplySubject] = []
         var leftovers: [String] = []
@@ -148,18 +154,72 @@ extension Bench {
                 say("\(options.peerName) replying: not measured: \(error)")
             }
         }
+        var ready: [ReplySubject] = []
+        for subject in subjects {
+            do {
+                let app = subject.app
+                try await simulator.waitUntil(timeout: .seconds(30), "a live \(app) socket") { !$0.liveSockets(app: app).isEmpty }
+                say("\(subject.app): replies, warm-up")
+                let driver = ReplyDriver(simulator: simulator, app: subject.app)
+                _ = try await onOwnThread { try driver.burst(count: options.replyWarmup, window: options.replyWindow, timeout: 60) }
+                ready.append(subject)
+            } catch {
+                say("\(subject.name): not measured: \(error)")
+            }
+        }
         var rounds: [String: [ReplyResult]] = [:]
         for round in 1...options.replyRounds {
-            for subject in subjects {
+            let label = "round \(round) of \(options.replyRounds)"
+            let paced: [String: ReplyResult]
+            do {
+                paced = try await pacedInSlices(simulator, ready, options, label: label)
+            } catch {
+                say("replies: \(label) not measured: \(error)")
+                continue
+            }
+            for subject in ready {
                 do {
-                    let result = try await measureReplying(simulator, app: subject.app, options, round: round)
+                    say("\(subject.app): replies, \(label), burst of \(options.replyMessages) with \(options.replyWindow) waiting for a reply")
+                    let driver = ReplyDriver(simulator: simulator, app: subject.app)
+                    var result = try await onOwnThread { try driver.burst(count: options.replyMessages, window: options.replyWindow, timeout: options.timeout) }
+                    if let times = paced[subject.name] {
+                        result.p50 = times.p50
+                        result.p99 = times.p99
+                        result.maximum = times.maximum
+                        result.samples = times.samples
+                        result.missing += times.missing
+                    }
                     rounds[subject.name, default: []].append(result)
                 } catch {
-                    say("\(subject.name): round \(round) not measured: \(error)")
+                    say("\(subject.name): \(label) not measured: \(error)")
                 }
             }
         }
-        return subjects.compactMap { subject in rounds[subject.name].map { (subject.name, ReplyResult.median(of: $0)) } }
+        return ready.compactMap { subject in rounds[subject.name].map { (subject.name, ReplyResult.median(of: $0)) } }
+    }
+
+    /// The paced phase of a round: `replySeconds` per subject at `replyRate`, cut into
+    /// `replySlices` slices that take turns between the subjects (who goes first rotates), so
+    /// that the machine's slow seconds fall on all of them alike. The percentiles of each
+    /// subject are over all its slices.
+    static func pacedInSlices(
+        _ simulator: DingTalkSimulator, _ subjects: [ReplySubject], _ options: BenchOptions, label: String
+    ) async throws -> [String: ReplyResult] {
+        let slices = max(1, options.replySlices)
+        let seconds = options.replySeconds / Double(slices)
+        say("replies, \(label): \(options.replyRate) msgs/s for \(options.replySeconds) s each, in \(slices) alternating slices")
+        var latencies: [String: [Double]] = [:]
+        var pushed: [String: Int] = [:]
+        for slice in 0..<slices {
+            for index in subjects.indices {
+                let subject = subjects[(index + slice) % subjects.count]
+                let driver = ReplyDriver(simulator: simulator, app: subject.app)
+                let times = try await onOwnThread { try driver.paced(rate: options.replyRate, seconds: seconds, timeout: 60) }
+                latencies[subject.name, default: []] += times.latencies
+                pushed[subject.name, default: 0] += times.pushed
+            }
+        }
+        return Dictionary(uniqueKeysWithValues: latencies.map { name, times in (name, ReplyResult(paced: times, pushed: pushed[name] ?? 0)) })
     }
 
     /// The daemon POSTing each message to the example HTTP-mode server in `etc/` (Python's
@@ -210,28 +270,6 @@ extension Bench {
         return ReplySubject(name: options.peerName, app: "peer") { killPeer(process) }
     }
 
-    /// Warm-up (in the first round), the paced run for the percentiles, then the burst for
-    /// messages per second.
-    static func measureReplying(_ simulator: DingTalkSimulator, app: String, _ options: BenchOptions, round: Int) async throws -> ReplyResult {
-        try await simulator.waitUntil(timeout: .seconds(30), "a live \(app) socket") { !$0.liveSockets(app: app).isEmpty }
-        let driver = ReplyDriver(simulator: simulator, app: app)
-        let label = "\(app): replies, round \(round) of \(options.replyRounds)"
-        if round == 1 {
-            say("\(app): replies, warm-up")
-            _ = try await onOwnThread { try driver.burst(count: options.replyWarmup, window: options.replyWindow, timeout: 60) }
-        }
-        say("\(label), \(options.replyRate) msgs/s for \(options.replySeconds) s")
-        let paced = try await onOwnThread { try driver.paced(rate: options.replyRate, seconds: options.replySeconds, timeout: 60) }
-        say("\(label), burst of \(options.replyMessages) with \(options.replyWindow) waiting for a reply")
-        var result = try await onOwnThread { try driver.burst(count: options.replyMessages, window: options.replyWindow, timeout: options.timeout) }
-        result.p50 = paced.p50
-        result.p99 = paced.p99
-        result.maximum = paced.maximum
-        result.samples = paced.samples
-        result.missing += paced.missing
-        return result
-    }
-
     /// The first line a server prints: the port it listens on.
     static func readPort(_ handle: FileHandle) throws -> Int {
         var line = Data()
@@ -268,9 +306,11 @@ extension Bench {
         say("from the push of a bot message (each its own conversation) to the simulator recording the reply")
         say("at the session webhook. The daemon acks once the message is durable, runs the handler, and")
         say("delivers the reply from its outbox; the SDK replies inside its callback, then acks.")
+        say("Paced times are taken in \(options.replySlices) slices per round that take turns between the subjects,")
+        say("so that a slow second of the machine falls on all of them alike.")
         if rounds > 1 {
-            say("\(rounds) rounds, each measuring every subject once, one after the other: a median of the rounds")
-            say("per metric, so that neither side is decided by one slow minute of the machine.")
+            say("\(rounds) rounds, each with its paced slices and then every subject's burst: a median of the")
+            say("rounds per metric, so that neither side is decided by one slow minute of the machine.")
         }
         for (name, result) in results {
             say("\(name): \(result.replied) of \(result.offered) burst messages replied to in \(number(result.elapsed, 2)) s; \(result.samples) latency samples; \(result.missing) replies missing")

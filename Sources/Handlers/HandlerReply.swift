@@ -12,16 +12,7 @@ public enum HandlerReply: Sendable, Equatable {
     /// object with a string `msgtype` is a message; anything else, including JSON without
     /// `msgtype`, is text with surrounding whitespace removed and invalid UTF-8 replaced by U+FFFD.
     public static func parse(stdout: [UInt8]) -> HandlerReply? {
-        let trimmed = stdout.drop(while: isSpace).reversed().drop(while: isSpace).reversed()
-        guard !trimmed.isEmpty else { return nil }
-        let bytes = Data(trimmed)
-        if bytes.first == UInt8(ascii: "{"),
-            let object = (try? JSONSerialization.jsonObject(with: bytes)) as? [String: Any],
-            let msgtype = object["msgtype"] as? String, !msgtype.isEmpty
-        {
-            return .message(msgtype: msgtype, body: bytes)
-        }
-        return .text(String(decoding: trimmed, as: UTF8.self))
+        read(stdout: stdout).reply
     }
 
     /// The message types DingTalk's session webhook and robot OpenAPI take from a handler.
@@ -31,24 +22,34 @@ public enum HandlerReply: Sendable, Equatable {
     /// Output that starts with `{` but is not a JSON object, or has no string `msgtype`, goes out
     /// as plain text; an unknown `msgtype` goes out as written and DingTalk may refuse it.
     public static func problem(stdout: [UInt8]) -> String? {
-        let trimmed = Data(stdout.drop(while: isSpace).reversed().drop(while: isSpace).reversed())
-        guard trimmed.first == UInt8(ascii: "{") else { return nil }
+        read(stdout: stdout).problem
+    }
+
+    /// `parse` and `problem` at once, from one reading of the JSON (every reply on the way to
+    /// its user pays for it).
+    public static func read(stdout: [UInt8]) -> (reply: HandlerReply?, problem: String?) {
+        let trimmed = stdout.drop(while: isSpace).reversed().drop(while: isSpace).reversed()
+        guard !trimmed.isEmpty else { return (nil, nil) }
+        let bytes = Data(trimmed)
+        var text: HandlerReply { .text(String(decoding: trimmed, as: UTF8.self)) }
+        guard bytes.first == UInt8(ascii: "{") else { return (text, nil) }
         let object: [String: Any]
         do {
-            guard let parsed = try JSONSerialization.jsonObject(with: trimmed) as? [String: Any] else {
-                return "output starts with \"{\" but is not a JSON object; it is sent as plain text"
+            guard let parsed = try JSONSerialization.jsonObject(with: bytes) as? [String: Any] else {
+                return (text, "output starts with \"{\" but is not a JSON object; it is sent as plain text")
             }
             object = parsed
         } catch {
-            return "output starts with \"{\" but is not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? "\(error)")); it is sent as plain text"
+            return (text, "output starts with \"{\" but is not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? "\(error)")); it is sent as plain text")
         }
         guard let msgtype = object["msgtype"] as? String, !msgtype.isEmpty else {
-            return "output is a JSON object without a string \"msgtype\"; it is sent as plain text (print {\"msgtype\":\"markdown\",…} for a message)"
+            return (text, "output is a JSON object without a string \"msgtype\"; it is sent as plain text (print {\"msgtype\":\"markdown\",…} for a message)")
         }
+        let message = HandlerReply.message(msgtype: msgtype, body: bytes)
         guard knownMsgtypes.contains(msgtype) else {
-            return "msgtype \"\(msgtype)\" is not one DingTalk takes (\(knownMsgtypes.sorted().joined(separator: ", "))); it is sent as written and DingTalk may refuse it"
+            return (message, "msgtype \"\(msgtype)\" is not one DingTalk takes (\(knownMsgtypes.sorted().joined(separator: ", "))); it is sent as written and DingTalk may refuse it")
         }
-        return nil
+        return (message, nil)
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool {

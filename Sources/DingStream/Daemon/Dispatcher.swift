@@ -354,8 +354,9 @@ final class Dispatcher: Service {
                     handlerLog.notice("event handler answered with output; events have no conversation to reply to, so it is ignored (use dingstream send)")
                 }
             case .done:
-                if let problem = HandlerReply.problem(stdout: run.output) { handlerLog.warning("\(problem)") }
-                if let reply = HandlerReply.parse(stdout: run.output) { replies.append(Self.webhookBody(reply)) }
+                let (reply, problem) = HandlerReply.read(stdout: run.output)
+                if let problem { handlerLog.warning("\(problem)") }
+                if let reply { replies.append(Self.webhookBody(reply)) }
             case .retryLater:
                 let attempts = entry.attempts + 1
                 if attempts >= current.maxAttempts {

@@ -43,10 +43,24 @@ extension Spool {
     /// thread: `.stored` after COMMIT, `.duplicate` for a business message already stored (also
     /// only after COMMIT), `.failed` when the round's transaction failed (do not ack). After
     /// `run` has ended it is called at once, on the caller's thread, with `.failed(.closed)`.
+    ///
+    /// When the writer has been idle for `idleBeforeRoundHere` (frames come one at a time), the
+    /// round runs on the calling thread instead: COMMIT and announcement here, so that a claimed
+    /// entry's HTTP handler call goes out without waiting for the writer thread to wake, and
+    /// the fsync and the completion on the writer, as for its own rounds.
     public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
         let item = Pending(record: record, bytes: record.encoded(), completion: completion)
+        if cluster == nil, storeFault.withLock({ $0 == nil }), queue.beginHere(idleFor: Self.idleBeforeRoundHere) {
+            commitRound([item], jobs: [], here: true)
+            queue.endHere()
+            return
+        }
         if !queue.append(item) { completion(.failed(SpoolError(.closed, path: directory))) }
     }
+
+    /// How long the writer must have been idle before a frame's round runs on the thread that
+    /// submits it (nanoseconds). A writer idle this long is not keeping up with a stream.
+    static let idleBeforeRoundHere: UInt64 = 1_000_000
 
     /// Runs `body` on the writer thread inside the next round's transaction and returns once
     /// that transaction committed: a state change made there is durable when this returns.
@@ -150,8 +164,9 @@ extension Spool {
         var nextSync: Date?  // set while commits wait for their fsync
         while true {
             let deadline = min(nextPruneSlice.map { min($0, nextRescan) } ?? nextRescan, nextUpkeep, nextSync ?? .distantFuture)
-            let (batch, jobs, stopping, wanted) = queue.next(limit: Self.maximumBatch, deadline: deadline)
+            let (batch, jobs, awaitingSync, stopping, wanted) = queue.next(limit: Self.maximumBatch, deadline: deadline)
             if !batch.isEmpty || !jobs.isEmpty { commitRound(batch, jobs: jobs) }
+            if !awaitingSync.isEmpty { syncAndTell(awaitingSync) }
             if stopping { break }
             let current = Date()
             if !unsyncedCommits {
@@ -180,6 +195,7 @@ extension Spool {
         // Shutting down: store what is queued, refuse the rest.
         let rest = queue.close()
         if !rest.batch.isEmpty || !rest.jobs.isEmpty { commitRound(rest.batch, jobs: rest.jobs) }
+        if !rest.awaitingSync.isEmpty { syncAndTell(rest.awaitingSync) }
         syncDeferred()
         if let syncThread = syncThreadIfStarted.withLock({ $0.take() }) { syncThread.stop() }
     }
@@ -192,6 +208,12 @@ extension Spool {
             started = made
             return made
         }
+    }
+
+    /// Puts rounds committed on other threads on disk (one fsync for all), then tells their frames.
+    private func syncAndTell(_ rounds: [CommitQueue.AfterSync]) {
+        let sync = syncFrames()
+        for round in rounds { round(sync) }
     }
 
     private var unsyncedCommits: Bool {
@@ -231,7 +253,10 @@ extension Spool {
     /// the next round of frames or after `deferredSyncDelay`. A power cut within that time can
     /// only undo such a change, never lose a message: what was running runs again, a reply sent
     /// then may be sent twice, as after a crash between the send and its record.
-    func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job]) {
+    ///
+    /// `here`: the round runs on a submitting thread (`submit`), which announces its entries;
+    /// the writer fsyncs and tells the frames (`CommitQueue.awaitSync`).
+    func commitRound(_ batch: [Pending], jobs: [CommitQueue.Job], here: Bool = false) {
         /// New entries to announce, in arrival order; with a claim when this round took them for
         /// handling (see `announce(to:claims:)`).
         var stored: [(entry: NewEntry, claim: ClaimedEntry?)] = []
@@ -333,23 +358,44 @@ extension Spool {
             return
         }
         let sink = hooks.announcementSink
+        let round = CommittedRound(
+            batch: batch, stored: stored.map { ($0.entry.pending, $0.entry.name) } + finished.map { ($0.pending, $0.name) },
+            duplicates: duplicates, finishes: finishes, commitTime: commitTime)
+        if here {
+            // The writer's fsync runs beside the announcements, as the sync thread's does below.
+            if !batch.isEmpty { queue.awaitSync { sync in self.tell(round, sync) } }
+            for (item, claim) in stored { announce(item.announcement, claimed: claim, sink: sink) }
+            return
+        }
         // A claimed entry's handler may start on this thread: the fsync runs beside it.
         let syncBeside = !batch.isEmpty && stored.contains { $0.claim != nil }
         if syncBeside { syncThread.start { self.syncFrames() } }
         // In arrival order: a claimed entry goes ahead of its conversation's next one.
         for (item, claim) in stored { announce(item.announcement, claimed: claim, sink: sink) }
-        let sync = syncBeside ? syncThread.finish() : batch.isEmpty ? (nil, .zero) : syncFrames()
+        tell(round, syncBeside ? syncThread.finish() : batch.isEmpty ? (nil, .zero) : syncFrames())
+    }
+
+    /// What a committed round tells its frames and jobs once the fsync after it is through.
+    struct CommittedRound: Sendable {
+        var batch: [Pending]
+        /// Frames stored, new or done, in arrival order.
+        var stored: [(Pending, EntryName)]
+        var duplicates: [Pending]
+        var finishes: [@Sendable (SpoolError?) -> Void]
+        var commitTime: Duration?
+    }
+
+    private func tell(_ round: CommittedRound, _ sync: SyncThread.Result) {
         if let failure = sync.failure {
             // Committed, so the jobs' changes stand; the frames wait for a sync that succeeds.
-            for pending in batch { pending.completion(.failed(failure)) }
-            for finish in finishes { finish(nil) }
+            for pending in round.batch { pending.completion(.failed(failure)) }
+            for finish in round.finishes { finish(nil) }
             return
         }
-        if let commitTime { commitObserver(commitTime + sync.time) }
-        for (item, _) in stored { item.pending.completion(.stored(item.name)) }
-        for item in finished { item.pending.completion(.stored(item.name)) }
-        for pending in duplicates { pending.completion(.duplicate) }
-        for finish in finishes { finish(nil) }
+        if let commitTime = round.commitTime { commitObserver(commitTime + sync.time) }
+        for (pending, name) in round.stored { pending.completion(.stored(name)) }
+        for pending in round.duplicates { pending.completion(.duplicate) }
+        for finish in round.finishes { finish(nil) }
     }
 
     /// Puts a round of frames on disk before their acks: no failure when it is there, else why

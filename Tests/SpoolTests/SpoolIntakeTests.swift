@@ -145,6 +145,74 @@ import Testing
         }
     }
 
+    /// A frame that comes while the writer has had nothing to do is committed and announced on
+    /// the thread that submits it, so that its handler's call goes out without first waking the
+    /// writer; the writer fsyncs it, and only then is it told that it is stored (its ack).
+    /// Frames that come faster wait for the writer's rounds. Either way, no entry is announced
+    /// before one committed earlier.
+    @Test(.timeLimit(.minutes(1))) func framesToAnIdleWriterAreCommittedHereAndToldAfterTheFsync() async throws {
+        try await withTemporaryDirectory { root in
+            let spool = Spool(directory: root, rescanInterval: .seconds(3600), logger: LogSink().logger)
+            try spool.open()
+            defer { spool.close() }
+            let submitter = Mutex<pthread_t?>(nil)
+            let announced = Mutex<[(name: EntryName, here: Bool)]>([])
+            spool.announce(to: { announcement, _ in
+                let here = submitter.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+                announced.withLock { $0.append((announcement.name, here)) }
+            })
+            let unsyncedMessages: @Sendable () -> Bool = { spool.writer.withLock { ($0?.store as? SQLiteStore)?.hasUnsyncedMessages ?? true } }
+            let committedOrder = {
+                try await spool.perform { writer throws(SpoolError) in
+                    let statement = try (writer.store as! SQLiteStore).connection.statement("SELECT name FROM message ORDER BY id")
+                    defer { statement.reset() }
+                    var names: [String] = []
+                    while try statement.step() { names.append(statement.text(0) ?? "") }
+                    return names
+                }
+            }
+            try await withRunning(spool) {
+                for index in 0..<5 {
+                    try await Task.sleep(for: .milliseconds(20))
+                    let record = botRecord(msgID: "one-\(index)", millis: 1_700_000_000_000 + Int64(index))
+                    let name = EntryName(receivedMillis: record.receivedMillis, key: record.key)
+                    let told = Mutex<(outcome: IntakeOutcome, unsynced: Bool)?>(nil)
+                    let storedOnReturn = await onThread {
+                        submitter.withLock { $0 = pthread_self() }
+                        spool.submit(record) { outcome in
+                            let unsynced = unsyncedMessages()
+                            told.withLock { $0 = (outcome, unsynced) }
+                        }
+                        return (try? spool.row(name)) != nil
+                    }
+                    #expect(storedOnReturn, "committed before submit returned")
+                    try await waitUntil("frame \(index) told") { told.withLock { $0 != nil } }
+                    let result = try #require(told.withLock { $0 })
+                    #expect(result.outcome == .stored(name))
+                    #expect(!result.unsynced, "told only once fsynced")
+                }
+                #expect(announced.withLock { $0.map(\.here) } == Array(repeating: true, count: 5))
+
+                // Four threads at once, one conversation: rounds here and the writer's alike.
+                submitter.withLock { $0 = nil }
+                let outcomes = Mutex<[IntakeOutcome]>([])
+                let threads = (0..<4).map { thread in
+                    Thread {
+                        for index in 0..<100 {
+                            let record = botRecord(msgID: "many-\(thread)-\(index)", millis: 1_700_000_001_000 + Int64(index))
+                            spool.submit(record) { outcome in outcomes.withLock { $0.append(outcome) } }
+                            if index % 10 == 0 { usleep(2000) }
+                        }
+                    }
+                }
+                for thread in threads { thread.start() }
+                try await waitUntil("400 frames told") { outcomes.withLock { $0.count } == 400 }
+                #expect(outcomes.withLock { $0 }.allSatisfy { if case .stored = $0 { true } else { false } })
+                #expect(announced.withLock { $0.map(\.name.value) } == (try await committedOrder()))
+            }
+        }
+    }
+
     /// A message of an app no handler serves is stored as done in its round and never
     /// announced; a card callback (its ack waits for an answer) and other apps are stored as new
     /// and announced. What the spool is told applies from the next round on.
@@ -300,5 +368,12 @@ import Testing
         #expect(EntryName("junk") == nil)
         #expect(EntryName(receivedMillis: 5, key: key) < name)
         #expect(name.app == "help_desk")
+    }
+}
+
+/// Runs `body` on a thread of its own (as an event loop would submit) and returns its result.
+private func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
     }
 }

@@ -87,21 +87,13 @@ final class CommitQueue: @unchecked Sendable {
     /// writer's own rounds batch them). True means the caller must call `endHere` once its
     /// round's entries are announced; until then the writer starts no round, so that no entry of
     /// a later round is announced before the round's own. It may fsync meanwhile (`awaitSync`).
-    ///
-    /// The writer is woken at once, to be running when the round's COMMIT is through and its
-    /// fsync due: a sleeping thread takes 0.1 to 0.3 ms to run on an idle core of a VM, about as
-    /// long as the commit, so the two overlap instead of adding up before the fsync.
     func beginHere(idleFor: UInt64) -> Bool {
         condition.lock()
+        defer { condition.unlock() }
         guard sleeping, !roundHere, !closed, !stopping, pending.isEmpty, jobs.isEmpty, awaitingSync.isEmpty,
             !rescanRequested, !wakeRequested, DispatchTime.now().uptimeNanoseconds &- idleSince >= idleFor
-        else {
-            condition.unlock()
-            return false
-        }
+        else { return false }
         roundHere = true
-        condition.unlock()
-        condition.signal()
         return true
     }
 
@@ -120,9 +112,6 @@ final class CommitQueue: @unchecked Sendable {
             return true
         }
     }
-
-    /// How long the writer stays awake for the fsync of a round run on another thread (ns).
-    static let awakeForRoundHere: UInt64 = 500_000
 
     /// Frames waiting for the next round.
     var queuedCount: Int {
@@ -149,19 +138,7 @@ final class CommitQueue: @unchecked Sendable {
         defer { condition.unlock() }
         idleSince = DispatchTime.now().uptimeNanoseconds
         while awaitingSync.isEmpty && (roundHere || (pending.isEmpty && jobs.isEmpty && !stopping && !rescanRequested && !wakeRequested)) {
-            if roundHere {
-                // Woken by `beginHere`: the round's fsync is due within a fraction of a
-                // millisecond; waiting awake for it saves falling asleep and waking again.
-                let awakeUntil = DispatchTime.now().uptimeNanoseconds + Self.awakeForRoundHere
-                while roundHere && awaitingSync.isEmpty && DispatchTime.now().uptimeNanoseconds < awakeUntil {
-                    condition.unlock()
-                    sched_yield()
-                    condition.lock()
-                }
-                guard roundHere && awaitingSync.isEmpty else { continue }
-            } else {
-                guard Date() < deadline else { break }
-            }
+            if !roundHere { guard Date() < deadline else { break } }
             sleeping = true
             if roundHere { condition.wait() } else { _ = condition.wait(until: deadline) }
             sleeping = false

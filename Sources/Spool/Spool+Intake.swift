@@ -38,16 +38,18 @@ extension Spool {
     /// At most this many committed entries wait in memory for `peek`; beyond, `peek` reads the row.
     static let committedCacheLimit = 8192
 
-    /// Queues `record` for the next round and returns at once (no I/O, no task; the entry is
-    /// encoded on the caller's thread). `completion` is called exactly once, from the writer
-    /// thread: `.stored` after COMMIT, `.duplicate` for a business message already stored (also
-    /// only after COMMIT), `.failed` when the round's transaction failed (do not ack). After
-    /// `run` has ended it is called at once, on the caller's thread, with `.failed(.closed)`.
+    /// Queues `record` for the next round and returns at once (no task, no wait for the disk; the
+    /// entry is encoded on the caller's thread). `completion` is called exactly once, from the
+    /// writer thread: `.stored` after COMMIT and fsync, `.duplicate` for a business message
+    /// already stored (also only then), `.failed` when the round's transaction or its fsync
+    /// failed (do not ack). After `run` has ended it is called at once, on the caller's thread,
+    /// with `.failed(.closed)`.
     ///
     /// When the writer has been idle for `idleBeforeRoundHere` (frames come one at a time), the
-    /// round runs on the calling thread instead: COMMIT and announcement here, so that a claimed
-    /// entry's HTTP handler call goes out without waiting for the writer thread to wake, and
-    /// the fsync and the completion on the writer, as for its own rounds.
+    /// round runs on the calling thread instead, up to its COMMIT (into the log, not fsynced)
+    /// and its announcements, so that a claimed entry's HTTP handler call goes out without
+    /// waiting for the writer thread to wake. The writer fsyncs and calls `completion` as for
+    /// its own rounds; only a round whose transaction failed is told so on the calling thread.
     public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
         let item = Pending(record: record, bytes: record.encoded(), completion: completion)
         if cluster == nil, storeFault.withLock({ $0 == nil }), queue.beginHere(idleFor: Self.idleBeforeRoundHere) {

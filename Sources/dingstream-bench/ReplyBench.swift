@@ -324,6 +324,9 @@ extension Bench {
         else { return }
         let throughputMet = http.throughput >= peer.throughput
         let latencyMet = http.p50 <= peer.p50
-        say("target, http handler vs \(options.peerName)\(of): msgs/s at least the same \(throughputMet ? "met" : "missed"); p50 at most the same \(latencyMet ? "met" : "missed")")
+        say(
+            "target, http handler vs \(options.peerName)\(of): msgs/s at least the same \(throughputMet ? "met" : "missed")"
+                + " (\(String(format: "%.2f", http.throughput / peer.throughput))x); p50 at most the same \(latencyMet ? "met" : "missed")"
+                + " (\(String(format: "%.2f", http.p50 / peer.p50))x)")
     }
 }

@@ -19,7 +19,7 @@ final class CommitQueue: @unchecked Sendable {
     private var sleeping = false
     private var rescanRequested = false
     private var wakeRequested = false
-    /// A round runs on a submitting thread (`beginHere`); the writer waits for its end.
+    /// A round runs on a submitting thread (`admit`); the writer waits for its end.
     private var roundHere = false
     /// When the writer last went to sleep with nothing to do (`DispatchTime` nanoseconds).
     private var idleSince: UInt64 = 0
@@ -39,15 +39,6 @@ final class CommitQueue: @unchecked Sendable {
         condition.unlock()
         if wake { condition.signal() }
         return changed
-    }
-
-    /// Queues `item` and wakes the commit thread; false once the queue is closed.
-    func append(_ item: Spool.Pending) -> Bool {
-        wakingAfter {
-            guard !closed else { return false }
-            pending.append(item)
-            return true
-        }
     }
 
     /// A state change or read run on the writer thread inside the round's transaction. It returns
@@ -82,19 +73,36 @@ final class CommitQueue: @unchecked Sendable {
         }
     }
 
-    /// Lets the calling thread run the next round itself, when the writer has been asleep with
-    /// nothing to do for at least `idleFor` nanoseconds (light load: under a stream of frames the
-    /// writer's own rounds batch them). True means the caller must call `endHere` once its
-    /// round's entries are announced; until then the writer starts no round, so that no entry of
-    /// a later round is announced before the round's own. It may fsync meanwhile (`awaitSync`).
-    func beginHere(idleFor: UInt64) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        guard sleeping, !roundHere, !closed, !stopping, pending.isEmpty, jobs.isEmpty, awaitingSync.isEmpty,
-            !rescanRequested, !wakeRequested, DispatchTime.now().uptimeNanoseconds &- idleSince >= idleFor
-        else { return false }
-        roundHere = true
-        return true
+    /// What `admit` did with a frame.
+    enum Admission {
+        case queued
+        /// Not queued: the caller runs its round and then calls `endHere`.
+        case roundHere
+        case closed
+    }
+
+    /// Queues `item` and wakes the commit thread; or, given `roundHereAfterIdle`
+    /// and a writer asleep with nothing to do for at least that many nanoseconds (light load:
+    /// under a stream of frames the writer's own rounds batch them), queues nothing and lets the
+    /// caller run the round itself. The caller must then call `endHere` once the round's entries
+    /// are announced; until then the writer starts no round, so that no entry of a later round
+    /// is announced before the round's own. It may fsync meanwhile (`awaitSync`).
+    func admit(_ item: Spool.Pending, roundHereAfterIdle idleFor: UInt64?) -> Admission {
+        var admission = Admission.closed
+        _ = wakingAfter {
+            guard !closed else { return false }
+            if let idleFor, sleeping, !roundHere, !stopping, pending.isEmpty, jobs.isEmpty, awaitingSync.isEmpty,
+                !rescanRequested, !wakeRequested, DispatchTime.now().uptimeNanoseconds &- idleSince >= idleFor
+            {
+                roundHere = true
+                admission = .roundHere
+                return false  // the writer sleeps on: this round needs it only for its fsync
+            }
+            pending.append(item)
+            admission = .queued
+            return true
+        }
+        return admission
     }
 
     /// Hands the writer frames a round here committed: it fsyncs, then tells them how it went.
@@ -105,7 +113,7 @@ final class CommitQueue: @unchecked Sendable {
         }
     }
 
-    /// Ends the round `beginHere` allowed; the writer goes on with what was queued meanwhile.
+    /// Ends the round `admit` allowed; the writer goes on with what was queued meanwhile.
     func endHere() {
         _ = wakingAfter {
             roundHere = false
@@ -131,7 +139,7 @@ final class CommitQueue: @unchecked Sendable {
     /// Waits until something is queued, a stop is requested or `deadline` passes, then takes up
     /// to `limit` frames in arrival order (the rest waits for the next call), every job, and the
     /// frames of rounds run elsewhere that await an fsync. While a round runs on another thread
-    /// (`beginHere`) only the latter are taken. `rescan` tells whether a rescan was requested
+    /// (`admit`) only the latter are taken. `rescan` tells whether a rescan was requested
     /// since the last call.
     func next(limit: Int, deadline: Date) -> (batch: [Spool.Pending], jobs: [Job], awaitingSync: [AfterSync], stopping: Bool, rescan: Bool) {
         condition.lock()

@@ -50,7 +50,7 @@ final class SQLiteStore: SpoolStore {
         settleSliceKeys: Int? = nil, logger: Logger = Logger(label: "dingstream.spool")
     ) throws(SpoolError) {
         self.recentKeyLimit = recentKeyLimit
-        self.settleSliceKeys = max(1, settleSliceKeys ?? recentKeyLimit / Self.settleSlicesPerMove)
+        self.settleSliceKeys = settleSliceKeys ?? Self.settleSlice(recentKeyLimit: recentKeyLimit)
         self.busyTimeoutMilliseconds = busyTimeoutMilliseconds
         // SQLite creates files 0644 and gives the WAL the database's mode: create it 0640 first.
         let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, FileIO.fileMode)
@@ -74,7 +74,7 @@ final class SQLiteStore: SpoolStore {
     /// Opens an existing database for reading and repairs by `dingstream spool` (no migration).
     init(existingAt path: String, readOnly: Bool) throws(SpoolError) {
         recentKeyLimit = Self.defaultRecentKeyLimit
-        settleSliceKeys = Self.defaultRecentKeyLimit / Self.settleSlicesPerMove
+        settleSliceKeys = Self.settleSlice(recentKeyLimit: Self.defaultRecentKeyLimit)
         busyTimeoutMilliseconds = 5000
         connection = try SQLiteConnection(path: path, readOnly: readOnly, create: false)
         connection.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
@@ -264,6 +264,9 @@ final class SQLiteStore: SpoolStore {
     /// written once per move. Keys that arrive below the range already moved wait for the next move.
     static let settleSlicesPerMove = 16
 
+    /// The slice of a move for a given `recentKeyLimit`, unless one is chosen (tests).
+    static func settleSlice(recentKeyLimit: Int) -> Int { max(1, recentKeyLimit / settleSlicesPerMove) }
+
     /// Moves the next `keys` recent keys, from `from` up, into `dedup_settled`; the move ends
     /// when no recent key is left above them.
     private func settleNextSlice(from: Int64, keys: Int) throws(SpoolError) {
@@ -272,15 +275,10 @@ final class SQLiteStore: SpoolStore {
         last.bind(2, keys - 1)
         let upTo = try last.step() ? last.int64(0) : Int64.max
         last.reset()
-        let move = try connection.statement(
-            "INSERT INTO dedup_settled (dedup, message) SELECT dedup, message FROM dedup_recent WHERE dedup BETWEEN ?1 AND ?2")
-        move.bind(1, from)
-        move.bind(2, upTo)
-        try move.step()
-        let remove = try connection.statement("DELETE FROM dedup_recent WHERE dedup BETWEEN ?1 AND ?2")
-        remove.bind(1, from)
-        remove.bind(2, upTo)
-        try remove.step()
+        try connection.statement(
+            "INSERT INTO dedup_settled (dedup, message) SELECT dedup, message FROM dedup_recent WHERE dedup BETWEEN ?1 AND ?2"
+        ).bindAndStep(from, upTo)
+        try connection.statement("DELETE FROM dedup_recent WHERE dedup BETWEEN ?1 AND ?2").bindAndStep(from, upTo)
         recentKeys -= connection.changes
         settleFrom = upTo == .max ? nil : upTo + 1
     }
@@ -665,8 +663,9 @@ final class SQLiteStore: SpoolStore {
 }
 
 extension SQLiteStatement {
-    func bindAndStep(_ value: Int64) throws(SpoolError) {
-        bind(1, value)
+    /// Binds `values` to ?1, ?2… and runs the statement.
+    func bindAndStep(_ values: Int64...) throws(SpoolError) {
+        for (index, value) in values.enumerated() { bind(Int32(index + 1), value) }
         try step()
     }
 }

@@ -52,12 +52,16 @@ extension Spool {
     /// its own rounds; only a round whose transaction failed is told so on the calling thread.
     public func submit(_ record: IntakeRecord, completion: @escaping @Sendable (IntakeOutcome) -> Void) {
         let item = Pending(record: record, bytes: record.encoded(), completion: completion)
-        if cluster == nil, storeFault.withLock({ $0 == nil }), queue.beginHere(idleFor: Self.idleBeforeRoundHere) {
+        let hereAfterIdle = cluster == nil && currentFault == nil ? Self.idleBeforeRoundHere : nil
+        switch queue.admit(item, roundHereAfterIdle: hereAfterIdle) {
+        case .queued:
+            break
+        case .roundHere:
             commitRound([item], jobs: [], here: true)
             queue.endHere()
-            return
+        case .closed:
+            completion(.failed(SpoolError(.closed, path: directory)))
         }
-        if !queue.append(item) { completion(.failed(SpoolError(.closed, path: directory))) }
     }
 
     /// How long the writer must have been idle before a frame's round runs on the thread that

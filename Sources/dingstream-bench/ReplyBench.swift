@@ -205,7 +205,7 @@ extension Bench {
     static func pacedInSlices(
         _ simulator: DingTalkSimulator, _ subjects: [ReplySubject], _ options: BenchOptions, label: String
     ) async throws -> [String: ReplyResult] {
-        let slices = max(1, options.replySlices)
+        let slices = options.replySlices
         let seconds = options.replySeconds / Double(slices)
         say("replies, \(label): \(options.replyRate) msgs/s for \(options.replySeconds) s each, in \(slices) alternating slices")
         var latencies: [String: [Double]] = [:]
